@@ -1,0 +1,26 @@
+"""Inner maximisation: the attack library.
+
+``x_adv = attack(model, x, y)``. A new attack is one file here, one yaml in
+``conf/attack/`` and one line in ``ATTACKS``; the parametrised tests pick it up.
+"""
+
+from advtrain.attacks.base import Attack, attack_context
+from advtrain.attacks.fgsm import FGSM, FGSMRS
+from advtrain.attacks.losses import LOSSES
+from advtrain.attacks.pgd import PGD
+
+ATTACKS: dict[str, type[Attack]] = {
+    "fgsm": FGSM,
+    "fgsm_rs": FGSMRS,
+    "pgd": PGD,
+}
+
+
+def build_attack(name: str, **kwargs) -> Attack:
+    """Build a registered attack by name; one clear line for an unknown one."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(ATTACKS)}")
+    return ATTACKS[name](**kwargs)
+
+
+__all__ = ["ATTACKS", "FGSM", "FGSMRS", "LOSSES", "PGD", "Attack", "attack_context", "build_attack"]

@@ -1,0 +1,211 @@
+"""The attack base class: the cross-cutting work every attack shares.
+
+An attack maximises a loss over a threat model (``LpBall``). Subclasses implement
+``perturb``; ``__call__`` wraps it so that, whatever the subclass does:
+
+* the model is passed on every call and never stored: ``x_adv = attack(model, x, y)``;
+* the model runs in eval mode during the attack (``model_mode="eval"``), or in train
+  mode (``"train"``) or untouched (``"keep"``); every submodule's mode is restored;
+* gradients flow to the input only: parameters have ``requires_grad`` switched off for
+  the attack and restored afterwards, so no parameter ever receives a ``.grad``;
+* gradients are enabled even inside ``torch.no_grad``/``torch.inference_mode`` (as in
+  Lightning's validation and test loops);
+* the result is detached, inside the eps-ball around ``x`` and inside the data box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from advtrain._numbers import as_float
+from advtrain.attacks.losses import LOSSES, get_loss
+from advtrain.threat import LpBall
+
+MODEL_MODES = ("eval", "train", "keep")
+
+
+@contextlib.contextmanager
+def attack_context(model: nn.Module, model_mode: str = "eval") -> Iterator[None]:
+    """Put ``model`` in the attack's mode with frozen parameters; restore both after."""
+    if model_mode not in MODEL_MODES:
+        raise ValueError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
+    modes = [(m, m.training) for m in model.modules()]
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        if model_mode != "keep":
+            model.train(model_mode == "train")
+        for p in params:
+            p.requires_grad_(False)
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        for m, training in modes:
+            m.training = training
+
+
+class Attack(ABC):
+    """Base class of all attacks (inner maximisation over an l_p ball).
+
+    Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``; ignored when ``threat`` is given.
+        eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
+        threat: A ready ``LpBall``; overrides ``norm``/``eps``/``bounds``.
+        bounds: The data box.
+        loss: Name of the loss to maximise (see ``advtrain.attacks.losses.LOSSES``).
+        targeted: Minimise the loss towards ``target`` labels instead of maximising it
+            away from ``y``. Without explicit targets a random wrong class is drawn.
+        model_mode: ``"eval"`` (default), ``"train"`` (e.g. BatchNorm in batch-stat mode,
+            as some adversarial-training recipes do) or ``"keep"``.
+        seed: When set, the attack's randomness is reproducible (same seed, same result).
+        check_inputs: Raise when inputs lie outside the data box.
+    """
+
+    name: str = "attack"
+    #: Norms the method supports; attacks that work for every norm keep all three.
+    norms: tuple[str, ...] = ("linf", "l2", "l1")
+
+    def __init__(
+        self,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        *,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "ce",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
+    ) -> None:
+        self.threat = threat if threat is not None else LpBall(norm, eps, tuple(bounds))
+        if self.threat.norm not in self.norms:
+            raise ValueError(
+                f"{type(self).__name__} does not support norm {self.threat.norm!r}; "
+                f"allowed: {', '.join(self.norms)}"
+            )
+        self.loss_name = loss
+        self.loss_fn = get_loss(loss)
+        self.targeted = bool(targeted)
+        if model_mode not in MODEL_MODES:
+            raise ValueError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
+        self.model_mode = model_mode
+        self.seed = seed
+        self.check_inputs = check_inputs
+
+    # -- public -----------------------------------------------------------------------
+    @property
+    def eps(self) -> float:
+        return self.threat.eps
+
+    @eps.setter
+    def eps(self, value: float | str) -> None:
+        self.threat = self.threat.with_eps(value)
+
+    @property
+    def norm(self) -> str:
+        return self.threat.norm
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.threat!r}, loss={self.loss_name!r})"
+
+    def __call__(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None
+    ) -> Tensor:
+        """Return adversarial examples for ``(x, y)`` against ``model`` (detached)."""
+        if self.check_inputs:
+            self.threat.check_inputs(x)
+        if self.threat.eps == 0:
+            return x.detach().clone()
+        with attack_context(model, self.model_mode):
+            x = x.detach().clone()
+            y = y.detach().clone()
+            generator = self._generator(x.device)
+            if self.targeted and target is None:
+                target = self.random_targets(model, x, y, generator)
+            x_adv = self.perturb(model, x, y, target=target, generator=generator)
+            x_adv = self.threat.project(x, x_adv.detach())
+        return x_adv
+
+    @abstractmethod
+    def perturb(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        target: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """The attack proper. Runs with frozen parameters and gradients enabled."""
+
+    # -- helpers for subclasses -------------------------------------------------------
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        return torch.Generator(device=device).manual_seed(int(self.seed))
+
+    def objective(self, logits: Tensor, y: Tensor, target: Tensor | None, **kw: Tensor) -> Tensor:
+        """Per-example value to *maximise*: the loss, or minus the loss to the target."""
+        if self.targeted:
+            assert target is not None
+            return -self.loss_fn(logits, target, **kw)
+        return self.loss_fn(logits, y, **kw)
+
+    def loss_kwargs(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Extra per-example tensors the loss needs (sliced along with the batch)."""
+        if self.loss_name == "kl":
+            with torch.no_grad():
+                return {"clean_logits": model(x).detach()}
+        if self.loss_name == "dlr_targeted":
+            return {"true_labels": y}
+        return {}
+
+    def is_fooled(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        """Per-example success: misclassified (untargeted) or classified as the target."""
+        pred = logits.argmax(dim=1)
+        if self.targeted:
+            assert target is not None
+            return pred == target
+        return pred != y
+
+    def input_gradient(
+        self,
+        model: nn.Module,
+        x_adv: Tensor,
+        y: Tensor,
+        target: Tensor | None = None,
+        **kw: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(per-example objective, its gradient w.r.t. x_adv, logits)``."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = model(x_adv)
+        values = self.objective(logits, y, target, **kw)
+        (grad,) = torch.autograd.grad(values.sum(), x_adv)
+        return values.detach(), grad.detach(), logits.detach()
+
+    @staticmethod
+    def random_targets(
+        model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """A uniformly drawn wrong class per example."""
+        with torch.no_grad():
+            n_classes = model(x[:1]).shape[1]
+        offset = torch.randint(1, n_classes, y.shape, generator=generator, device=y.device)
+        return (y + offset) % n_classes
+
+
+def step_size(value: float | str | None, eps: float, default_ratio: float) -> float:
+    """A step size given absolutely, as a fraction string, or ``default_ratio * eps``."""
+    if value is None:
+        return default_ratio * eps
+    return as_float(value, "step_size")
+
+
+__all__ = ["LOSSES", "MODEL_MODES", "Attack", "attack_context", "step_size"]

@@ -1,0 +1,131 @@
+"""Projected Gradient Descent (Madry, Makelov, Schmidt, Tsipras, Vladu 2018).
+
+"Towards deep learning models resistant to adversarial attacks": iterated steepest
+ascent steps projected back onto the threat model, from a uniform random start.
+Threat model: any l_p ball (linf, l2, l1) intersected with the data box; untargeted or
+targeted; any loss of ``advtrain.attacks.losses``.
+
+Restarts keep each example's best result (a success if any restart succeeded, else
+the last iterate of the restart with the highest loss). With ``early_stop`` each
+example leaves the loop as soon as it is misclassified, which saves compute in
+evaluation. With one restart and no early stop the attack does exactly ``steps``
+forward/backward passes and returns the last iterate, like a hand-written loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.attacks.base import Attack, step_size
+
+
+class PGD(Attack):
+    """PGD with random start, restarts and optional per-example early stop.
+
+    Args:
+        steps: Number of gradient steps.
+        step_size: Step length; default ``2.5 * eps / steps`` (Madry et al. 2018).
+        random_start: Start from a uniform point of the ball (else from ``x``).
+        restarts: Independent runs; each example keeps its best.
+        early_stop: Freeze each example once it is misclassified (or hits its target).
+        **kwargs: See ``Attack``.
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        *args,
+        steps: int = 10,
+        step_size: float | str | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        early_stop: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if int(steps) < 1:
+            raise ValueError(f"steps={steps!r} is invalid; need an integer >= 1")
+        if int(restarts) < 1:
+            raise ValueError(f"restarts={restarts!r} is invalid; need an integer >= 1")
+        self.steps = int(steps)
+        self._step_size = step_size
+        self.random_start = bool(random_start)
+        self.restarts = int(restarts)
+        self.early_stop = bool(early_stop)
+
+    @property
+    def step_size(self) -> float:
+        return step_size(self._step_size, self.eps, 2.5 / self.steps)
+
+    def _start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        return self.threat.random_init(x, generator) if self.random_start else x.clone()
+
+    def _step(self, x: Tensor, x_adv: Tensor, grad: Tensor) -> Tensor:
+        return self.threat.project(x, x_adv + self.step_size * self.threat.ascent_direction(grad))
+
+    def _run_plain(self, model, x, y, target, generator, kw) -> Tensor:
+        """``steps`` ascent steps, last iterate returned: the training hot path."""
+        x_adv = self._start(x, generator)
+        for _ in range(self.steps):
+            _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
+            x_adv = self._step(x, x_adv, grad)
+        return x_adv
+
+    def _run_tracked(self, model, x, y, target, generator, kw) -> tuple[Tensor, Tensor, Tensor]:
+        """One restart with early stop; returns ``(x_adv, fooled, final objective)``."""
+        x_adv = self._start(x, generator)
+        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        values = torch.full((len(x),), float("-inf"), device=x.device)
+        active = torch.arange(len(x), device=x.device)
+        for step in range(self.steps + 1):
+            sub_kw = {k: v[active] for k, v in kw.items()}
+            sub_t = target[active] if target is not None else None
+            if step == self.steps:  # the last iterate only needs its logits
+                with torch.no_grad():
+                    logits = model(x_adv[active])
+                values[active] = self.objective(logits, y[active], sub_t, **sub_kw)
+            else:
+                v, grad, logits = self.input_gradient(model, x_adv[active], y[active], sub_t, **sub_kw)
+                values[active] = v
+            now = self.is_fooled(logits, y[active], sub_t)
+            fooled[active] = now
+            if step == self.steps:
+                break
+            keep = ~now if self.early_stop else torch.ones_like(now)
+            if self.early_stop:
+                grad, active = grad[keep], active[keep]
+                if len(active) == 0:
+                    break
+            x_adv[active] = self._step(x[active], x_adv[active], grad)
+        return x_adv, fooled, values
+
+    def perturb(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        target: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        kw = self.loss_kwargs(model, x, y)
+        if self.restarts == 1 and not self.early_stop:
+            return self._run_plain(model, x, y, target, generator, kw)
+        best = x.clone()
+        best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        best_values = torch.full((len(x),), float("-inf"), device=x.device)
+        for _ in range(self.restarts):
+            todo = (~best_fooled).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            sub_kw = {k: v[todo] for k, v in kw.items()}
+            sub_t = target[todo] if target is not None else None
+            x_r, fooled_r, values_r = self._run_tracked(model, x[todo], y[todo], sub_t, generator, sub_kw)
+            better = fooled_r | (values_r > best_values[todo])
+            idx = todo[better]
+            best[idx] = x_r[better]
+            best_values[idx] = values_r[better]
+            best_fooled[idx] = fooled_r[better]
+        return best

@@ -1,0 +1,141 @@
+"""Shared command-line plumbing: config discovery, clear one-line errors, building
+objects from configs, run records. Only ``advtrain.cli`` instantiates configs."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from advtrain.models import NormalizedModel
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def config_dir() -> str:
+    """``conf/`` of a source checkout, or the copy packaged inside a wheel."""
+    for candidate in (PACKAGE_DIR.parent / "conf", PACKAGE_DIR / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"no conf/ folder next to {PACKAGE_DIR}")
+
+
+def group_options(group: str) -> list[str]:
+    """The option names of a config group (``data`` -> ``["cifar10", "digits", ...]``)."""
+    folder = Path(config_dir()) / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Fail with one line for ``group=option`` overrides naming an unknown option."""
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("+", "~", "hydra.", "-")):
+            continue
+        key, value = arg.split("=", 1)
+        group = key.split("@")[0]
+        if "." in group or not (Path(config_dir()) / group).is_dir():
+            continue
+        options = group_options(group)
+        for choice in value.split(","):
+            if choice and choice != "null" and choice not in options:
+                raise ValueError(f"unknown {group} {choice!r}; allowed: {', '.join(options)}")
+
+
+CLEAR_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, RuntimeError, TypeError)
+
+
+def one_line_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn expected failures into one ``prog: error: ...`` line and exit code 2."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except CLEAR_ERRORS as err:
+                cause = err
+                # Hydra wraps errors raised while instantiating: report the root cause.
+                while cause.__cause__ is not None and type(cause).__name__ == "InstantiationException":
+                    cause = cause.__cause__
+                message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                print(f"{prog}: error: {message}", file=sys.stderr)
+                sys.exit(2)
+
+        return wrapper
+
+    return decorate
+
+
+def is_configured(cfg: Any) -> bool:
+    """A group choice that selects something (not null, not an empty ``none`` yaml)."""
+    return cfg is not None and not (isinstance(cfg, DictConfig) and len(cfg) == 0)
+
+
+def build_model(model_cfg: DictConfig, data_cfg: DictConfig | None, normalize: bool) -> nn.Module:
+    """Instantiate the backbone and put the data set's normalisation inside it."""
+    backbone = instantiate(model_cfg)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"model config built a {type(backbone).__name__}, not a torch.nn.Module")
+    mean = data_cfg.get("mean") if (normalize and data_cfg is not None) else None
+    std = data_cfg.get("std") if (normalize and data_cfg is not None) else None
+    return NormalizedModel(backbone, mean, std)
+
+
+def check_model_fits_data(model: nn.Module, datamodule: Any) -> None:
+    """One forward pass on a zero batch: the output width must equal the class count."""
+    x = torch.zeros(2, *datamodule.input_shape)
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            out = model(x)
+            model.train(was)
+    except RuntimeError as err:
+        raise ValueError(
+            f"the model does not accept {datamodule.name} inputs of shape {tuple(datamodule.input_shape)}: "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+    if out.shape[-1] != datamodule.num_classes:
+        raise ValueError(
+            f"the model outputs {out.shape[-1]} classes but {datamodule.name} has "
+            f"{datamodule.num_classes}; set model.num_classes={datamodule.num_classes}"
+        )
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PACKAGE_DIR, timeout=10, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=PACKAGE_DIR, timeout=10
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_record(cfg: DictConfig, out_dir: str | Path) -> None:
+    """The resolved config, the git commit and the command line of a run."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    record = {"git_commit": git_commit(), "command": shlex.join(sys.argv), "argv": sys.argv}
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)

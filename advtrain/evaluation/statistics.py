@@ -1,0 +1,26 @@
+"""Statistics for honest robustness numbers: Wilson score intervals (Wilson 1927).
+
+A robust accuracy is a binomial proportion over the evaluated examples; it is reported
+with its Wilson 95% interval (better behaved than the normal approximation near 0 and
+1) and the number of examples.
+"""
+
+from __future__ import annotations
+
+from scipy.stats import binomtest
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for ``successes`` out of ``n`` (scipy's ``binomtest``)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes={successes} is invalid for n={n}; need 0 <= successes <= n")
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def proportion(successes: int, n: int) -> dict[str, float | list[float]]:
+    """``{"value": k/n, "ci95": [low, high]}`` as in report.json."""
+    low, high = wilson_interval(successes, n)
+    return {"value": successes / n if n else 0.0, "ci95": [low, high]}

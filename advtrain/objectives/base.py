@@ -1,0 +1,33 @@
+"""The objective interface: the outer loss of adversarial training.
+
+An objective maps ``(model, x, y, x_adv)`` to a dict with at least ``"loss"`` (a scalar
+to minimise) and ``"logits"`` (the logits the training accuracy is computed from).
+Every other scalar key is logged as ``train/<key>`` (timm-style dict outputs).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from torch import Tensor, nn
+
+
+class Objective(ABC):
+    """Base class of outer objectives.
+
+    Attributes:
+        name: Registry name.
+        attack_loss: The loss the inner attack should maximise for this objective
+            (``"ce"`` for Madry; TRADES needs ``"kl"``). The training CLI checks it.
+    """
+
+    name: str = "objective"
+    attack_loss: str = "ce"
+    uses_adversarial: bool = True
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+        """Return ``{"loss": scalar, "logits": [batch, classes], ...}``."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

@@ -1,0 +1,23 @@
+"""PGD adversarial training (Madry, Makelov, Schmidt, Tsipras, Vladu 2018).
+
+The outer minimisation of ``min_theta E max_{delta in B} CE(f(x + delta), y)``: the
+cross-entropy at the adversarial examples found by the inner attack. Threat model: the
+attack's (any l_p ball).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advtrain.objectives.base import Objective
+
+
+class Madry(Objective):
+    """Adversarial cross-entropy."""
+
+    name = "madry"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+        logits = model(x_adv)
+        return {"loss": F.cross_entropy(logits, y), "logits": logits}

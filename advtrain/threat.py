@@ -1,0 +1,191 @@
+"""Threat models: l_p balls intersected with the data box.
+
+The threat model is an object (as in MadryLab's ``robustness``): it owns the geometry
+of the allowed perturbations so that attacks only decide *where* to step. Images live
+in pixel space ``[0, 1]`` and ``eps`` is in pixel units (see DESIGN.md).
+
+Norms:
+    * ``linf``: steepest ascent is the sign of the gradient (dual norm l1), as in
+      FGSM/PGD (Goodfellow et al. 2015; Madry et al. 2018).
+    * ``l2``: steepest ascent is the normalised gradient (dual norm l2).
+    * ``l1``: steepest ascent moves the top-k coordinates by the sign of the gradient
+      (the sparse l1 step of Tramer & Boneh 2019 / SLIDE); projection onto the l1 ball
+      uses the sort-based simplex projection of Duchi et al. 2008.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from advtrain._numbers import as_float
+
+NORMS = ("linf", "l2", "l1")
+_DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
+
+
+def check_norm(norm: str) -> str:
+    """Return ``norm`` if it is known, else raise one clear line."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
+    return norm
+
+
+def lp_norm(t: Tensor, norm: str) -> Tensor:
+    """Per-example l_p norm of a batch ``t`` (the first dimension is the batch)."""
+    flat = t.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
+    raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
+
+
+def dual_norm(norm: str) -> str:
+    """The dual norm's name: linf <-> l1, l2 <-> l2."""
+    return _DUAL[check_norm(norm)]
+
+
+def _view(per_example: Tensor, like: Tensor) -> Tensor:
+    return per_example.view(-1, *([1] * (like.dim() - 1)))
+
+
+def project_l1_ball(delta: Tensor, eps: float) -> Tensor:
+    """Exact Euclidean projection of each example onto the l1 ball of radius ``eps``.
+
+    Duchi, Shalev-Shwartz, Singer, Chandra 2008, "Efficient projections onto the
+    l1-ball for learning in high dimensions" (the sort-based algorithm).
+    """
+    flat = delta.flatten(1)
+    abs_flat = flat.abs()
+    inside = abs_flat.sum(dim=1) <= eps
+    if bool(inside.all()):
+        return delta
+    mu, _ = abs_flat.sort(dim=1, descending=True)
+    cumsum = mu.cumsum(dim=1)
+    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    cond = mu - (cumsum - eps) / ks > 0
+    # rho: index of the last coordinate satisfying the condition (a prefix of the sort)
+    rho = cond.shape[1] - 1 - cond.flip(1).to(torch.int8).argmax(dim=1, keepdim=True)
+    theta = (cumsum.gather(1, rho) - eps) / (rho.to(flat.dtype) + 1)
+    projected = flat.sign() * (abs_flat - theta).clamp_min(0)
+    out = torch.where(inside.unsqueeze(1), flat, projected)
+    return out.view_as(delta)
+
+
+class LpBall:
+    """The set ``{x' : ||x' - x||_p <= eps, lo <= x' <= hi}``.
+
+    Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+        eps: Radius in pixel units; a float or a fraction string such as ``"8/255"``.
+        bounds: The data box, ``(0, 1)`` for images in pixel space.
+
+    Raises:
+        ValueError: For an unknown norm, a negative or non-finite eps, or empty bounds.
+    """
+
+    def __init__(
+        self, norm: str = "linf", eps: float | str = 0.0, bounds: tuple[float, float] = (0.0, 1.0)
+    ) -> None:
+        self.norm = check_norm(norm)
+        self.eps = as_float(eps, "eps")
+        if not math.isfinite(self.eps) or self.eps < 0:
+            raise ValueError(f"eps={self.eps!r} is invalid; eps must be a finite number >= 0")
+        lo, hi = (float(b) for b in bounds)
+        if not lo < hi:
+            raise ValueError(f"bounds={tuple(bounds)!r} are invalid; need low < high")
+        self.bounds = (lo, hi)
+
+    def __repr__(self) -> str:
+        return f"LpBall(norm={self.norm!r}, eps={self.eps:.6g}, bounds={self.bounds})"
+
+    def with_eps(self, eps: float | str) -> LpBall:
+        """A copy of this threat model with another radius."""
+        return LpBall(self.norm, eps, self.bounds)
+
+    # -- geometry -------------------------------------------------------------------
+    def check_inputs(self, x: Tensor) -> None:
+        """Raise one clear line when ``x`` lies outside the data box (or is not finite)."""
+        lo, hi = self.bounds
+        if not torch.isfinite(x).all():
+            raise ValueError("inputs contain NaN or inf; images must be finite and in the data box")
+        xmin, xmax = float(x.min()), float(x.max())
+        if xmin < lo - 1e-6 or xmax > hi + 1e-6:
+            raise ValueError(
+                f"inputs span [{xmin:.4g}, {xmax:.4g}], outside the data bounds [{lo:g}, {hi:g}]; "
+                "pass images in pixel space and put normalisation inside the model (Normalize)"
+            )
+
+    def project_delta(self, delta: Tensor) -> Tensor:
+        """Project perturbations onto the l_p ball (ignoring the box)."""
+        if self.norm == "linf":
+            return delta.clamp(-self.eps, self.eps)
+        if self.norm == "l2":
+            norms = lp_norm(delta, "l2").clamp_min(1e-12)
+            factor = (self.eps / norms).clamp(max=1.0)
+            return delta * _view(factor, delta)
+        return project_l1_ball(delta, self.eps)
+
+    def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
+        """Map ``x_adv`` into the ball around ``x`` intersected with the box.
+
+        For linf this is the exact projection. For l2 and l1 the ball projection is
+        followed by clipping to the box; clipping only shrinks each coordinate of the
+        perturbation, so the result stays in the ball (feasible, and exact whenever the
+        ball projection already lies in the box).
+        """
+        lo, hi = self.bounds
+        delta = self.project_delta(x_adv - x)
+        return (x + delta).clamp(lo, hi)
+
+    def contains(self, x: Tensor, x_adv: Tensor, atol: float = 1e-5) -> Tensor:
+        """Per-example boolean: ``x_adv`` is in the ball around ``x`` and in the box."""
+        lo, hi = self.bounds
+        in_ball = lp_norm(x_adv - x, self.norm) <= self.eps * (1 + 1e-5) + atol
+        flat = x_adv.flatten(1)
+        in_box = (flat >= lo - atol).all(dim=1) & (flat <= hi + atol).all(dim=1)
+        return in_ball & in_box
+
+    def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A point drawn uniformly from the ball around ``x``, then clipped to the box."""
+        shape, dim = x.shape, x[0].numel()
+        if self.norm == "linf":
+            delta = (torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1)
+            delta = delta * self.eps
+        else:
+            # uniform in the l2 ball: gaussian direction, radius eps * U^(1/d);
+            # uniform in the l1 ball: Laplace direction normalised, radius eps * U^(1/d).
+            if self.norm == "l2":
+                direction = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+            else:
+                e = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+                e = -torch.log(e.clamp_min(1e-12))
+                sign = torch.randint(0, 2, shape, generator=generator, device=x.device) * 2 - 1
+                direction = e * sign.to(x.dtype)
+            direction = direction / _view(lp_norm(direction, self.norm).clamp_min(1e-12), x)
+            u = torch.rand(shape[0], generator=generator, device=x.device, dtype=x.dtype)
+            delta = direction * _view(self.eps * u.pow(1.0 / dim), x)
+        return self.project(x, x + delta)
+
+    def ascent_direction(self, grad: Tensor, l1_sparsity: float = 0.95) -> Tensor:
+        """The steepest-ascent direction of unit l_p norm for a gradient ``grad``.
+
+        linf: ``sign(g)``; l2: ``g / ||g||_2``; l1: the sign of ``g`` on its top
+        ``(1 - l1_sparsity)`` fraction of coordinates by magnitude, scaled to unit l1 norm.
+        """
+        if self.norm == "linf":
+            return grad.sign()
+        if self.norm == "l2":
+            return grad / _view(lp_norm(grad, "l2").clamp_min(1e-12), grad)
+        flat = grad.flatten(1)
+        k = max(1, round((1.0 - l1_sparsity) * flat.shape[1]))
+        thresh = flat.abs().topk(k, dim=1).values[:, -1:]
+        mask = (flat.abs() >= thresh) & (flat != 0)
+        direction = flat.sign() * mask
+        direction = direction / direction.abs().sum(dim=1, keepdim=True).clamp_min(1.0)
+        return direction.view_as(grad)

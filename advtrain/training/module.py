@@ -1,0 +1,151 @@
+"""AdversarialModule: adversarial training as a LightningModule.
+
+``training_step`` = inner maximisation (an attack) then outer minimisation (an
+objective plus regularizers), as in Madry et al. 2018. Validation and test report
+clean and robust accuracy under an evaluation attack; robust accuracy is the per-example
+worst case ``clean correct and adversarial correct``. Metrics are torchmetrics, so under
+DDP they are reduced over every rank's shard.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from advtrain.attacks.base import Attack
+from advtrain.objectives.base import Objective
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., Any]
+
+
+class AdversarialModule(L.LightningModule):
+    """Wraps any backbone with an attack, an objective and optional regularizers.
+
+    Args:
+        model: The classifier (taking images in [0, 1]).
+        objective: Outer loss, returning a dict with ``loss`` and ``logits``.
+        attack: Inner maximisation used in training (``None`` for clean training).
+        eval_attack: Attack for validation/test robust accuracy (``None``: clean only).
+        optimizer: Factory ``optimizer(params) -> Optimizer`` (a Hydra partial).
+        scheduler: Factory ``scheduler(optimizer[, total_steps=...])``; a factory whose
+            signature has ``total_steps`` gets the trainer's estimated stepping batches.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        regularizers: Objects with ``name``, ``weight`` and ``__call__(model, batch,
+            outputs) -> weighted penalty``.
+        config: The resolved run configuration, stored in checkpoints so that
+            ``advtrain-eval`` can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        attack: Attack | None = None,
+        eval_attack: Attack | None = None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        regularizers: Sequence[Any] = (),
+        config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if objective.uses_adversarial and attack is None:
+            raise ValueError(f"objective {objective.name!r} needs a training attack; got attack=None")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step")
+        self.model = model
+        self.objective = objective
+        self.attack = attack
+        self.eval_attack = eval_attack
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.regularizers = list(regularizers)
+        self.config = config
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{kind}": MeanMetric() for stage in ("val", "test") for kind in ("clean", "robust")}
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    # -- training ---------------------------------------------------------------------
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        x_adv = self.attack(self.model, x, y) if self.attack is not None and self.objective.uses_adversarial else x
+        outputs = self.objective(self.model, x, y, x_adv)
+        loss = outputs["loss"]
+        logs = {f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0}
+        for reg in self.regularizers:
+            penalty = reg(self.model, batch, outputs)
+            logs[f"train/reg_{reg.name}"] = penalty.detach()
+            loss = loss + penalty
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss.item()} at epoch {self.current_epoch} step {self.global_step}; "
+                "lower the learning rate, check the data, or enable gradient clipping"
+            )
+        logs["train/loss"] = loss.detach()
+        logs["train/adv_acc" if self.objective.uses_adversarial else "train/acc"] = (
+            (outputs["logits"].argmax(1) == y).float().mean()
+        )
+        self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(y))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    # -- evaluation -------------------------------------------------------------------
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
+        x, y = batch
+        with torch.no_grad():
+            clean_correct = self.model(x).argmax(1) == y
+        self.metrics[f"{stage}_clean"].update(clean_correct.float())
+        if self.eval_attack is not None:
+            x_adv = self.eval_attack(self.model, x, y)
+            with torch.no_grad():
+                robust = clean_correct & (self.model(x_adv).argmax(1) == y)
+            self.metrics[f"{stage}_robust"].update(robust.float())
+            self.log(f"{stage}/robust_acc", self.metrics[f"{stage}_robust"], prog_bar=True, batch_size=len(y))
+        self.log(f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y))
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # -- optimisation -----------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        else:
+            optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if "total_steps" in _parameters(self.scheduler_factory):
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    # -- records ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["advtrain"] = {"config": self.config}
+
+
+def _parameters(factory: Callable[..., Any]) -> set[str]:
+    """Names a factory (function, class or ``functools.partial``) still accepts."""
+    func = getattr(factory, "func", factory)
+    try:
+        names = set(inspect.signature(func).parameters)
+    except (TypeError, ValueError):
+        return set()
+    bound = set(getattr(factory, "keywords", {}) or {})
+    return names - bound
+
