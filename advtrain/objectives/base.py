@@ -1,6 +1,8 @@
 """The objective interface: the outer loss of adversarial training.
 
-An objective maps ``(model, x, y, x_adv)`` to a dict with at least ``"loss"`` (a scalar
+An objective is an ``nn.Module`` (so a distillation teacher it holds moves to the right
+device with the LightningModule; the optimizer only ever sees the trained model's
+parameters). Called as ``objective(model, x, y, x_adv)``, it returns a dict with at least ``"loss"`` (a scalar
 to minimise) and ``"logits"`` (the logits the training accuracy is computed from).
 Every other scalar key is logged as ``train/<key>`` (timm-style dict outputs).
 """
@@ -12,7 +14,7 @@ from abc import ABC, abstractmethod
 from torch import Tensor, nn
 
 
-class Objective(ABC):
+class Objective(nn.Module, ABC):
     """Base class of outer objectives.
 
     Attributes:
@@ -26,8 +28,5 @@ class Objective(ABC):
     uses_adversarial: bool = True
 
     @abstractmethod
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         """Return ``{"loss": scalar, "logits": [batch, classes], ...}``."""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"

@@ -18,6 +18,6 @@ class Madry(Objective):
 
     name = "madry"
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x_adv)
         return {"loss": F.cross_entropy(logits, y), "logits": logits}

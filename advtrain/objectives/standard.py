@@ -14,6 +14,6 @@ class Standard(Objective):
     name = "standard"
     uses_adversarial = False
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x)
         return {"loss": F.cross_entropy(logits, y), "logits": logits}

@@ -123,9 +123,9 @@ class AdversarialModule(L.LightningModule):
     # -- optimisation -----------------------------------------------------------------
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
-            optimizer = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+            optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
         else:
-            optimizer = self.optimizer_factory(self.parameters())
+            optimizer = self.optimizer_factory(self.model.parameters())
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
