@@ -123,3 +123,51 @@ def test_against_torchattacks(robust_setting, kind):
         a += robust_acc(model, ours(s)(model, x, y), y) / 2
         b += robust_acc(model, peer(s)(x, y), y) / 2
     assert abs(a - b) <= max(0.01, 1.5 / n), (a, b)
+
+
+# -- MI-FGSM and TRADES ------------------------------------------------------------------
+def test_mifgsm_without_momentum_is_iterative_fgsm(tiny_model, tiny_batch):
+    """decay = 0: sign(g / ||g||_1) = sign(g), so MI-FGSM is PGD from x with step eps/T."""
+    from advtrain.attacks import MIFGSM
+
+    x, y = tiny_batch
+    a = MIFGSM("linf", 0.1, steps=5, decay=0.0)(tiny_model, x, y)
+    b = PGD("linf", 0.1, steps=5, step_size=0.02, random_start=False)(tiny_model, x, y)
+    assert torch.equal(a, b)
+    c = MIFGSM("linf", 0.1, steps=5, decay=1.0)(tiny_model, x, y)
+    assert not torch.equal(a, c)
+
+
+def test_mifgsm_transfers_from_a_surrogate(robust_setting):
+    """Crafted on a surrogate (another model), evaluated on the target: accuracy drops."""
+    from advtrain.attacks import MIFGSM
+
+    target, x, y = robust_setting
+    torch.manual_seed(1)
+    surrogate = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(surrogate.parameters(), lr=0.05)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(surrogate(x), y).backward()
+        opt.step()
+    x_adv = MIFGSM("linf", 0.3, steps=10)(surrogate, x, y)
+    assert robust_acc(target, x_adv, y) < robust_acc(target, x, y) - 0.1
+
+
+def test_trades_kl_raises_the_divergence(tiny_model, tiny_batch):
+    from advtrain.attacks import TradesKL
+    from advtrain.attacks.losses import kl_divergence
+
+    x, y = tiny_batch
+    attack = TradesKL("linf", 0.2, steps=5, seed=0)
+    x_adv = attack(tiny_model, x, y)
+    with torch.no_grad():
+        clean = tiny_model(x)
+        kl_adv = kl_divergence(tiny_model(x_adv), y, clean_logits=clean)
+        kl_noise = kl_divergence(
+            tiny_model((x + 0.2 * torch.randn_like(x).sign()).clamp(0, 1)), y, clean_logits=clean
+        )
+    assert (kl_adv > kl_noise).float().mean() >= 0.75
+    assert attack.loss_name == "kl"
+    with pytest.raises(ValueError, match="loss"):
+        TradesKL("linf", 0.1, loss="ce")

@@ -8,8 +8,10 @@ from advtrain.attacks.apgd import APGD, APGDT
 from advtrain.attacks.base import Attack, attack_context
 from advtrain.attacks.fgsm import FGSM, FGSMRS
 from advtrain.attacks.losses import LOSSES
+from advtrain.attacks.mifgsm import MIFGSM
 from advtrain.attacks.pgd import PGD
 from advtrain.attacks.square import Square
+from advtrain.attacks.trades_kl import TradesKL
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
@@ -18,6 +20,8 @@ ATTACKS: dict[str, type[Attack]] = {
     "apgd": APGD,
     "apgd_t": APGDT,
     "square": Square,
+    "mifgsm": MIFGSM,
+    "trades_kl": TradesKL,
 }
 
 
@@ -35,9 +39,11 @@ __all__ = [
     "FGSM",
     "FGSMRS",
     "LOSSES",
+    "MIFGSM",
     "PGD",
     "Attack",
     "Square",
+    "TradesKL",
     "attack_context",
     "build_attack",
 ]
