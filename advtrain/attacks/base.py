@@ -73,6 +73,9 @@ class Attack(ABC):
     name: str = "attack"
     #: Norms the method supports; attacks that work for every norm keep all three.
     norms: tuple[str, ...] = ("linf", "l2", "l1")
+    #: Targeted calls without targets draw a random wrong class (False: the attack
+    #: chooses its own targets, as APGD-T does).
+    draws_targets: bool = True
 
     def __init__(
         self,
@@ -136,7 +139,7 @@ class Attack(ABC):
             x = x.detach().clone()
             y = y.detach().clone()
             generator = self._generator(x.device)
-            if self.targeted and target is None:
+            if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
             x_adv = self.perturb(model, x, y, target=target, generator=generator)
             x_adv = self.threat.project(x, x_adv.detach())
