@@ -48,6 +48,13 @@ def test_dlr_losses_match_autoattack_definitions():
     assert torch.allclose(obj, torch.tensor([-(3 - 1) / (3 - 0.5), -(1 - 4) / (5 - 0.5)]))
 
 
+def test_targeted_dlr_needs_a_targeted_attack():
+    with pytest.raises(ValueError, match="targeted=True"):
+        APGD("linf", 0.1, loss="dlr_targeted")
+    with pytest.raises(ValueError, match="unknown attack loss"):
+        PGD("linf", 0.1, loss="hinge")
+
+
 def test_apgd_checkpoints_follow_the_paper():
     """w_0 = 0, w_1 = 0.22 N, windows shrinking by 0.03 N down to 0.06 N (Croce & Hein 2020)."""
     marks = sorted(checkpoints(100, "linf"))
