@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from advtrain.data.device_loader import DeviceLoader, dataset_tensors
+from advtrain.data.samplers import EpochSeededSampler
 
 
 class ClassificationDataModule(L.LightningDataModule, ABC):
@@ -29,7 +34,21 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
         test_limit: Use only the first ``test_limit`` test examples.
         mean: Per-channel mean the model's ``Normalize`` should use.
         std: Per-channel std the model's ``Normalize`` should use.
+        device_resident: Keep each split on the training device and augment batches there
+            (``DeviceLoader``); falls back to DataLoader workers when a split is larger
+            than ``device_resident_max_gb``.
+        device_resident_max_gb: Size limit (GiB of float32 images) for ``device_resident``.
+        channels_last: Device-resident images in ``torch.channels_last`` memory format.
+
+    Under DDP each rank reads its own shard: training shards are equal (the tail is
+    dropped so ranks step together), evaluation shards hold every example exactly once
+    (no DistributedSampler padding), so accuracies reduced over ranks are exact. The
+    training order depends on ``(seed, epoch)`` only and resumes mid-epoch from a
+    checkpoint (``state_dict`` records the batches already trained on).
     """
+
+    crop_padding: int = 0
+    flip: bool = False
 
     name: str = "dataset"
     num_classes: int = 10
@@ -46,6 +65,9 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
         test_limit: int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        device_resident: bool = False,
+        device_resident_max_gb: float = 4.0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if int(batch_size) < 1:
@@ -62,6 +84,11 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.device_resident = bool(device_resident)
+        self.device_resident_max_gb = float(device_resident_max_gb)
+        self.channels_last = bool(channels_last)
+        self._resume: dict[str, int] | None = None
+        self._train_plain: Dataset | None = None
 
     # -- subclasses -------------------------------------------------------------------
     @abstractmethod
@@ -106,10 +133,20 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None and stage in (None, "fit", "validate"):
-            full_aug, full_plain = self.train_dataset(augment=True), self.train_dataset(augment=False)
-            n = len(full_plain) if self.train_limit is None else min(len(full_plain), int(self.train_limit))
+            full_aug, full_plain = (
+                self.train_dataset(augment=True),
+                self.train_dataset(augment=False),
+            )
+            n = (
+                len(full_plain)
+                if self.train_limit is None
+                else min(len(full_plain), int(self.train_limit))
+            )
             train_idx, val_idx = self.split_indices(n)
             self.train_set = Subset(full_aug, train_idx.tolist())
+            self._train_plain = Subset(
+                full_plain, train_idx.tolist()
+            )  # device_resident augments itself
             self.val_set = Subset(full_plain, val_idx.tolist())
         if self.test_set is None and stage in (None, "test", "predict"):
             test = self.test_dataset()
@@ -117,27 +154,95 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
                 test = Subset(test, range(min(len(test), int(self.test_limit))))
             self.test_set = test
 
-    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
+    # -- loaders: DataLoader or device-resident, sharded over DDP ranks ------------------
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self._trainer_or_none()
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _trainer_or_none(self) -> Any:
+        return getattr(self, "trainer", None)
+
+    def _sampler(self, n: int, train: bool) -> EpochSeededSampler:
+        rank, world = self._rank_world()
+        batch_size = self.batch_size if train else self.eval_batch_size
+        sampler = EpochSeededSampler(
+            n,
+            batch_size,
+            seed=self.seed,
+            shuffle=train,
+            rank=rank,
+            world_size=world,
+            drop_uneven=train,
+        )
+        if train and self._resume is not None:
+            sampler.resume_from(self._resume["epoch"], self._resume["batches"])
+            self._resume = None
+        return sampler
+
+    def _fits_device(self, dataset: Dataset) -> bool:
+        gib = len(dataset) * torch.Size(self.input_shape).numel() * 4 / 2**30  # type: ignore[arg-type]
+        if gib > self.device_resident_max_gb:
+            rank_zero_warn(
+                f"device_resident: {self.name} needs {gib:.2f} GiB > device_resident_max_gb="
+                f"{self.device_resident_max_gb}; using DataLoader workers instead"
+            )
+            return False
+        return True
+
+    def _device(self) -> torch.device:
+        trainer = self._trainer_or_none()
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader | DeviceLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a data loader")
+        sampler = self._sampler(len(dataset), train)  # type: ignore[arg-type]
+        batch_size = self.batch_size if train else self.eval_batch_size
+        if self.device_resident and self._fits_device(dataset):
+            images, labels = dataset_tensors(dataset)
+            augment = train and getattr(self, "augment", True)
+            return DeviceLoader(
+                images,
+                labels,
+                batch_size,
+                sampler,
+                device=self._device(),
+                crop_padding=self.crop_padding if augment else 0,
+                flip=self.flip and augment,
+                channels_last=self.channels_last,
+            )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            batch_size=batch_size,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
+    def train_dataloader(self) -> DataLoader | DeviceLoader:
+        return self._loader(
+            self._train_plain if self.device_resident else self.train_set, train=True
+        )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceLoader:
         return self._loader(self.val_set, train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceLoader:
         return self._loader(self.test_set, train=False)
+
+    # -- mid-epoch resume -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands: the epoch and the batches of it already trained on."""
+        trainer = self._trainer_or_none()
+        if trainer is None or not trainer.training:
+            return {}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(trainer.current_epoch), "batches": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the interrupted epoch's order after the batches already trained on."""
+        self._resume = dict(state_dict) if state_dict else None
 
     def test_tensors(self, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The test split (or its first ``limit`` examples) as two tensors."""
