@@ -13,6 +13,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ TINY = [
     "attack.steps=2",
     "eval_attack.steps=2",
     "trainer.max_epochs=2",
-    "trainer.enable_progress_bar=false",
+    "+trainer.enable_progress_bar=false",
     "scheduler=none",
 ]
 
@@ -74,3 +75,18 @@ def run_cli(
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+class SimulatedKill(RuntimeError):
+    """What CrashAtStep raises (Lightning swallows KeyboardInterrupt)."""
+
+
+class CrashAtStep(Callback):
+    """Test-only: raise (as a killed job would stop) when training reaches ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = int(step)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step >= self.step:
+            raise SimulatedKill(f"crash at step {trainer.global_step}")

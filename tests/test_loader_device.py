@@ -116,7 +116,7 @@ def test_device_augmentation_is_seeded_per_epoch_and_stays_in_range() -> None:
     first, again, second = epoch_batches(0), epoch_batches(0), epoch_batches(1)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
-    assert all(0 <= b.min() and b.max() <= 1 for b in first)
+    assert all(b.min() >= 0 and b.max() <= 1 for b in first)
     assert not torch.equal(torch.cat(first), x[list(EpochSeededSampler(40, 16, seed=0))])
 
 
