@@ -87,6 +87,8 @@ class CrashAtStep(Callback):
     def __init__(self, step: int) -> None:
         self.step = int(step)
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
         if trainer.global_step >= self.step:
             raise SimulatedKill(f"crash at step {trainer.global_step}")

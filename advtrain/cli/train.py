@@ -42,7 +42,7 @@ from advtrain.cli.common import (
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
 from advtrain.evaluation.statistics import proportion
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
-from advtrain.training.tracking import log_config, log_final
+from advtrain.training.tracking import log_config, log_final, prepare_trackers
 
 RESUME_CHOICES = ("auto", "never")
 
@@ -146,6 +146,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("compile"):
         module.model.compile()
     callbacks = _instantiate_dict(cfg.get("callbacks"))
+    prepare_trackers(cfg.get("logger"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]

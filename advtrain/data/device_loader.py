@@ -97,6 +97,7 @@ class DeviceLoader:
         self.labels = labels.to(self.device, torch.long)
         self.batch_size = int(batch_size)
         self.sampler = sampler  # Lightning calls ``loader.sampler.set_epoch(epoch)``
+        self.batch_sampler = None  # read by Lightning's DataLoader checks
         self.crop_padding = int(crop_padding)
         self.flip = bool(flip)
         self.drop_last = bool(drop_last)

@@ -9,13 +9,15 @@ module adds what they do not get on their own:
   run's files (config.yaml, run.json, metrics.json, figures) as artifacts: a wandb
   Artifact, MLflow run artifacts, TensorBoard text; checkpoints too when asked.
 
-Every function is a no-op for loggers that cannot take a given record (CSV has no
+``log_final`` also finishes the wandb run (a sweep's next job in the same process would
+otherwise log into it). Every function is a no-op for loggers that cannot take a given record (CSV has no
 artifacts), and runs on rank 0 only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,17 +42,18 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def final_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Numbers of ``metrics.json`` as ``final/<split>/<name>`` (a proportion's ``value``
-    and its Wilson bounds); non-numbers are left out."""
+    """Numbers of ``metrics.json`` as ``final/<split>/<name>`` (a proportion's ``value``)
+    and ``final/<split>/<name>_ci95_low|high`` (its Wilson bounds); non-numbers are left
+    out. No name is a prefix folder of another (MLflow stores metrics as files)."""
     out: dict[str, float] = {}
     for key, value in flatten(metrics).items():
-        name = f"final/{key.removesuffix('/value')}"
         if isinstance(value, bool) or value is None:
             continue
         if isinstance(value, int | float):
-            out[name] = float(value)
-        elif isinstance(value, list | tuple) and len(value) == 2 and key.endswith("ci95"):
-            out[f"{name}_low"], out[f"{name}_high"] = float(value[0]), float(value[1])
+            out[f"final/{key.removesuffix('/value')}"] = float(value)
+        elif isinstance(value, list | tuple) and len(value) == 2 and key.endswith("/ci95"):
+            base = f"final/{key.removesuffix('/ci95')}_ci95"
+            out[f"{base}_low"], out[f"{base}_high"] = float(value[0]), float(value[1])
     return out
 
 
@@ -62,6 +65,17 @@ def run_files(run_dir: Path, checkpoints: bool = False) -> list[Path]:
     if checkpoints:
         files += sorted((run_dir / "checkpoints").glob("*.ckpt"))
     return files
+
+
+def prepare_trackers(logger_configs: Mapping[str, Any] | None) -> None:
+    """Environment a configured tracker needs before it is built: MLflow 3 refuses a
+    local file store (``file:`` URI) unless ``MLFLOW_ALLOW_FILE_STORE`` is set; a local
+    file store is what this project uses without a server, so it is allowed here."""
+    for cfg in (logger_configs or {}).values():
+        target = str((cfg or {}).get("_target_", ""))
+        uri = str((cfg or {}).get("tracking_uri") or "")
+        if target.endswith("MLFlowLogger") and (uri.startswith("file:") or "://" not in uri):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 
 
 @rank_zero_only
@@ -89,6 +103,8 @@ def log_final(
             logger.log_metrics(numbers, step=step)
         if isinstance(logger, WandbLogger):
             _wandb_artifacts(logger, files, run_dir)
+            # the job is over: the next job of a sweep in this process gets its own run
+            logger.experiment.finish()
         elif isinstance(logger, MLFlowLogger):
             _mlflow_artifacts(logger, files, run_dir)
         elif isinstance(logger, TensorBoardLogger):
