@@ -10,9 +10,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from scale_helpers import TINY, read_metrics, run_cli
 
 from advtrain.cli.common import build_model
+from tests.scale_helpers import TINY, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 

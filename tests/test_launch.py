@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from scale_helpers import TINY, compose_train, read_metrics, run_cli
 
 from advtrain.cli.train import resolve_ckpt_path
+from tests.scale_helpers import TINY, compose_train, read_metrics, run_cli
 
 
 def test_slurm_launcher_config_composes(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scale_helpers import TINY, compose_train, read_metrics, train_in_process
 
 from advtrain.training.tracking import final_metrics
+from tests.scale_helpers import TINY, compose_train, read_metrics, train_in_process
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from scale_helpers import ROOT, TINY, read_metrics, run_cli
+
+from tests.scale_helpers import ROOT, TINY, read_metrics, run_cli
 
 pytestmark = pytest.mark.slow
 

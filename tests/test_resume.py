@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from scale_helpers import TINY, SimulatedKill, read_metrics, train_in_process
+
+from tests.scale_helpers import TINY, SimulatedKill, read_metrics, train_in_process
 
 # 180 training examples / 32 = 6 batches per epoch; last.ckpt every 2 steps
 RUN = [*TINY, "logger=none", "callbacks.step_checkpoint.every_n_train_steps=2"]
@@ -19,7 +20,7 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, device_resid
     whole = train_in_process(tmp_path / "whole", run)
 
     crashed = tmp_path / "crashed"
-    crash = ["+callbacks.crash._target_=scale_helpers.CrashAtStep", "+callbacks.crash.step=9"]
+    crash = ["+callbacks.crash._target_=tests.scale_helpers.CrashAtStep", "+callbacks.crash.step=9"]
     with pytest.raises(SimulatedKill, match="crash at step 9"):
         train_in_process(crashed, run + crash)
     assert not (crashed / "metrics.json").exists()
