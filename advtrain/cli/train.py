@@ -198,6 +198,7 @@ def print_summary(metrics: dict[str, Any], out_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@one_line_errors("advtrain-train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     metric = cfg.get("optimized_metric")

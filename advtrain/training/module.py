@@ -66,9 +66,13 @@ class AdversarialModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if objective.uses_adversarial and attack is None:
-            raise ValueError(f"objective {objective.name!r} needs a training attack; got attack=None")
+            raise ValueError(
+                f"objective {objective.name!r} needs a training attack; got attack=None"
+            )
         if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step")
+            raise ValueError(
+                f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step"
+            )
         self.model = model
         self.objective = objective
         self.attack = attack
@@ -83,7 +87,11 @@ class AdversarialModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         self._rng_to_restore: dict[str, Any] | None = None
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{kind}": MeanMetric() for stage in ("val", "test") for kind in ("clean", "robust")}
+            {
+                f"{stage}_{kind}": MeanMetric()
+                for stage in ("val", "test")
+                for kind in ("clean", "robust")
+            }
         )
         # examples evaluated, summed over DDP ranks: the n of the reported accuracies
         self.counts = nn.ModuleDict({stage: SumMetric() for stage in ("val", "test")})
@@ -94,10 +102,16 @@ class AdversarialModule(L.LightningModule):
     # -- training ---------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        x_adv = self.attack(self.model, x, y) if self.attack is not None and self.objective.uses_adversarial else x
+        x_adv = (
+            self.attack(self.model, x, y)
+            if self.attack is not None and self.objective.uses_adversarial
+            else x
+        )
         outputs = self.objective(self.model, x, y, x_adv)
         loss = outputs["loss"]
-        logs = {f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0}
+        logs = {
+            f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0
+        }
         for reg in self.regularizers:
             penalty = reg(self.model, batch, outputs)
             logs[f"train/reg_{reg.name}"] = penalty.detach()
@@ -112,7 +126,12 @@ class AdversarialModule(L.LightningModule):
             (outputs["logits"].argmax(1) == y).float().mean()
         )
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(y))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            on_epoch=False,
+        )
         return loss
 
     # -- evaluation -------------------------------------------------------------------
@@ -126,8 +145,15 @@ class AdversarialModule(L.LightningModule):
             with torch.no_grad():
                 robust = clean_correct & (self.model(x_adv).argmax(1) == y)
             self.metrics[f"{stage}_robust"].update(robust.float())
-            self.log(f"{stage}/robust_acc", self.metrics[f"{stage}_robust"], prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y))
+            self.log(
+                f"{stage}/robust_acc",
+                self.metrics[f"{stage}_robust"],
+                prog_bar=True,
+                batch_size=len(y),
+            )
+        self.log(
+            f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y)
+        )
         self.counts[stage].update(torch.tensor(float(len(y)), device=y.device))
         self.log(f"{stage}/n_examples", self.counts[stage], batch_size=len(y))
 
@@ -149,7 +175,10 @@ class AdversarialModule(L.LightningModule):
         if "total_steps" in _parameters(self.scheduler_factory):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.channels_last and isinstance(batch, list | tuple) and batch[0].dim() == 4:
@@ -205,4 +234,3 @@ def _parameters(factory: Callable[..., Any]) -> set[str]:
         return set()
     bound = set(getattr(factory, "keywords", {}) or {})
     return names - bound
-
