@@ -53,6 +53,7 @@ def child_argv(argv0: str, environ: dict[str, str] | None = None) -> list[str]:
     rank = env.get("LOCAL_RANK", "0")
     argv = [argv0, *job["overrides"]]
     argv += [
+        "hydra.mode=RUN",  # hparams_search=optuna sets MULTIRUN: a child runs one job
         f"hydra.run.dir={_quote(job['run_dir'])}",
         f"hydra.job.name=train_ddp_process_{rank}",
         "hydra.output_subdir=null",
