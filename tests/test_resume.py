@@ -30,5 +30,13 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, device_resid
 
     resumed = train_in_process(crashed, run)  # resume=auto finds last.ckpt
     assert resumed == whole
+    # the final weights are bit-identical too (the accuracies alone are too coarse to see
+    # a resume that restores the data order but not the attacks' random starts)
+    final = [
+        torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for d in (tmp_path / "whole", crashed)
+    ]
+    assert final[0].keys() == final[1].keys()
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
     assert read_metrics(crashed) == read_metrics(tmp_path / "whole")
     assert whole["test"]["n_examples"] == 101
