@@ -39,3 +39,14 @@ def test_submitit_local_launch(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     assert read_metrics(sweep / "0")["test"]["n_examples"] == 101
     assert any((sweep / ".submitit").rglob("*_result.pkl"))
+
+
+def test_hydra_plugin_groups_are_not_checked_against_conf() -> None:
+    from advtrain.cli.common import check_group_choices
+
+    # conf/hydra/launcher/ holds only the submitit options; Hydra's own are valid too
+    check_group_choices(
+        ["hydra/launcher=basic", "hydra/launcher=submitit_local", "hydra/sweeper=optuna"]
+    )
+    with pytest.raises(ValueError, match="unknown trainer 'tpu9'"):
+        check_group_choices(["trainer=tpu9"])
