@@ -82,3 +82,16 @@ def test_optuna_sweep_three_trials(tmp_path: Path) -> None:
         yaml.safe_load((j / "config.yaml").read_text())["optimizer"]["lr"] for j in job_dirs(sweep)
     }
     assert len(lrs) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+
+
+def test_optuna_sweep_of_ddp_jobs(tmp_path: Path) -> None:
+    """hparams_search=optuna sets hydra.mode=MULTIRUN: the children must still run one job."""
+    args = ["-m", *QUICK, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer=ddp_cpu"]
+    run_cli(args, cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert all((j / "train_ddp_process_1.log").is_file() for j in jobs)
+    assert all(read_metrics(j)["test"]["n_examples"] == 101 for j in jobs)
+    assert (sweep / "optimization_results.yaml").is_file()
+    assert not (tmp_path / "outputs").exists()
