@@ -30,6 +30,7 @@ from advtrain.cli.common import (
     write_json_atomic,
     write_run_record,
 )
+from advtrain.cli.distill import build_teacher
 from advtrain.evaluation.statistics import proportion
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
 
@@ -40,12 +41,17 @@ def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(v) for v in cfg.values() if is_configured(v) and "_target_" in v]
 
 
+def _teacher_kwarg(cfg: DictConfig, teacher: Any) -> dict[str, Any]:
+    return {"teacher": teacher} if teacher is not None and "teacher" in cfg else {}
+
+
 def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
     """The LightningModule of a run: model, attacks, objective, optimizer, scheduler."""
     model = build_model(cfg.model, cfg.data, cfg.normalize)
     check_model_fits_data(model, datamodule)
-    objective = instantiate(cfg.objective)
-    attack = instantiate(cfg.attack) if is_configured(cfg.attack) else None
+    teacher = build_teacher(cfg.get("distill"))  # configs with a `teacher` key receive it
+    objective = instantiate(cfg.objective, **_teacher_kwarg(cfg.objective, teacher))
+    attack = instantiate(cfg.attack, **_teacher_kwarg(cfg.attack, teacher)) if is_configured(cfg.attack) else None
     if attack is not None and objective.uses_adversarial and attack.loss_name != objective.attack_loss:
         raise ValueError(
             f"objective {objective.name!r} needs attack.loss={objective.attack_loss}, got {attack.loss_name!r}"
