@@ -155,7 +155,7 @@ class LpBall:
         """A point drawn uniformly from the ball around ``x``, then clipped to the box."""
         shape, dim = x.shape, x[0].numel()
         if self.norm == "linf":
-            delta = (torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1)
+            delta = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
             delta = delta * self.eps
         else:
             # uniform in the l2 ball: gaussian direction, radius eps * U^(1/d);

@@ -94,7 +94,9 @@ class Attack(ABC):
         self.loss_fn = get_loss(loss)
         self.targeted = bool(targeted)
         if model_mode not in MODEL_MODES:
-            raise ValueError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
+            raise ValueError(
+                f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}"
+            )
         self.model_mode = model_mode
         self.seed = seed
         self.check_inputs = check_inputs

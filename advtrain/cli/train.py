@@ -51,8 +51,13 @@ def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
     check_model_fits_data(model, datamodule)
     teacher = build_teacher(cfg.get("distill"))  # configs with a `teacher` key receive it
     objective = instantiate(cfg.objective, **_teacher_kwarg(cfg.objective, teacher))
-    attack = instantiate(cfg.attack, **_teacher_kwarg(cfg.attack, teacher)) if is_configured(cfg.attack) else None
-    if attack is not None and objective.uses_adversarial and attack.loss_name != objective.attack_loss:
+    attack_kwargs = _teacher_kwarg(cfg.attack, teacher) if is_configured(cfg.attack) else {}
+    attack = instantiate(cfg.attack, **attack_kwargs) if is_configured(cfg.attack) else None
+    if (
+        attack is not None
+        and objective.uses_adversarial
+        and attack.loss_name != objective.attack_loss
+    ):
         raise ValueError(
             f"objective {objective.name!r} needs attack.loss={objective.attack_loss}, got {attack.loss_name!r}"
         )
@@ -76,7 +81,9 @@ def _metric(metrics: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def summarise(trainer: L.Trainer, test_metrics: dict[str, Any], n_test: int | None) -> dict[str, Any]:
+def summarise(
+    trainer: L.Trainer, test_metrics: dict[str, Any], n_test: int | None
+) -> dict[str, Any]:
     """metrics.json: final validation and test clean/robust accuracy (Wilson 95%)."""
     val = {k: _metric(trainer.callback_metrics, f"val/{k}") for k in ("clean_acc", "robust_acc")}
     out: dict[str, Any] = {"val": val, "test": None, "epochs": trainer.current_epoch}
@@ -103,12 +110,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         write_run_record(cfg, out_dir)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; give a checkpoint file to resume from")
+        raise FileNotFoundError(
+            f"ckpt_path={ckpt_path!r} does not exist; give a checkpoint file to resume from"
+        )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     test_metrics: dict[str, Any] = {}
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        results = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best or None, weights_only=True
+        )
         test_metrics = results[0] if results else {}
     n_test = len(datamodule.test_set) if datamodule.test_set is not None else None
     metrics = summarise(trainer, test_metrics, n_test)
@@ -122,8 +133,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def print_summary(metrics: dict[str, Any], out_dir: Path) -> None:
     test = metrics.get("test")
     if test:
+
         def fmt(p: dict | None) -> str:
-            return "n/a" if p is None else f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
+            return (
+                "n/a"
+                if p is None
+                else f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
+            )
 
         print(
             f"test clean accuracy {fmt(test['clean_acc'])}, robust accuracy {fmt(test['robust_acc'])} "
@@ -132,6 +148,7 @@ def print_summary(metrics: dict[str, Any], out_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@one_line_errors("advtrain-train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     metric = cfg.get("optimized_metric")

@@ -58,9 +58,13 @@ class AdversarialModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if objective.uses_adversarial and attack is None:
-            raise ValueError(f"objective {objective.name!r} needs a training attack; got attack=None")
+            raise ValueError(
+                f"objective {objective.name!r} needs a training attack; got attack=None"
+            )
         if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step")
+            raise ValueError(
+                f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step"
+            )
         self.model = model
         self.objective = objective
         self.attack = attack
@@ -71,7 +75,11 @@ class AdversarialModule(L.LightningModule):
         self.regularizers = list(regularizers)
         self.config = config
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{kind}": MeanMetric() for stage in ("val", "test") for kind in ("clean", "robust")}
+            {
+                f"{stage}_{kind}": MeanMetric()
+                for stage in ("val", "test")
+                for kind in ("clean", "robust")
+            }
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -80,14 +88,22 @@ class AdversarialModule(L.LightningModule):
     # -- training ---------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        x_adv = self.attack(self.model, x, y) if self.attack is not None and self.objective.uses_adversarial else x
+        x_adv = (
+            self.attack(self.model, x, y)
+            if self.attack is not None and self.objective.uses_adversarial
+            else x
+        )
         outputs = self.objective(self.model, x, y, x_adv)
         loss = outputs["loss"]
-        logs = {f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0}
+        logs = {
+            f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0
+        }
         for reg in self.regularizers:
             penalty = reg(self.model, batch, outputs, **self._progress(batch_idx))
             logs[f"train/reg_{reg.name}"] = penalty.detach()
-            logs.update({f"train/reg_{reg.name}_{k}": v for k, v in getattr(reg, "extra_logs", {}).items()})
+            logs.update(
+                {f"train/reg_{reg.name}_{k}": v for k, v in getattr(reg, "extra_logs", {}).items()}
+            )
             loss = loss + penalty
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -99,7 +115,12 @@ class AdversarialModule(L.LightningModule):
             (outputs["logits"].argmax(1) == y).float().mean()
         )
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(y))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            on_epoch=False,
+        )
         return loss
 
     def _progress(self, batch_idx: int) -> dict[str, float]:
@@ -119,8 +140,15 @@ class AdversarialModule(L.LightningModule):
             with torch.no_grad():
                 robust = clean_correct & (self.model(x_adv).argmax(1) == y)
             self.metrics[f"{stage}_robust"].update(robust.float())
-            self.log(f"{stage}/robust_acc", self.metrics[f"{stage}_robust"], prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y))
+            self.log(
+                f"{stage}/robust_acc",
+                self.metrics[f"{stage}_robust"],
+                prog_bar=True,
+                batch_size=len(y),
+            )
+        self.log(
+            f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y)
+        )
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -140,7 +168,10 @@ class AdversarialModule(L.LightningModule):
         if "total_steps" in _parameters(self.scheduler_factory):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
     # -- records ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -156,4 +187,3 @@ def _parameters(factory: Callable[..., Any]) -> set[str]:
         return set()
     bound = set(getattr(factory, "keywords", {}) or {})
     return names - bound
-
