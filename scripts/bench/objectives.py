@@ -336,11 +336,16 @@ def markdown(reports: list[dict[str, Any]], args: argparse.Namespace, command: s
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## Objectives`` section of docs/benchmarks.md."""
+    """Replace (or append) the ``## Objectives`` section of docs/benchmarks.md, keeping
+    its hand-written ``### Findings`` subsection."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
     start = text.find("## Objectives")
     if start >= 0:
         end = text.find("\n## ", start + 1)
+        old = text[start:] if end < 0 else text[start:end]
+        findings = old.find("### Findings")  # hand-written analysis is kept
+        if findings >= 0:
+            section = section.rstrip() + "\n\n" + old[findings:].rstrip()
         text = text[:start] + section.rstrip() + "\n" + ("" if end < 0 else text[end:])
     else:
         text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
@@ -362,7 +367,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(ROOT / "docs" / "benchmarks_objectives.json"))
+    parser.add_argument(
+        "--render", nargs="+", default=None, help="only write the table from saved JSON reports"
+    )
+    parser.add_argument(
+        "--command", default=None, help="the command line(s) to cite when rendering"
+    )
     args = parser.parse_args()
+    if args.render:
+        reports = [rep for path in args.render for rep in json.loads(Path(path).read_text())]
+        write_section(
+            Path(args.out), markdown(reports, args, args.command or "see --render inputs")
+        )
+        print(f"wrote {args.out}")
+        return
     torch.set_num_threads(args.threads)
     command = "nice -n 5 uv run python scripts/bench/objectives.py " + " ".join(sys.argv[1:])
     reports = []
