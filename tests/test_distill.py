@@ -163,3 +163,36 @@ def test_student_trains_from_teacher_checkpoint(
     for key, value in teacher.state_dict().items():
         assert torch.equal(teacher_keys[f"objective.teacher.model.{key}"], value)
     assert student["model.0.mean"].item() == pytest.approx(0.3)  # the student's own normalisation
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["experiment=ard", "distill.teacher_ckpt={ckpt}", "distill.model.width=8"],
+            "does not fit the teacher model",
+        ),
+        (
+            ["+regularizer@regularizers.l1=l1", "regularizers.l1.weight=-1"],
+            "l1 weight=-1 is invalid",
+        ),
+        (["objective=tradez"], "unknown objective 'tradez'; allowed:"),
+    ],
+)
+def test_cli_bad_input_is_one_line(
+    args: list[str], message: str, tmp_path: Path, tmp_cwd: Path, monkeypatch, capsys
+) -> None:
+    from advtrain.cli.train import main
+
+    ckpt = tmp_path / "teacher.ckpt"
+    write_teacher_checkpoint(ckpt)
+    argv = [a.format(ckpt=ckpt) for a in args]
+    if "distill.model.width=8" in argv:  # a teacher config that does not fit the checkpoint
+        argv.remove("distill.model.width=8")
+        argv.append("distill.model={_target_: advtrain.models.DigitsCNN, width: 8}")
+    monkeypatch.setattr("sys.argv", ["advtrain-train", *argv, "logger=none", "debug=fast_dev_run"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("advtrain-train: error: ") and message in err[-1]
