@@ -82,11 +82,11 @@ def _metric(metrics: dict[str, Any], key: str) -> float | None:
 
 
 def summarise(
-    trainer: L.Trainer, test_metrics: dict[str, Any], n_test: int | None
+    fit_metrics: dict[str, Any], epochs: int, test_metrics: dict[str, Any], n_test: int | None
 ) -> dict[str, Any]:
     """metrics.json: final validation and test clean/robust accuracy (Wilson 95%)."""
-    val = {k: _metric(trainer.callback_metrics, f"val/{k}") for k in ("clean_acc", "robust_acc")}
-    out: dict[str, Any] = {"val": val, "test": None, "epochs": trainer.current_epoch}
+    val = {k: _metric(fit_metrics, f"val/{k}") for k in ("clean_acc", "robust_acc")}
+    out: dict[str, Any] = {"val": val, "test": None, "epochs": epochs}
     if test_metrics and n_test:
         out["test"] = {"n_examples": n_test}
         for k in ("clean_acc", "robust_acc"):
@@ -114,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"ckpt_path={ckpt_path!r} does not exist; give a checkpoint file to resume from"
         )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_metrics, epochs = dict(trainer.callback_metrics), trainer.current_epoch
     test_metrics: dict[str, Any] = {}
     if cfg.get("test"):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -122,7 +123,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         test_metrics = results[0] if results else {}
     n_test = len(datamodule.test_set) if datamodule.test_set is not None else None
-    metrics = summarise(trainer, test_metrics, n_test)
+    metrics = summarise(fit_metrics, epochs, test_metrics, n_test)
     if trainer.is_global_zero:
         write_json_atomic(metrics, out_dir / "metrics.json")
         print_summary(metrics, out_dir)
