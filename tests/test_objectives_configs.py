@@ -10,7 +10,6 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from test_distill import write_teacher_checkpoint
 
 from advtrain.attacks import PGD
 from advtrain.cli.train import train
@@ -18,6 +17,7 @@ from advtrain.data import SyntheticDataModule
 from advtrain.objectives import Madry
 from advtrain.regularizers import L1Sparsity, SpectralNorm
 from advtrain.training import AdversarialModule
+from tests.test_distill import write_teacher_checkpoint
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CHEAP = ["model.width=4", "eval_attack.steps=1", "data.eval_batch_size=32", "logger=none"]
