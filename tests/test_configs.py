@@ -85,5 +85,5 @@ def test_every_experiment_runs_fast_dev_run(experiment: str, tmp_path: Path) -> 
     cfg = compose_train(base, tmp_path)
     cfg = compose_train(base + synthetic_overrides(cfg), tmp_path)
     metrics = train(cfg)
-    assert metrics["test"]["n_examples"] == 16
+    assert metrics["test"]["n_examples"] == 8  # fast_dev_run: one test batch
     assert 0.0 <= metrics["test"]["clean_acc"]["value"] <= 1.0
