@@ -259,8 +259,11 @@ def spawn_eval(cfg: DictConfig) -> dict[str, Any]:
 
     world_size = int(cfg.eval.devices)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    # fork is fast and safe on CPU; once CUDA is initialised only spawn is safe
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_spawned, args=(world_size, f"{tmp}/init", resolved), nprocs=world_size)
+        args = (world_size, f"{tmp}/init", resolved)
+        mp.start_processes(_spawned, args=args, nprocs=world_size, start_method=method)
     report_path = Path(cfg.paths.output_dir) / "report.json"
     return json.loads(report_path.read_text())
 
