@@ -1,0 +1,138 @@
+"""Benchmark: advtrain's ``standard`` suite against torchattacks' AutoAttack.
+
+Both attack the same MNIST CNN (``advtrain.models.MnistCNN``, trained briefly with PGD
+on MNIST-8k: the first 8,000 images of the official t10k split; evaluated on images
+of the last 2,000) under linf eps=0.3. torchattacks' AutoAttack is built from its
+components with the original settings (Croce & Hein 2020): APGD-CE and APGD-T (9
+targets) and FAB-T (9 targets) with 100 iterations, Square with 5,000 queries
+(``torchattacks.AutoAttack(version="standard")`` would run 10 iterations).
+
+Runs A and B interleaved (``--repeats`` times each, alternating) in one process and
+prints per-run times, robust accuracies, the medians and their ratio.
+
+    nice -n 5 uv run python scripts/bench/eval.py --n 500 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torchattacks
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from advtrain.attacks import PGD
+from advtrain.data import MNISTIdxSplitDataModule
+from advtrain.evaluation.gauntlet import initial_state, run_gauntlet
+from advtrain.evaluation.suites import build_suite
+from advtrain.models import MnistCNN, NormalizedModel
+from advtrain.threat import LpBall
+
+RAW = "/work/shared/data/MNIST/raw"
+CACHE = Path("outputs/bench/mnist_cnn_pgd.safetensors")
+
+
+def train_model(dm: MNISTIdxSplitDataModule, epochs: int, eps: float) -> nn.Module:
+    """MnistCNN, PGD adversarial training (Madry et al. 2018) with 5 steps, briefly."""
+    torch.manual_seed(0)
+    model = NormalizedModel(MnistCNN(), dm.mean, dm.std)
+    if CACHE.is_file():
+        model.load_state_dict(load_file(str(CACHE)))
+        return model.eval()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    attack = PGD("linf", eps, steps=5, step_size=eps / 2)
+    dm.setup("fit")
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        for x, y in dm.train_dataloader():
+            x_adv = attack(model, x, y)
+            model.train()
+            loss = nn.functional.cross_entropy(model(x_adv), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        print(f"epoch {epoch}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)")
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(CACHE))
+    return model.eval()
+
+
+def torchattacks_autoattack(
+    model: nn.Module, eps: float, seed: int = 0
+) -> torchattacks.MultiAttack:
+    """torchattacks' standard AutoAttack, with the original 100 iterations."""
+    common = {"norm": "Linf", "eps": eps, "seed": seed, "n_restarts": 1}
+    return torchattacks.MultiAttack(
+        [
+            torchattacks.APGD(model, loss="ce", steps=100, **common),
+            torchattacks.APGDT(model, n_classes=10, steps=100, **common),
+            torchattacks.FAB(model, multi_targeted=True, n_classes=10, steps=100, **common),
+            torchattacks.Square(model, n_queries=5000, **common),
+        ]
+    )
+
+
+def run_torchattacks(model, x, y, eps, batch_size) -> float:
+    attack = torchattacks_autoattack(model, eps)
+    robust = 0
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        x_adv = attack(xb, yb)
+        with torch.no_grad():
+            robust += int((model(x_adv).argmax(1) == yb).sum())
+    return robust / len(y)
+
+
+def run_advtrain(model, x, y, eps, batch_size) -> float:
+    suite = build_suite("standard", LpBall("linf", eps), seed=0)
+    state = run_gauntlet(model, x, y, suite.entries, batch_size=batch_size)
+    return float((state.fooled_by == -1).float().mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args()
+    dm = MNISTIdxSplitDataModule(raw_folder=RAW, n_train=8000, batch_size=128, seed=0)
+    model = train_model(dm, args.epochs, args.eps)
+    x, y = dm.test_tensors(limit=args.n)
+    clean = float((initial_state(model, x, y, 500).fooled_by == -1).float().mean())
+    print(f"MnistCNN, PGD-trained on MNIST-8k; {len(y)} test images; clean accuracy {clean:.3f}")
+    print(
+        "advtrain standard suite:",
+        [e.name for e in build_suite("standard", LpBall("linf", args.eps)).entries],
+    )
+    times: dict[str, list[float]] = {"advtrain": [], "torchattacks": []}
+    accs: dict[str, list[float]] = {"advtrain": [], "torchattacks": []}
+    runners = {"advtrain": run_advtrain, "torchattacks": run_torchattacks}
+    for r in range(args.repeats):
+        for name in ("advtrain", "torchattacks") if r % 2 == 0 else ("torchattacks", "advtrain"):
+            t0 = time.perf_counter()
+            acc = runners[name](model, x, y, args.eps, args.batch_size)
+            times[name].append(time.perf_counter() - t0)
+            accs[name].append(acc)
+            print(
+                f"repeat {r} {name:12s}: robust accuracy {acc:.4f}  {times[name][-1]:.1f} s",
+                flush=True,
+            )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"median time advtrain {med['advtrain']:.1f} s, torchattacks {med['torchattacks']:.1f} s, "
+        f"ratio advtrain/torchattacks {med['advtrain'] / med['torchattacks']:.2f}"
+    )
+    print(
+        f"robust accuracy advtrain {statistics.median(accs['advtrain']):.4f}, "
+        f"torchattacks {statistics.median(accs['torchattacks']):.4f} (eps={args.eps}, n={len(y)})"
+    )
+
+
+if __name__ == "__main__":
+    main()
