@@ -65,6 +65,9 @@ class Attack(ABC):
             as some adversarial-training recipes do) or ``"keep"``.
         seed: When set, the attack's randomness is reproducible (same seed, same result).
         check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Expectation over Transformation (Athalye, Carlini, Wagner 2018,
+            "Obfuscated gradients give a false sense of security"): average the input
+            gradient over ``eot_iter`` forward/backward draws, for randomized models.
     """
 
     name: str = "attack"
@@ -83,6 +86,7 @@ class Attack(ABC):
         model_mode: str = "eval",
         seed: int | None = None,
         check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
         self.threat = threat if threat is not None else LpBall(norm, eps, tuple(bounds))
         if self.threat.norm not in self.norms:
@@ -100,6 +104,9 @@ class Attack(ABC):
         self.model_mode = model_mode
         self.seed = seed
         self.check_inputs = check_inputs
+        if isinstance(eot_iter, bool) or int(eot_iter) != eot_iter or int(eot_iter) < 1:
+            raise ValueError(f"eot_iter={eot_iter!r} is invalid; need an integer >= 1")
+        self.eot_iter = int(eot_iter)
 
     # -- public -----------------------------------------------------------------------
     @property
@@ -185,12 +192,26 @@ class Attack(ABC):
         target: Tensor | None = None,
         **kw: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(per-example objective, its gradient w.r.t. x_adv, logits)``."""
+        """Return ``(per-example objective, its gradient w.r.t. x_adv, logits)``.
+
+        With ``eot_iter > 1`` the three are averaged over that many forward/backward
+        draws (EOT, Athalye et al. 2018); with 1 it is exactly one pass.
+        """
         x_adv = x_adv.detach().requires_grad_(True)
         logits = model(x_adv)
         values = self.objective(logits, y, target, **kw)
         (grad,) = torch.autograd.grad(values.sum(), x_adv)
-        return values.detach(), grad.detach(), logits.detach()
+        if self.eot_iter == 1:
+            return values.detach(), grad.detach(), logits.detach()
+        values, grad, logits = values.detach(), grad.detach(), logits.detach()
+        for _ in range(self.eot_iter - 1):
+            draw_logits = model(x_adv)
+            draw = self.objective(draw_logits, y, target, **kw)
+            (draw_grad,) = torch.autograd.grad(draw.sum(), x_adv)
+            values, grad = values + draw.detach(), grad + draw_grad
+            logits = logits + draw_logits.detach()
+        n = float(self.eot_iter)
+        return values / n, grad / n, logits / n
 
     @staticmethod
     def random_targets(
