@@ -1,0 +1,1 @@
+"""Regularizers of the outer minimisation: ``weight * penalty(model, batch, outputs)``."""
