@@ -125,3 +125,12 @@ def test_eval_two_cpu_processes(checkpoint, tmp_path, monkeypatch):
     ref = json.loads((single / "report.json").read_text())
     assert report["n_examples"] == ref["n_examples"] == 40
     assert report["clean_accuracy"] == ref["clean_accuracy"]
+
+
+def test_eval_with_certification(checkpoint, tmp_path, monkeypatch):
+    args = [f"ckpt_path={checkpoint}", "certify.method=crown", "eval.eps=0.01", *FAST]
+    assert run_cli([*args, "eval.figures=false"], tmp_path / "run", monkeypatch) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    cert = report["certified_accuracy"]
+    assert cert["method"] == "crown" and 0.0 <= cert["value"] <= report["robust_accuracy"]["value"]
+    assert report["sandwich"]["ok"]

@@ -106,3 +106,21 @@ def test_report_logged_to_logger(evaluation, tmp_path):
     metrics = report_metrics(evaluation.report)
     assert all(key in text for key in metrics)
     assert metrics["eval/robust_acc"] == evaluation.report["robust_accuracy"]["value"]
+
+
+def test_sandwich_violation_printed_loudly(monkeypatch, capsys, tiny_model, tiny_batch):
+    """A certifier claiming every example (a bug) is caught by the sandwich check."""
+    import advtrain.certification
+
+    x, y = tiny_batch
+
+    def overconfident(model, x, y, norm, eps, method):
+        return {"certified": [True] * len(y), "certified_accuracy": 1.0}
+
+    monkeypatch.setattr(advtrain.certification, "certify", overconfident)
+    from advtrain.evaluation.certified import certified_section
+
+    robust = torch.zeros(len(y), dtype=torch.bool)
+    section = certified_section(tiny_model, x, y, LpBall("linf", 0.1), "ibp", robust, robust)
+    assert not section["sandwich"]["ok"] and section["certified_accuracy"]["value"] == 1.0
+    assert "BUG" in capsys.readouterr().err
