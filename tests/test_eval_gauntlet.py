@@ -145,3 +145,21 @@ def test_ddp_two_cpu_processes_gather_per_example(tmp_path: Path):
     report = result["report"]
     assert report["n_examples"] == 13
     assert report["clean_accuracy"]["value"] == pytest.approx(10 / 13)
+
+
+def test_full_suite_runs_transfer_from_surrogate(tiny_model):
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(6, 1, 8, 8, generator=g)
+    y = predict(tiny_model, x, 64)
+    torch.manual_seed(1)
+    surrogate = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    report = run_evaluation(
+        tiny_model, x, y, "linf", 0.02, suite="full", surrogate=surrogate,
+        eps_curve=[0.0, 0.02], curve_n_examples=6,
+    ).report  # fmt: skip
+    kinds = {a["name"]: a["kind"] for a in report["attacks"]}
+    assert kinds["transfer-mifgsm"] == "transfer" and kinds["square"] == "black"
+    assert {"apgd-ce", "apgd-t", "pgd-100x5", "fgsm (check)"} <= set(kinds)
+    accs = [a["robust_accuracy"] for a in report["attacks"]]
+    assert accs == sorted(accs, reverse=True)
+    assert report["robust_accuracy"]["value"] == accs[-1]
