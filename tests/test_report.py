@@ -124,3 +124,11 @@ def test_sandwich_violation_printed_loudly(monkeypatch, capsys, tiny_model, tiny
     section = certified_section(tiny_model, x, y, LpBall("linf", 0.1), "ibp", robust, robust)
     assert not section["sandwich"]["ok"] and section["certified_accuracy"]["value"] == 1.0
     assert "BUG" in capsys.readouterr().err
+
+
+def test_pick_examples_one_per_attack_then_robust():
+    from advtrain.evaluation.figures import pick_examples
+
+    fooled_by = torch.tensor([-2, 0, 0, 0, -1, 2, 0, -1, -1, 0, 0, 0])
+    chosen = pick_examples(fooled_by, k=6).tolist()
+    assert chosen[:2] == [1, 5] and chosen[-2:] == [4, 7] and len(chosen) == 6

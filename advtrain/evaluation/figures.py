@@ -27,6 +27,7 @@ def plot_curve(
     path: Path,
     title: str = "",
     box_point: dict | None = None,
+    worst_case: float | None = None,
 ) -> Path:
     """Robust accuracy against eps (with its 95% interval) as a PNG.
 
@@ -42,6 +43,9 @@ def plot_curve(
     ax.fill_between(e, lo, hi, alpha=0.25, label="Wilson 95% interval")
     ax.plot(e, acc, marker="o", label="robust accuracy (PGD-20, 2 restarts)")
     ax.axvline(eps, color="gray", linestyle="--", label=f"evaluated eps = {eps:.4g}")
+    if worst_case is not None:
+        ax.plot([eps], [100 * worst_case], marker="*", markersize=12, color="C3", linestyle="",
+                label=f"worst case over the suite: {100 * worst_case:.1f}%")  # fmt: skip
     ax.set_xlabel(f"eps ({norm}, pixel units)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
@@ -65,6 +69,12 @@ def _image(t: Tensor) -> np.ndarray:
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
 
 
+def _adv_title(pred: str, found: bool, found_by: list[str] | None, j: int) -> str:
+    if not found:
+        return "robust (no attack\nsucceeded)"
+    return f"adv pred {pred}" + (f"\nby {found_by[j]}" if found_by else "")
+
+
 def plot_examples(
     x: Tensor,
     x_adv: Tensor,
@@ -73,8 +83,12 @@ def plot_examples(
     pred_adv: Tensor,
     path: Path,
     class_names: list[str] | None = None,
+    found_by: list[str] | None = None,
 ) -> Path:
-    """Clean / adversarial / amplified-perturbation grid with labels, as a PNG."""
+    """Clean / adversarial / amplified-perturbation grid with labels, as a PNG.
+
+    ``found_by`` names, per column, the attack that found the adversarial example.
+    """
     n = len(x)
     names = class_names or [str(i) for i in range(int(max(y.max(), pred_adv.max())) + 1)]
     fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.8, 5.0), dpi=120, squeeze=False)
@@ -86,7 +100,7 @@ def plot_examples(
         fooled = bool(pred_adv[j] != y[j])
         panels = [
             (x[j], f"true {names[y[j]]}\npred {names[pred_clean[j]]}", "k"),
-            (x_adv[j], f"adv pred {names[pred_adv[j]]}" if found else "robust", "red" if fooled else "k"),
+            (x_adv[j], _adv_title(names[pred_adv[j]], found, found_by, j), "red" if fooled else "k"),
             (amplified, f"|d|inf={scale:.3f}\nshown x{0.5 / scale:.0f}" if found else "none found", "k"),
         ]  # fmt: skip
         for i, (img, title, color) in enumerate(panels):
@@ -104,11 +118,16 @@ def plot_examples(
 
 
 def pick_examples(fooled_by: Tensor, k: int = 8) -> Tensor:
-    """Indices to show: fooled examples first (one per attack where possible), then robust."""
-    fooled = (fooled_by >= 0).nonzero().squeeze(1)
-    robust = (fooled_by == -1).nonzero().squeeze(1)
-    chosen = torch.cat([fooled[: max(k - min(2, len(robust)), 0)], robust])[:k]
-    return chosen
+    """Indices to show: one fooled example per successful attack first, more fooled
+    ones, then (up to two) robust ones."""
+    fooled = (fooled_by >= 0).nonzero().squeeze(1).tolist()
+    robust = (fooled_by == -1).nonzero().squeeze(1).tolist()
+    attacks = sorted({int(fooled_by[i]) for i in fooled})
+    firsts = [next(i for i in fooled if fooled_by[i] == a) for a in attacks]
+    rest = [i for i in fooled if i not in firsts]
+    n_robust = min(2, len(robust))
+    chosen = (firsts + rest)[: k - n_robust] + robust
+    return torch.tensor(chosen[:k], dtype=torch.long)
 
 
 def write_figures(evaluation, model, out_dir: Path, batch_size: int = 256) -> list[Path]:
@@ -127,6 +146,7 @@ def write_figures(evaluation, model, out_dir: Path, batch_size: int = 256) -> li
             out_dir / "robustness_curve.png",
             f"{report['model']} on {report['dataset']} ({tm['norm']})",
             report.get("large_eps_point"),
+            report["robust_accuracy"]["value"],
         )
     ]
     idx = pick_examples(evaluation.fooled_by)
@@ -135,7 +155,8 @@ def write_figures(evaluation, model, out_dir: Path, batch_size: int = 256) -> li
         x, x_adv, y = evaluation.x[idx], evaluation.x_adv[idx], evaluation.y[idx]
         pred_clean = predict(model, x.to(device), batch_size).cpu()
         pred_adv = predict(model, x_adv.to(device), batch_size).cpu()
-        paths.append(
-            plot_examples(x, x_adv, y, pred_clean, pred_adv, out_dir / "adversarial_examples.png")
-        )
+        names = [a["name"] for a in report["attacks"]]
+        found_by = [names[k] if k >= 0 else "" for k in evaluation.fooled_by[idx].tolist()]
+        path = out_dir / "adversarial_examples.png"
+        paths.append(plot_examples(x, x_adv, y, pred_clean, pred_adv, path, found_by=found_by))
     return paths

@@ -65,7 +65,7 @@ def check_deterministic(model: nn.Module, x: Tensor, eot_iter: int) -> dict:
     with torch.no_grad():
         diff = (model(x) - model(x)).abs().max().item()
     passed = diff <= 1e-6
-    detail = f"max |difference| between two identical passes = {diff:.3g}"
+    detail = f"largest absolute output difference between two identical passes: {diff:.3g}"
     if not passed:
         detail += f"; attacked with EOT over {eot_iter} draws"
     return _result("deterministic", passed, detail)
@@ -130,12 +130,15 @@ def check_monotone(curve: list[dict], tolerance: float = 0.01) -> dict:
     allowed = max(tolerance, 1.5 / n)
     worst = max(rises, key=lambda r: r[2], default=(0.0, 0.0, 0.0))
     passed = worst[2] <= allowed
-    detail = (
-        f"largest rise {100 * worst[2]:.1f} points from eps={worst[0]:.4g} to {worst[1]:.4g} "
-        f"(allowed: {100 * allowed:.1f})"
-        if rises
-        else "skipped: fewer than two eps"
-    )
+    if not rises:
+        detail = "skipped: fewer than two eps"
+    elif worst[2] <= 0:
+        detail = "accuracy never rises with eps"
+    else:
+        detail = (
+            f"largest rise {100 * worst[2]:.1f} points from eps={worst[0]:.4g} to "
+            f"{worst[1]:.4g} (allowed: {100 * allowed:.1f})"
+        )
     return _result("monotone_in_eps", passed, detail)
 
 

@@ -41,9 +41,14 @@ def _summary(report: dict) -> list[str]:
         f"| clean accuracy | {_pct(report['clean_accuracy'])} |",
         f"| **robust accuracy** (worst case over attacks) | {_pct(report['robust_accuracy'])} |",
     ]
+    note = (
+        "An example counts as robust only if it is classified correctly on the clean input "
+        "and no attack below fooled it (each attack runs on the examples still robust)."
+    )
     cert = report.get("certified_accuracy")
     if cert:
         lines.append(f"| certified accuracy ({cert['method']}) | {100 * cert['value']:.2f}% |")
+    lines += ["", note]
     sandwich = report.get("sandwich")
     if sandwich:
         mark = "ok" if sandwich["ok"] else "**BUG**"
@@ -87,7 +92,8 @@ def _curve_and_sizes(report: dict) -> list[str]:
     lines = []
     curve = report.get("robustness_curve")
     if curve:
-        lines += ["", "## Robustness curve (PGD-20, 2 restarts per point)", ""]
+        n = curve[0].get("n", "?")
+        lines += ["", f"## Robustness curve (PGD-20, 2 restarts per point, {n} examples)", ""]
         lines += ["| eps | robust accuracy [95% CI] |", "|---|---|"]
         for p in [*curve, report.get("large_eps_point")]:
             if p:
