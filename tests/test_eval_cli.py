@@ -134,3 +134,19 @@ def test_eval_with_certification(checkpoint, tmp_path, monkeypatch):
     cert = report["certified_accuracy"]
     assert cert["method"] == "crown" and 0.0 <= cert["value"] <= report["robust_accuracy"]["value"]
     assert report["sandwich"]["ok"]
+
+
+def test_surrogate_from_checkpoint_or_config(checkpoint, tmp_path):
+    from omegaconf import OmegaConf
+
+    from advtrain.cli.eval import build_surrogate
+
+    x = torch.rand(3, 1, 8, 8)
+    from_ckpt = build_surrogate(str(checkpoint))
+    assert from_ckpt(x).shape == (3, 10) and not from_ckpt.training
+    weights = tmp_path / "w.safetensors"
+    save_file(_backbone_state(checkpoint), str(weights))
+    spec = {"_target_": "advtrain.models.DigitsCNN", "width": 8, "weights_path": str(weights)}
+    from_cfg = build_surrogate(OmegaConf.create(spec))
+    assert torch.allclose(from_cfg(x), from_ckpt[1](x))
+    assert build_surrogate(None) is None
