@@ -132,3 +132,16 @@ def test_pick_examples_one_per_attack_then_robust():
     fooled_by = torch.tensor([-2, 0, 0, 0, -1, 2, 0, -1, -1, 0, 0, 0])
     chosen = pick_examples(fooled_by, k=6).tolist()
     assert chosen[:2] == [1, 5] and chosen[-2:] == [4, 7] and len(chosen) == 6
+
+
+def test_figures_logged_to_tensorboard(evaluation, trained_digits_model, tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    paths = write_figures(evaluation, trained_digits_model, tmp_path / "figs")
+    logger = TensorBoardLogger(tmp_path / "tb", name=None, version="", default_hp_metric=False)
+    log_report(logger, evaluation.report, paths)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert set(events.Tags()["images"]) == {"eval/robustness_curve", "eval/adversarial_examples"}
+    assert "eval/robust_acc" in events.Tags()["scalars"]
