@@ -130,6 +130,40 @@ def run_evaluation(
     start = time.perf_counter()
     was_training = model.training
     model.eval()
+    try:
+        evaluation = _evaluate_eval_mode(
+            model, x, y, threat, suite, seed, batch_size, eps_curve, curve_n_examples,
+            surrogate, eot_iter, certify_method, state_dir,
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+    evaluation.report.update(
+        dataset=dataset, model=model_name or type(model).__name__, suite=suite, seed=seed
+    )
+    evaluation.report["seconds"] = time.perf_counter() - start
+    return evaluation
+
+
+def _fgsm_check(runner, state, built, threat, seed, x, y) -> tuple[list[dict], tuple]:
+    """Run FGSM on every example; fold what it finds into the worst case; return the
+    attack rows and the single-step check's inputs (FGSM vs the first attack alone)."""
+    fgsm_entry = SuiteEntry("fgsm (check)", FGSM(threat=threat, seed=seed), "white")
+    fgsm = runner([fgsm_entry], x, y)
+    if built.entries:  # the first attack ran on every clean-correct example
+        first = int(((state.fooled_by == ROBUST) | (state.fooled_by > 0)).sum())
+        first_name = built.entries[0].name
+    else:
+        first, first_name = int((state.fooled_by != CLEAN_WRONG).sum()), "no attack"
+    single = (int((fgsm.fooled_by == ROBUST).sum()), first, len(y), f"FGSM vs {first_name}")
+    _merge_extra(state, fgsm, len(built.entries))
+    state.seconds = [*state.seconds, *fgsm.seconds]
+    return attack_rows(state, [*built.entries, fgsm_entry]), single
+
+
+def _evaluate_eval_mode(
+    model, x, y, threat, suite, seed, batch_size, eps_curve, curve_n_examples, surrogate,
+    eot_iter, certify_method, state_dir,
+) -> Evaluation:  # fmt: skip
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     randomized = is_randomized(model, x[:64])
@@ -137,19 +171,10 @@ def run_evaluation(
     runner = _Runner(model, attack_view(model), batch_size)
     built = build_suite(suite, threat, seed=seed, eot_iter=eot, surrogate=surrogate)
     settings = {"norm": threat.norm, "eps": threat.eps, "suite": suite, "seed": seed, "eot": eot}
-    key = fingerprint(settings, x, y)
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
-    state = runner(built.entries, x, y, state_path, key)
+    state = runner(built.entries, x, y, state_path, fingerprint(settings, x, y))
     clean = (state.fooled_by != CLEAN_WRONG).to(device)
-
-    fgsm_entry = SuiteEntry("fgsm (check)", FGSM(threat=threat, seed=seed), "white")
-    fgsm = runner([fgsm_entry], x, y)
-    entries = [*built.entries, fgsm_entry]
-    first_white = int(((state.fooled_by == ROBUST) | (state.fooled_by > 0)).sum())
-    single_robust = int((fgsm.fooled_by == ROBUST).sum())
-    _merge_extra(state, fgsm, len(built.entries))
-    state.seconds = [*state.seconds, *fgsm.seconds]
-    rows = attack_rows(state, entries)
+    rows, single_step = _fgsm_check(runner, state, built, threat, seed, x, y)
 
     eps_list = sorted(float(e) for e in (eps_curve or default_eps_list(threat.eps)))
     m = min(curve_n_examples, len(y))
@@ -157,23 +182,14 @@ def run_evaluation(
         runner, x[:m], y[:m], threat, [*eps_list, box_eps(threat.norm, x, threat.bounds)],
         seed=seed, eot_iter=eot,
     )  # fmt: skip
-    first_name = built.entries[0].name if built.entries else "none"
-    if not built.entries:
-        first_white = int(clean.sum())
-    context = {
-        "eot_iter": eot,
-        "rows": rows,
-        "curve": curve,
-        "single_step": (single_robust, first_white, len(y), f"FGSM vs {first_name}"),
-    }
+    context = {"eot_iter": eot, "rows": rows, "curve": curve, "single_step": single_step}
     checks = _checks(model, runner.attack_model, x, y, clean, context)
     robust = (state.fooled_by == ROBUST).to(device)
     cert = certified_section(model, x, y, threat, certify_method, clean, robust)
-    model.train(was_training)
     n = len(y)
     report = {
-        "dataset": dataset,
-        "model": model_name or type(model).__name__,
+        "dataset": None,
+        "model": None,
         "n_examples": n,
         "threat_model": {"norm": threat.norm, "eps": threat.eps},
         "clean_accuracy": proportion(int(clean.sum()), n),
@@ -192,7 +208,7 @@ def run_evaluation(
         "bpda": runner.attack_model is not model,
         "suite": suite,
         "seed": seed,
-        "seconds": time.perf_counter() - start,
+        "seconds": 0.0,
     }
     return Evaluation(report, x.cpu(), y.cpu(), state.x_adv, state.fooled_by)
 
