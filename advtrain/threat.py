@@ -11,6 +11,12 @@ Norms:
     * ``l1``: steepest ascent moves the top-k coordinates by the sign of the gradient
       (the sparse l1 step of Tramer & Boneh 2019 / SLIDE); projection onto the l1 ball
       uses the sort-based simplex projection of Duchi et al. 2008.
+
+``project`` is the exact Euclidean projection onto the ball *intersected with the box*
+for every norm: where clipping the ball projection to the box would change it, the
+KKT form of the intersection's projection is solved on its one dual variable
+(``project_l2_ball_box``, ``project_l1_ball_box``; Croce & Hein 2021 use the same
+l1-box projection in l1-APGD).
 """
 
 from __future__ import annotations

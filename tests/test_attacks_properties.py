@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advtrain.attacks import ATTACKS
+from advtrain.attacks.base import MODEL_MODES
 from advtrain.threat import LpBall
 
 # small budgets so the property tests stay fast; attacks not listed use their defaults
@@ -59,15 +60,19 @@ def batch(seed: int, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     frac=st.floats(0.0, 1.0),
     targeted=st.booleans(),
     training=st.booleans(),
+    model_mode=st.sampled_from(MODEL_MODES),
 )
 def test_inside_ball_and_box_no_param_grad_mode_restored(
-    name, norm, seed, frac, targeted, training
+    name, norm, seed, frac, targeted, training, model_mode
 ):
     lo, hi = EPS[norm]
     eps = lo + frac * (hi - lo)
     model = bn_model().train(training)
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = batch(seed)
-    kw = {} if name == "apgd_t" else {"targeted": targeted}  # APGD-T is always targeted
+    kw = {"model_mode": model_mode}
+    if name != "apgd_t":  # APGD-T is always targeted
+        kw["targeted"] = targeted
     attack = make(name, norm, eps, **kw)
     x_adv = attack(model, x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
@@ -77,6 +82,7 @@ def test_inside_ball_and_box_no_param_grad_mode_restored(
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
     assert all(m.training == training for m in model.modules())
+    assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("name,norm", CASES)

@@ -48,6 +48,13 @@ def test_dlr_losses_match_autoattack_definitions():
     assert torch.allclose(obj, torch.tensor([-(3 - 1) / (3 - 0.5), -(1 - 4) / (5 - 0.5)]))
 
 
+def test_targeted_dlr_needs_a_targeted_attack():
+    with pytest.raises(ValueError, match="targeted=True"):
+        APGD("linf", 0.1, loss="dlr_targeted")
+    with pytest.raises(ValueError, match="unknown attack loss"):
+        PGD("linf", 0.1, loss="hinge")
+
+
 def test_apgd_checkpoints_follow_the_paper():
     """w_0 = 0, w_1 = 0.22 N, windows shrinking by 0.03 N down to 0.06 N (Croce & Hein 2020)."""
     marks = sorted(checkpoints(100, "linf"))
@@ -171,3 +178,43 @@ def test_trades_kl_raises_the_divergence(tiny_model, tiny_batch):
     assert attack.loss_name == "kl"
     with pytest.raises(ValueError, match="loss"):
         TradesKL("linf", 0.1, loss="ce")
+
+
+# -- compute budget ----------------------------------------------------------------------
+class CountingModel(nn.Module):
+    """Counts forward passes and examples seen."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls, self.examples = model, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        self.examples += len(x)
+        return self.model(x)
+
+
+def test_pgd_plain_path_is_exactly_steps_passes(tiny_model, tiny_batch):
+    """The training hot path: 1 restart, no early stop = `steps` forward/backward passes."""
+    x, y = tiny_batch
+    counting = CountingModel(tiny_model)
+    PGD("linf", 0.1, steps=7)(counting, x, y)
+    assert counting.calls == 7
+
+
+def test_apgd_skips_broken_examples(tiny_model, tiny_batch):
+    """APGD: at most clean + start + steps passes, fewer examples once some are fooled."""
+    x, y = tiny_batch
+    counting = CountingModel(tiny_model)
+    APGD("linf", 0.3, steps=10, seed=0)(counting, x, y)
+    assert counting.calls <= 12
+    assert counting.examples < 12 * len(x)
+
+
+def test_apgd_l1_beats_pgd_l1(robust_setting):
+    """l1-APGD (Croce & Hein 2021) is at least as strong as l1-PGD at equal steps."""
+    model, x, y = robust_setting
+    x, y = x[:100], y[:100]
+    pgd = robust_acc(model, PGD("l1", 2.0, steps=20, seed=0)(model, x, y), y)
+    apgd = robust_acc(model, APGD("l1", 2.0, steps=20, seed=0)(model, x, y), y)
+    assert apgd <= pgd + 0.01, (apgd, pgd)

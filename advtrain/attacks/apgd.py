@@ -314,6 +314,7 @@ class APGDT(APGD):
     """
 
     name = "apgd_t"
+    draws_targets = False
 
     def __init__(
         self, *args, n_target_classes: int = 9, loss: str = "dlr_targeted", **kwargs

@@ -5,7 +5,8 @@ An attack maximises a loss over a threat model (``LpBall``). Subclasses implemen
 
 * the model is passed on every call and never stored: ``x_adv = attack(model, x, y)``;
 * the model runs in eval mode during the attack (``model_mode="eval"``), or in train
-  mode (``"train"``) or untouched (``"keep"``); every submodule's mode is restored;
+  mode (``"train"``, BatchNorm on batch statistics) or untouched (``"keep"``); every
+  submodule's mode and every buffer (BatchNorm running statistics) is restored;
 * gradients flow to the input only: parameters have ``requires_grad`` switched off for
   the attack and restored afterwards, so no parameter ever receives a ``.grad``;
 * gradients are enabled even inside ``torch.no_grad``/``torch.inference_mode`` (as in
@@ -31,23 +32,37 @@ MODEL_MODES = ("eval", "train", "keep")
 
 @contextlib.contextmanager
 def attack_context(model: nn.Module, model_mode: str = "eval") -> Iterator[None]:
-    """Put ``model`` in the attack's mode with frozen parameters; restore both after."""
+    """Put ``model`` in the attack's mode with frozen parameters; restore both after.
+
+    In ``"train"`` (or ``"keep"`` on a training model) BatchNorm normalises with batch
+    statistics during the attack; its running statistics (all buffers) are restored
+    afterwards, so an attack never changes the model.
+    """
     if model_mode not in MODEL_MODES:
         raise ValueError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
     modes = [(m, m.training) for m in model.modules()]
     params = [p for p in model.parameters() if p.requires_grad]
-    try:
+    with torch.inference_mode(False):
         if model_mode != "keep":
             model.train(model_mode == "train")
-        for p in params:
-            p.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        for m, training in modes:
-            m.training = training
+        buffers = (
+            [(b, b.detach().clone()) for b in model.buffers()]
+            if any(m.training for m in model.modules())
+            else []
+        )
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+            for m, training in modes:
+                m.training = training
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
 
 
 class Attack(ABC):
@@ -73,6 +88,9 @@ class Attack(ABC):
     name: str = "attack"
     #: Norms the method supports; attacks that work for every norm keep all three.
     norms: tuple[str, ...] = ("linf", "l2", "l1")
+    #: Targeted calls without targets draw a random wrong class (False: the attack
+    #: chooses its own targets, as APGD-T does).
+    draws_targets: bool = True
 
     def __init__(
         self,
@@ -97,6 +115,10 @@ class Attack(ABC):
         self.loss_name = loss
         self.loss_fn = get_loss(loss)
         self.targeted = bool(targeted)
+        if loss == "dlr_targeted" and not self.targeted:
+            raise ValueError(
+                "loss='dlr_targeted' needs targeted=True; untargeted attacks use 'dlr'"
+            )
         if model_mode not in MODEL_MODES:
             raise ValueError(
                 f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}"
@@ -136,7 +158,7 @@ class Attack(ABC):
             x = x.detach().clone()
             y = y.detach().clone()
             generator = self._generator(x.device)
-            if self.targeted and target is None:
+            if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
             x_adv = self.perturb(model, x, y, target=target, generator=generator)
             x_adv = self.threat.project(x, x_adv.detach())
@@ -219,7 +241,7 @@ class Attack(ABC):
     ) -> Tensor:
         """A uniformly drawn wrong class per example."""
         with torch.no_grad():
-            n_classes = model(x[:1]).shape[1]
+            n_classes = model(x).shape[1]
         offset = torch.randint(1, n_classes, y.shape, generator=generator, device=y.device)
         return (y + offset) % n_classes
 

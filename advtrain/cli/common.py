@@ -41,7 +41,7 @@ def group_options(group: str) -> list[str]:
 def check_group_choices(argv: list[str]) -> None:
     """Fail with one line for ``group=option`` overrides naming an unknown option."""
     for arg in argv:
-        if "=" not in arg or arg.startswith(("+", "~", "hydra.", "-")):
+        if "=" not in arg or arg.startswith(("+", "~", "hydra.", "hydra/", "-")):
             continue
         key, value = arg.split("=", 1)
         group = key.split("@")[0]

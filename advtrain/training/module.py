@@ -10,13 +10,15 @@ DDP they are reduced over every rank's shard.
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from advtrain.attacks.base import Attack
 from advtrain.objectives.base import Objective
@@ -41,6 +43,12 @@ class AdversarialModule(L.LightningModule):
             outputs) -> weighted penalty``.
         config: The resolved run configuration, stored in checkpoints so that
             ``advtrain-eval`` can rebuild the model.
+        channels_last: Keep the model and 4-d input batches in ``torch.channels_last``
+            memory format (faster convolutions on tensor-core GPUs).
+
+    Checkpoints also hold the random number generator states (``rng_state``): a run
+    resumed from a mid-epoch ``last.ckpt`` draws the same attack noise as an uninterrupted
+    one, so both end with the same metrics.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class AdversarialModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         regularizers: Sequence[Any] = (),
         config: dict | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if objective.uses_adversarial and attack is None:
@@ -73,6 +82,10 @@ class AdversarialModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.regularizers = list(regularizers)
         self.config = config
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._rng_to_restore: dict[str, Any] | None = None
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_{kind}": MeanMetric()
@@ -80,6 +93,8 @@ class AdversarialModule(L.LightningModule):
                 for kind in ("clean", "robust")
             }
         )
+        # examples evaluated, summed over DDP ranks: the n of the reported accuracies
+        self.counts = nn.ModuleDict({stage: SumMetric() for stage in ("val", "test")})
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -139,6 +154,8 @@ class AdversarialModule(L.LightningModule):
         self.log(
             f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y)
         )
+        self.counts[stage].update(torch.tensor(float(len(y)), device=y.device))
+        self.log(f"{stage}/n_examples", self.counts[stage], batch_size=len(y))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -163,9 +180,49 @@ class AdversarialModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
         }
 
-    # -- records ----------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last and isinstance(batch, list | tuple) and batch[0].dim() == 4:
+            return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+        return batch
+
+    # -- records and resume -----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["advtrain"] = {"config": self.config}
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restored here, right before the first resumed step, so that nothing Lightning
+        # draws while setting up the resumed fit shifts the attack's random starts.
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) generators, as plain
+    types and tensors (loadable with ``torch.load(..., weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generator states saved by ``rng_state``."""
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _parameters(factory: Callable[..., Any]) -> set[str]:
