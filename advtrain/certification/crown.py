@@ -10,8 +10,10 @@ upper line for negative coefficients and the lower line for positive ones. The l
 function of the input is then bounded over the domain (``InputDomain.lower``).
 
 Intermediate bounds come from the same backward pass started at each hidden layer, only for
-neurons that interval arithmetic leaves unstable (a stable neuron's relaxation is exact),
-and are intersected with the interval bounds. The final margin bound is the larger of the
+each example's neurons that interval arithmetic leaves unstable (a stable neuron's
+relaxation is exact, so it keeps its interval bounds), and are intersected with the
+interval bounds. The first layer is skipped for linf when interval arithmetic is already
+exact there (one mixing map, e.g. Normalize then Conv). The final margin bound is the larger of the
 CROWN and the IBP bound computed from the same intermediate intervals (both are sound), so
 it is never looser than IBP. With ``intermediate="ibp"`` this is CROWN-IBP (Zhang et al.
 2020, "Towards stable and efficient training of verifiably robust neural networks").

@@ -3,7 +3,7 @@
 Reads ``problem.npz`` (weights of the bench CNN, inputs, labels, spec, eps) from the folder
 given as the first argument, then serves commands from stdin, one per line: ``ibp`` or
 ``crown`` computes the margin lower bounds over every input (batches of ``batch``), writes
-them to ``<method>.npy`` and answers ``<seconds>`` on stdout. ``quit`` ends it.
+them to ``<method>.npy`` and answers ``seconds <s>`` on stdout. ``quit`` ends it.
 Written for auto_LiRPA 0.3 (torch 1.12); it never imports advtrain.
 """
 
@@ -58,7 +58,10 @@ def main():
     x = torch.tensor(arrays["x"])
     spec = torch.tensor(arrays["spec"])
     eps, batch = float(arrays["eps"]), int(arrays["batch"])
-    bounded = BoundedModule(model, torch.zeros_like(x[:batch]), device="cpu")
+    # "matrix" mode: auto_LiRPA 0.3 patches mode cannot pass the Normalize division
+    bounded = BoundedModule(
+        model, torch.zeros_like(x[:batch]), bound_opts={"conv_mode": "matrix"}, device="cpu"
+    )
     print("ready", flush=True)
     for line in sys.stdin:
         method = line.strip()
@@ -78,7 +81,7 @@ def main():
             parts.append(lb)
         seconds = time.perf_counter() - start
         np.save(folder / f"{method}.npy", torch.cat(parts).numpy())
-        print(f"{seconds}", flush=True)
+        print(f"seconds {seconds}", flush=True)
 
 
 if __name__ == "__main__":
