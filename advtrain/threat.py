@@ -11,6 +11,12 @@ Norms:
     * ``l1``: steepest ascent moves the top-k coordinates by the sign of the gradient
       (the sparse l1 step of Tramer & Boneh 2019 / SLIDE); projection onto the l1 ball
       uses the sort-based simplex projection of Duchi et al. 2008.
+
+``project`` is the exact Euclidean projection onto the ball *intersected with the box*
+for every norm: where clipping the ball projection to the box would change it, the
+KKT form of the intersection's projection is solved on its one dual variable
+(``project_l2_ball_box``, ``project_l1_ball_box``; Croce & Hein 2021 use the same
+l1-box projection in l1-APGD).
 """
 
 from __future__ import annotations
@@ -77,6 +83,58 @@ def project_l1_ball(delta: Tensor, eps: float) -> Tensor:
     return out.view_as(delta)
 
 
+_BISECTION_STEPS = 40
+
+
+def project_l2_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
+    """Exact projection of each ``delta`` onto ``{d : ||d||_2 <= eps, low <= d <= high}``.
+
+    ``low <= 0 <= high`` (the box around the clean point). By the KKT conditions the
+    solution is ``clip(t * delta, low, high)`` for the largest ``t`` in ``[0, 1]`` whose
+    norm is at most ``eps``; ``t`` is found by bisection (40 halvings, to float
+    precision), taking the feasible end of the bracket.
+    """
+    norms = lp_norm(delta, "l2").clamp_min(1e-12)
+    t_lo = (eps / norms).clamp(max=1.0)  # feasible: the clipped ball projection
+    t_hi = torch.ones_like(t_lo)
+    for _ in range(_BISECTION_STEPS):
+        mid = (t_lo + t_hi) / 2
+        feasible = lp_norm((delta * _view(mid, delta)).clamp(low, high), "l2") <= eps
+        t_lo = torch.where(feasible, mid, t_lo)
+        t_hi = torch.where(feasible, t_hi, mid)
+    return (delta * _view(t_lo, delta)).clamp(low, high)
+
+
+def project_l1_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
+    """Exact projection of each ``delta`` onto ``{d : ||d||_1 <= eps, low <= d <= high}``.
+
+    ``low <= 0 <= high``. By the KKT conditions the solution is the soft-threshold
+    ``clip(sign(d) * max(|d| - theta, 0), low, high)`` for the smallest ``theta >= 0``
+    whose l1 norm is at most ``eps`` (the box projection of Croce & Hein 2021, "Mind
+    the box"). ``theta`` lies below the threshold of the plain l1-ball projection
+    (Duchi et al. 2008), which brackets a bisection (40 halvings, to float precision).
+    """
+    flat, lo_f, hi_f = delta.flatten(1), low.flatten(1), high.flatten(1)
+    mags = flat.abs()
+    mu, _ = mags.sort(dim=1, descending=True)
+    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    cums = mu.cumsum(dim=1)
+    cond = mu - (cums - eps) / ks > 0
+    rho = cond.shape[1] - 1 - cond.flip(1).to(torch.int8).argmax(dim=1, keepdim=True)
+    theta_hi = ((cums.gather(1, rho) - eps) / (rho.to(flat.dtype) + 1)).clamp_min(0)
+    theta_lo = torch.zeros_like(theta_hi)
+
+    def shrink(theta: Tensor) -> Tensor:
+        return (flat.sign() * (mags - theta).clamp_min(0)).clamp(lo_f, hi_f)
+
+    for _ in range(_BISECTION_STEPS):
+        mid = (theta_lo + theta_hi) / 2
+        feasible = shrink(mid).abs().sum(dim=1, keepdim=True) <= eps
+        theta_hi = torch.where(feasible, mid, theta_hi)
+        theta_lo = torch.where(feasible, theta_lo, mid)
+    return shrink(theta_hi).view_as(delta)
+
+
 class LpBall:
     """The set ``{x' : ||x' - x||_p <= eps, lo <= x' <= hi}``.
 
@@ -132,16 +190,32 @@ class LpBall:
         return project_l1_ball(delta, self.eps)
 
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
-        """Map ``x_adv`` into the ball around ``x`` intersected with the box.
+        """The exact Euclidean projection of ``x_adv`` onto the ball around ``x`` and the box.
 
-        For linf this is the exact projection. For l2 and l1 the ball projection is
-        followed by clipping to the box; clipping only shrinks each coordinate of the
-        perturbation, so the result stays in the ball (feasible, and exact whenever the
-        ball projection already lies in the box).
+        linf: clamp to the ball, then to the box (the two boxes intersect coordinate-wise).
+        l2 and l1: when clipping the ball projection to the box changes it, the exact
+        projection onto the intersection is found on the dual variable (see
+        ``project_l2_ball_box`` and ``project_l1_ball_box``); otherwise the ball
+        projection (Duchi et al. 2008 for l1) already is exact.
         """
         lo, hi = self.bounds
-        delta = self.project_delta(x_adv - x)
-        return (x + delta).clamp(lo, hi)
+        if self.norm == "linf":
+            delta = (x_adv - x).clamp(-self.eps, self.eps)
+            return (x + delta).clamp(lo, hi)
+        delta = x_adv - x
+        ball = self.project_delta(delta)
+        cheap = (x + ball).clamp(lo, hi)
+        # rows where the ball is active and the box clips the ball projection
+        ball_active = lp_norm(delta.clamp(lo - x, hi - x), self.norm) > self.eps
+        clipped = (cheap - x - ball).flatten(1).abs().amax(dim=1) > 0
+        rows = (ball_active & clipped).nonzero().squeeze(1)
+        if len(rows) == 0:
+            return cheap
+        exact = project_l2_ball_box if self.norm == "l2" else project_l1_ball_box
+        out = cheap.clone()
+        d = exact(delta[rows], lo - x[rows], hi - x[rows], self.eps)
+        out[rows] = (x[rows] + d).clamp(lo, hi)
+        return out
 
     def contains(self, x: Tensor, x_adv: Tensor, atol: float = 1e-5) -> Tensor:
         """Per-example boolean: ``x_adv`` is in the ball around ``x`` and in the box."""
@@ -155,7 +229,7 @@ class LpBall:
         """A point drawn uniformly from the ball around ``x``, then clipped to the box."""
         shape, dim = x.shape, x[0].numel()
         if self.norm == "linf":
-            delta = (torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1)
+            delta = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
             delta = delta * self.eps
         else:
             # uniform in the l2 ball: gaussian direction, radius eps * U^(1/d);

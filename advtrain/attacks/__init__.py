@@ -4,15 +4,24 @@
 ``conf/attack/`` and one line in ``ATTACKS``; the parametrised tests pick it up.
 """
 
+from advtrain.attacks.apgd import APGD, APGDT
 from advtrain.attacks.base import Attack, attack_context
 from advtrain.attacks.fgsm import FGSM, FGSMRS
 from advtrain.attacks.losses import LOSSES
+from advtrain.attacks.mifgsm import MIFGSM
 from advtrain.attacks.pgd import PGD
+from advtrain.attacks.square import Square
+from advtrain.attacks.trades_kl import TradesKL
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
     "fgsm_rs": FGSMRS,
     "pgd": PGD,
+    "apgd": APGD,
+    "apgd_t": APGDT,
+    "square": Square,
+    "mifgsm": MIFGSM,
+    "trades_kl": TradesKL,
 }
 
 
@@ -23,4 +32,18 @@ def build_attack(name: str, **kwargs) -> Attack:
     return ATTACKS[name](**kwargs)
 
 
-__all__ = ["ATTACKS", "FGSM", "FGSMRS", "LOSSES", "PGD", "Attack", "attack_context", "build_attack"]
+__all__ = [
+    "APGD",
+    "APGDT",
+    "ATTACKS",
+    "FGSM",
+    "FGSMRS",
+    "LOSSES",
+    "MIFGSM",
+    "PGD",
+    "Attack",
+    "Square",
+    "TradesKL",
+    "attack_context",
+    "build_attack",
+]

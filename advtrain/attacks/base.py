@@ -5,7 +5,8 @@ An attack maximises a loss over a threat model (``LpBall``). Subclasses implemen
 
 * the model is passed on every call and never stored: ``x_adv = attack(model, x, y)``;
 * the model runs in eval mode during the attack (``model_mode="eval"``), or in train
-  mode (``"train"``) or untouched (``"keep"``); every submodule's mode is restored;
+  mode (``"train"``, BatchNorm on batch statistics) or untouched (``"keep"``); every
+  submodule's mode and every buffer (BatchNorm running statistics) is restored;
 * gradients flow to the input only: parameters have ``requires_grad`` switched off for
   the attack and restored afterwards, so no parameter ever receives a ``.grad``;
 * gradients are enabled even inside ``torch.no_grad``/``torch.inference_mode`` (as in
@@ -31,23 +32,37 @@ MODEL_MODES = ("eval", "train", "keep")
 
 @contextlib.contextmanager
 def attack_context(model: nn.Module, model_mode: str = "eval") -> Iterator[None]:
-    """Put ``model`` in the attack's mode with frozen parameters; restore both after."""
+    """Put ``model`` in the attack's mode with frozen parameters; restore both after.
+
+    In ``"train"`` (or ``"keep"`` on a training model) BatchNorm normalises with batch
+    statistics during the attack; its running statistics (all buffers) are restored
+    afterwards, so an attack never changes the model.
+    """
     if model_mode not in MODEL_MODES:
         raise ValueError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
     modes = [(m, m.training) for m in model.modules()]
     params = [p for p in model.parameters() if p.requires_grad]
-    try:
+    with torch.inference_mode(False):
         if model_mode != "keep":
             model.train(model_mode == "train")
-        for p in params:
-            p.requires_grad_(False)
-        with torch.inference_mode(False), torch.enable_grad():
-            yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        for m, training in modes:
-            m.training = training
+        buffers = (
+            [(b, b.detach().clone()) for b in model.buffers()]
+            if any(m.training for m in model.modules())
+            else []
+        )
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+            for m, training in modes:
+                m.training = training
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
 
 
 class Attack(ABC):
@@ -65,11 +80,17 @@ class Attack(ABC):
             as some adversarial-training recipes do) or ``"keep"``.
         seed: When set, the attack's randomness is reproducible (same seed, same result).
         check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Expectation over Transformation (Athalye, Carlini, Wagner 2018,
+            "Obfuscated gradients give a false sense of security"): average the input
+            gradient over ``eot_iter`` forward/backward draws, for randomized models.
     """
 
     name: str = "attack"
     #: Norms the method supports; attacks that work for every norm keep all three.
     norms: tuple[str, ...] = ("linf", "l2", "l1")
+    #: Targeted calls without targets draw a random wrong class (False: the attack
+    #: chooses its own targets, as APGD-T does).
+    draws_targets: bool = True
 
     def __init__(
         self,
@@ -83,6 +104,7 @@ class Attack(ABC):
         model_mode: str = "eval",
         seed: int | None = None,
         check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
         self.threat = threat if threat is not None else LpBall(norm, eps, tuple(bounds))
         if self.threat.norm not in self.norms:
@@ -93,11 +115,20 @@ class Attack(ABC):
         self.loss_name = loss
         self.loss_fn = get_loss(loss)
         self.targeted = bool(targeted)
+        if loss == "dlr_targeted" and not self.targeted:
+            raise ValueError(
+                "loss='dlr_targeted' needs targeted=True; untargeted attacks use 'dlr'"
+            )
         if model_mode not in MODEL_MODES:
-            raise ValueError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
+            raise ValueError(
+                f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}"
+            )
         self.model_mode = model_mode
         self.seed = seed
         self.check_inputs = check_inputs
+        if isinstance(eot_iter, bool) or int(eot_iter) != eot_iter or int(eot_iter) < 1:
+            raise ValueError(f"eot_iter={eot_iter!r} is invalid; need an integer >= 1")
+        self.eot_iter = int(eot_iter)
 
     # -- public -----------------------------------------------------------------------
     @property
@@ -127,7 +158,7 @@ class Attack(ABC):
             x = x.detach().clone()
             y = y.detach().clone()
             generator = self._generator(x.device)
-            if self.targeted and target is None:
+            if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
             x_adv = self.perturb(model, x, y, target=target, generator=generator)
             x_adv = self.threat.project(x, x_adv.detach())
@@ -183,12 +214,26 @@ class Attack(ABC):
         target: Tensor | None = None,
         **kw: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(per-example objective, its gradient w.r.t. x_adv, logits)``."""
+        """Return ``(per-example objective, its gradient w.r.t. x_adv, logits)``.
+
+        With ``eot_iter > 1`` the three are averaged over that many forward/backward
+        draws (EOT, Athalye et al. 2018); with 1 it is exactly one pass.
+        """
         x_adv = x_adv.detach().requires_grad_(True)
         logits = model(x_adv)
         values = self.objective(logits, y, target, **kw)
         (grad,) = torch.autograd.grad(values.sum(), x_adv)
-        return values.detach(), grad.detach(), logits.detach()
+        if self.eot_iter == 1:
+            return values.detach(), grad.detach(), logits.detach()
+        values, grad, logits = values.detach(), grad.detach(), logits.detach()
+        for _ in range(self.eot_iter - 1):
+            draw_logits = model(x_adv)
+            draw = self.objective(draw_logits, y, target, **kw)
+            (draw_grad,) = torch.autograd.grad(draw.sum(), x_adv)
+            values, grad = values + draw.detach(), grad + draw_grad
+            logits = logits + draw_logits.detach()
+        n = float(self.eot_iter)
+        return values / n, grad / n, logits / n
 
     @staticmethod
     def random_targets(
@@ -196,7 +241,7 @@ class Attack(ABC):
     ) -> Tensor:
         """A uniformly drawn wrong class per example."""
         with torch.no_grad():
-            n_classes = model(x[:1]).shape[1]
+            n_classes = model(x).shape[1]
         offset = torch.randint(1, n_classes, y.shape, generator=generator, device=y.device)
         return (y + offset) % n_classes
 

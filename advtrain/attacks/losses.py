@@ -39,7 +39,9 @@ def dlr(logits: Tensor, y: Tensor, **_: Tensor) -> Tensor:
     return -(z_y - _other_max(logits, y)) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
-def dlr_targeted(logits: Tensor, y: Tensor, *, true_labels: Tensor | None = None, **_: Tensor) -> Tensor:
+def dlr_targeted(
+    logits: Tensor, y: Tensor, *, true_labels: Tensor | None = None, **_: Tensor
+) -> Tensor:
     """Targeted DLR towards ``y`` (the target); used as ``-loss`` by targeted attacks.
 
     Croce & Hein 2020: ``-(z_true - z_target) / (z_pi1 - (z_pi3 + z_pi4) / 2)``. As a
@@ -55,7 +57,9 @@ def dlr_targeted(logits: Tensor, y: Tensor, *, true_labels: Tensor | None = None
     return (z_true - z_target) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
-def kl_divergence(logits: Tensor, y: Tensor, *, clean_logits: Tensor | None = None, **_: Tensor) -> Tensor:
+def kl_divergence(
+    logits: Tensor, y: Tensor, *, clean_logits: Tensor | None = None, **_: Tensor
+) -> Tensor:
     """KL(softmax(clean_logits) || softmax(logits)) per example (TRADES)."""
     if clean_logits is None:
         raise ValueError("the kl loss needs the clean logits (clean_logits=...)")

@@ -87,7 +87,9 @@ class PGD(Attack):
                     logits = model(x_adv[active])
                 values[active] = self.objective(logits, y[active], sub_t, **sub_kw)
             else:
-                v, grad, logits = self.input_gradient(model, x_adv[active], y[active], sub_t, **sub_kw)
+                v, grad, logits = self.input_gradient(
+                    model, x_adv[active], y[active], sub_t, **sub_kw
+                )
                 values[active] = v
             now = self.is_fooled(logits, y[active], sub_t)
             fooled[active] = now
@@ -122,7 +124,9 @@ class PGD(Attack):
                 break
             sub_kw = {k: v[todo] for k, v in kw.items()}
             sub_t = target[todo] if target is not None else None
-            x_r, fooled_r, values_r = self._run_tracked(model, x[todo], y[todo], sub_t, generator, sub_kw)
+            x_r, fooled_r, values_r = self._run_tracked(
+                model, x[todo], y[todo], sub_t, generator, sub_kw
+            )
             better = fooled_r | (values_r > best_values[todo])
             idx = todo[better]
             best[idx] = x_r[better]
