@@ -160,3 +160,14 @@ def test_crown_ibp_bounds_are_differentiable() -> None:
         model.zero_grad()
         margin_bounds(model, x, y, "linf", 0.05, method).sum().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_crown_chunking_does_not_change_the_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from advtrain.certification import crown
+
+    model = _bn_pool_model().double()
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    y = torch.arange(6) % 5
+    whole = margin_bounds(model, x, y, "l2", 0.3, "crown")
+    monkeypatch.setattr(crown, "CHUNK_ELEMENTS", 64)
+    assert torch.allclose(margin_bounds(model, x, y, "l2", 0.3, "crown"), whole, atol=1e-12)

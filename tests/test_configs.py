@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from advtrain.cli.train import train
 from tests.hydra_utils import compose_train, options
+from tests.test_distill import write_teacher_checkpoint
 
 GROUPS = [
     "data",
@@ -78,6 +79,9 @@ def synthetic_overrides(cfg: DictConfig) -> list[str]:
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_runs_fast_dev_run(experiment: str, tmp_path: Path) -> None:
     base = [f"experiment={experiment}", "debug=fast_dev_run", "logger=none"]
+    if experiment in ("ard", "rslad"):  # distillation needs a teacher checkpoint
+        write_teacher_checkpoint(tmp_path / "teacher.ckpt")
+        base.append(f"distill.teacher_ckpt={tmp_path / 'teacher.ckpt'}")
     cfg = compose_train(base, tmp_path)
     cfg = compose_train(base + synthetic_overrides(cfg), tmp_path)
     metrics = train(cfg)

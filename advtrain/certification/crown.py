@@ -10,14 +10,18 @@ upper line for negative coefficients and the lower line for positive ones. The l
 function of the input is then bounded over the domain (``InputDomain.lower``).
 
 Intermediate bounds come from the same backward pass started at each hidden layer, only for
-neurons that interval arithmetic leaves unstable (a stable neuron's relaxation is exact),
-and are intersected with the interval bounds. The final margin bound is the larger of the
+each example's neurons that interval arithmetic leaves unstable (a stable neuron's
+relaxation is exact, so it keeps its interval bounds), and are intersected with the
+interval bounds. The first layer is skipped for linf when interval arithmetic is already
+exact there (one mixing map, e.g. Normalize then Conv). The final margin bound is the larger of the
 CROWN and the IBP bound computed from the same intermediate intervals (both are sound), so
 it is never looser than IBP. With ``intermediate="ibp"`` this is CROWN-IBP (Zhang et al.
 2020, "Towards stable and efficient training of verifiably robust neural networks").
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -62,21 +66,64 @@ def backward(net: Network, k: int, a: Tensor, bounds: list[Interval]) -> tuple[T
     return a, bias
 
 
+#: Elements of the coefficient tensor pulled back at once when refining a layer.
+CHUNK_ELEMENTS = 2**24
+
+
+def _chunk(net: Network, k: int, batch: int) -> int:
+    """Rows per backward pass so that the coefficients stay near ``CHUNK_ELEMENTS``."""
+    widest = max(math.prod(s) for s in net.shapes[: k + 2])
+    return max(1, CHUNK_ELEMENTS // (2 * batch * widest))
+
+
+def _refine_shared(
+    net: Network, domain: InputDomain, bounds: list[Interval], lo: Tensor, hi: Tensor
+) -> Interval:
+    """First segment: the pulled-back rows do not depend on the example (batch of one)."""
+    flat_lo, flat_hi = lo.flatten(1).clone(), hi.flatten(1).clone()
+    index = ((flat_lo < 0) & (flat_hi > 0)).any(0).nonzero().squeeze(1)
+    step = _chunk(net, 0, 1)
+    for start in range(0, len(index), step):
+        part = index[start : start + step]
+        a, bias = backward(net, 0, identity_rows(net.out_shape(0), part, lo), bounds)
+        low = domain.lower(a, bias)
+        flat_lo[:, part] = torch.maximum(flat_lo[:, part], low[:, : len(part)])
+        flat_hi[:, part] = torch.minimum(flat_hi[:, part], -low[:, len(part) :])
+    return flat_lo.view_as(lo), flat_hi.view_as(hi)
+
+
 def _refine(
     net: Network, k: int, domain: InputDomain, bounds: list[Interval], lo: Tensor, hi: Tensor
 ) -> Interval:
-    """CROWN bounds of segment ``k``'s outputs that IBP leaves unstable, intersected with ``[lo, hi]``."""
-    flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
-    index = ((flat_lo < 0) & (flat_hi > 0)).any(0).nonzero().squeeze(1)
-    if len(index) == 0:
-        return lo, hi
-    a, bias = backward(net, k, identity_rows(net.out_shape(k), index, lo), bounds)
-    low = domain.lower(a, bias)
-    s = len(index)
-    flat_lo, flat_hi = flat_lo.clone(), flat_hi.clone()
-    flat_lo[:, index] = torch.maximum(flat_lo[:, index], low[:, :s])
-    flat_hi[:, index] = torch.minimum(flat_hi[:, index], -low[:, s:])
+    """CROWN bounds of each example's IBP-unstable neurons of segment ``k``, intersected with IBP.
+
+    Each example pulls back only its own unstable neurons (padded to the batch's largest
+    count), in chunks so that the coefficient tensor stays near ``CHUNK_ELEMENTS`` elements.
+    """
+    if k == 0:
+        return _refine_shared(net, domain, bounds, lo, hi)
+    flat_lo, flat_hi = lo.flatten(1).clone(), hi.flatten(1).clone()
+    unstable = (flat_lo < 0) & (flat_hi > 0)
+    counts = unstable.sum(1, keepdim=True)
+    order = unstable.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+    step, shape = _chunk(net, k, len(lo)), net.out_shape(k)
+    for start in range(0, int(counts.max()), step):
+        idx = order[:, start : start + step]
+        valid = torch.arange(start, start + idx.shape[1], device=lo.device) < counts
+        rows = lo.new_zeros(len(lo), idx.shape[1], flat_lo.shape[1])
+        rows.scatter_(2, idx.unsqueeze(-1), valid.unsqueeze(-1).to(lo.dtype))
+        a, bias = backward(net, k, torch.cat([rows, -rows], 1).view(len(lo), -1, *shape), bounds)
+        low = domain.lower(a, bias)
+        c = idx.shape[1]
+        old_lo, old_hi = flat_lo.gather(1, idx), flat_hi.gather(1, idx)
+        flat_lo.scatter_(1, idx, torch.where(valid, torch.maximum(old_lo, low[:, :c]), old_lo))
+        flat_hi.scatter_(1, idx, torch.where(valid, torch.minimum(old_hi, -low[:, c:]), old_hi))
     return flat_lo.view_as(lo), flat_hi.view_as(hi)
+
+
+def _interval_exact(net: Network, k: int) -> bool:
+    """Interval arithmetic is exact on the first segment if it has one mixing map at most."""
+    return k == 0 and sum(not op.elementwise for op in net.segments[0]) <= 1
 
 
 def crown_intermediate(net: Network, domain: InputDomain) -> list[Interval]:
@@ -87,7 +134,8 @@ def crown_intermediate(net: Network, domain: InputDomain) -> list[Interval]:
         lo, hi = interval_segment(net, k, lo, hi)
         if k == 0 and domain.norm != "linf":
             lo, hi = first_segment_ball(net, domain, lo, hi)
-        lo, hi = _refine(net, k, domain, bounds, lo, hi)
+        if not (_interval_exact(net, k) and domain.norm == "linf"):
+            lo, hi = _refine(net, k, domain, bounds, lo, hi)
         bounds.append((lo, hi))
         lo, hi = lo.clamp_min(0), hi.clamp_min(0)
     return bounds

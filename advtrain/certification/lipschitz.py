@@ -49,8 +49,8 @@ def _abs_transpose(op: Affine, v: Tensor) -> Tensor:
 def induced_norm(op: Affine, norm: str) -> float:
     """The exact linf -> linf (max row sum) or l1 -> l1 (max column sum) norm of ``op``."""
     if norm == "linf":
-        return float(op.abs_linear(op.bias.new_ones(1, *op.in_shape)).max())
-    return float(_abs_transpose(op, op.bias.new_ones(1, *op.out_shape)).max())
+        return float(op.abs_linear(op.bias.new_ones(1, *op.in_shape)).detach().max())
+    return float(_abs_transpose(op, op.bias.new_ones(1, *op.out_shape)).detach().max())
 
 
 def _dense_conv_kernel(conv: nn.Conv2d) -> Tensor:

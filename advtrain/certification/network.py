@@ -46,6 +46,7 @@ class Affine:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     module: nn.Module | None = None
+    elementwise: bool = False
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.linear(z) + self.bias
@@ -108,8 +109,10 @@ def _diag(name: str, scale: Tensor, shift: Tensor, shape: tuple[int, ...]) -> Af
     """A per-channel affine map ``z * scale + shift`` (Normalize, BatchNorm)."""
     bias = torch.broadcast_to(shift, shape).contiguous()
     abs_scale = scale.abs()
-    return Affine(name, lambda z: z * scale, lambda z: z * abs_scale, lambda a: a * scale,
-                  bias, shape, shape)  # fmt: skip
+    op = Affine(name, lambda z: z * scale, lambda z: z * abs_scale, lambda a: a * scale,
+                bias, shape, shape)  # fmt: skip
+    op.elementwise = True
+    return op
 
 
 def _channel_view(t: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -172,7 +175,9 @@ def _flatten(mod: nn.Flatten, shape: tuple[int, ...], like: Tensor) -> Affine:
     def unflat(a: Tensor) -> Tensor:
         return a.reshape(a.shape[0], *shape)
 
-    return Affine("Flatten", flat, flat, unflat, like.new_zeros(n), shape, (n,))
+    op = Affine("Flatten", flat, flat, unflat, like.new_zeros(n), shape, (n,))
+    op.elementwise = True
+    return op
 
 
 def _batchnorm(mod: nn.modules.batchnorm._BatchNorm, shape: tuple[int, ...]) -> Affine:

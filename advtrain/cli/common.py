@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from advtrain.models import NormalizedModel
+from advtrain.models.lipschitz import hard_lipschitz
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -97,8 +98,17 @@ def is_configured(cfg: Any) -> bool:
 
 
 def build_model(model_cfg: DictConfig, data_cfg: DictConfig | None, normalize: bool) -> nn.Module:
-    """Instantiate the backbone and put the data set's normalisation inside it."""
-    backbone = instantiate(model_cfg)
+    """Instantiate the backbone and put the data set's normalisation inside it.
+
+    A model config may carry ``hard_lipschitz: true`` (spectral normalisation of every
+    Linear/Conv layer, ``advtrain.models.lipschitz``); it is not passed to the model.
+    """
+    lipschitz = bool(model_cfg.get("hard_lipschitz", False))
+    backbone = instantiate(
+        {k: v for k, v in model_cfg.items() if k != "hard_lipschitz"} if lipschitz else model_cfg
+    )
+    if lipschitz:
+        backbone = hard_lipschitz(backbone)
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"model config built a {type(backbone).__name__}, not a torch.nn.Module")
     mean = data_cfg.get("mean") if (normalize and data_cfg is not None) else None

@@ -40,6 +40,7 @@ from advtrain.cli.common import (
     write_run_record,
 )
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
+from advtrain.cli.distill import build_teacher
 from advtrain.evaluation.statistics import proportion
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
 from advtrain.training.tracking import log_config, log_final, prepare_trackers
@@ -53,12 +54,18 @@ def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(v) for v in cfg.values() if is_configured(v) and "_target_" in v]
 
 
+def _teacher_kwarg(cfg: DictConfig, teacher: Any) -> dict[str, Any]:
+    return {"teacher": teacher} if teacher is not None and "teacher" in cfg else {}
+
+
 def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
     """The LightningModule of a run: model, attacks, objective, optimizer, scheduler."""
     model = build_model(cfg.model, cfg.data, cfg.normalize)
     check_model_fits_data(model, datamodule)
-    objective = instantiate(cfg.objective)
-    attack = instantiate(cfg.attack) if is_configured(cfg.attack) else None
+    teacher = build_teacher(cfg.get("distill"))  # configs with a `teacher` key receive it
+    objective = instantiate(cfg.objective, **_teacher_kwarg(cfg.objective, teacher))
+    attack_kwargs = _teacher_kwarg(cfg.attack, teacher) if is_configured(cfg.attack) else {}
+    attack = instantiate(cfg.attack, **attack_kwargs) if is_configured(cfg.attack) else None
     if (
         attack is not None
         and objective.uses_adversarial

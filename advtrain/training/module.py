@@ -40,7 +40,8 @@ class AdversarialModule(L.LightningModule):
             signature has ``total_steps`` gets the trainer's estimated stepping batches.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         regularizers: Objects with ``name``, ``weight`` and ``__call__(model, batch,
-            outputs) -> weighted penalty``.
+            outputs, *, epoch, step) -> weighted penalty`` (``epoch`` fractional, for
+            scheduled weights); an optional ``extra_logs`` dict is logged as well.
         config: The resolved run configuration, stored in checkpoints so that
             ``advtrain-eval`` can rebuild the model.
         channels_last: Keep the model and 4-d input batches in ``torch.channels_last``
@@ -113,8 +114,11 @@ class AdversarialModule(L.LightningModule):
             f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0
         }
         for reg in self.regularizers:
-            penalty = reg(self.model, batch, outputs)
+            penalty = reg(self.model, batch, outputs, **self._progress(batch_idx))
             logs[f"train/reg_{reg.name}"] = penalty.detach()
+            logs.update(
+                {f"train/reg_{reg.name}_{k}": v for k, v in getattr(reg, "extra_logs", {}).items()}
+            )
             loss = loss + penalty
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -133,6 +137,12 @@ class AdversarialModule(L.LightningModule):
             on_epoch=False,
         )
         return loss
+
+    def _progress(self, batch_idx: int) -> dict[str, float]:
+        """Training progress for scheduled regularizer weights: fractional epoch, step."""
+        n_batches = self.trainer.num_training_batches if self._trainer is not None else float("inf")
+        fraction = batch_idx / n_batches if 0 < n_batches < float("inf") else 0.0
+        return {"epoch": self.current_epoch + fraction, "step": self.global_step}
 
     # -- evaluation -------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
