@@ -6,21 +6,31 @@ Examples::
     advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick
     advtrain-eval model=mnist_cnn data=mnist weights_path=model.safetensors eval.eps=0.3
 
-Writes ``report.json`` (the contract in DESIGN.md) and ``report.md`` into the run dir.
+    advtrain-eval ckpt_path=... eval.suite=full eval.surrogate=other.ckpt certify.method=crown
+    advtrain-eval ckpt_path=... eval.devices=2            # shard over 2 CPU processes (gloo)
+    advtrain-eval ckpt_path=... hydra.run.dir=DIR eval.resume=true   # continue a run
+
+Writes ``report.json`` (the contract in DESIGN.md), ``report.md``, the figures
+``robustness_curve.png`` and ``adversarial_examples.png``, and ``eval_state.pt`` (the
+per-example state, saved after every chunk) into the run dir; logs the metrics and
+figures to the configured ``logger``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from advtrain._numbers import as_float
 from advtrain.cli.common import (
     build_model,
     check_group_choices,
@@ -28,7 +38,12 @@ from advtrain.cli.common import (
     is_configured,
     one_line_errors,
 )
-from advtrain.evaluation import evaluate, write_report
+from advtrain.evaluation import run_evaluation, write_report
+from advtrain.evaluation.figures import write_figures
+from advtrain.evaluation.report import log_report
+from advtrain.evaluation.state import STATE_FILE
+from advtrain.evaluation.suites import check_suite
+from advtrain.threat import LpBall
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -116,33 +131,141 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
     return model.eval(), data_cfg, model_name
 
 
+def check_eval_config(cfg: DictConfig) -> None:
+    """Fail early, with one line, on a bad norm, eps, suite or example count."""
+    ev = cfg.eval
+    LpBall(ev.norm, ev.eps)
+    check_suite(ev.suite)
+    if ev.n_examples is not None and int(ev.n_examples) < 1:
+        raise ValueError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
+    if int(ev.get("devices", 1)) < 1:
+        raise ValueError(f"eval.devices={ev.devices!r} is invalid; need an integer >= 1")
+    for e in ev.get("eps_curve") or []:
+        LpBall(ev.norm, e)
+
+
+def build_surrogate(spec: Any) -> nn.Module | None:
+    """The transfer attack's surrogate: an advtrain checkpoint path, or a model config
+    with ``_target_`` (and optionally ``weights_path``)."""
+    if not is_configured(spec):
+        return None
+    if isinstance(spec, str):
+        state, run_cfg = load_checkpoint(spec)
+        model = build_model(run_cfg.model, run_cfg.data, bool(run_cfg.get("normalize", True)))
+        load_into(model, state, spec, "surrogate")
+        return model.eval()
+    spec = OmegaConf.to_container(spec, resolve=True)
+    weights = spec.pop("weights_path", None)
+    model = instantiate(spec)
+    if weights:
+        load_into(model, load_state_dict_file(weights), str(weights), "surrogate")
+    return model.eval()
+
+
+def state_dir(cfg: DictConfig) -> Path:
+    """Where the per-example state is saved; without resume a stale state is removed."""
+    explicit = cfg.eval.get("state_path")
+    path = Path(explicit) if explicit else Path(cfg.paths.output_dir)
+    folder = path.parent if path.suffix == ".pt" else path
+    if not cfg.eval.get("resume", False):
+        (folder / STATE_FILE).unlink(missing_ok=True)
+    elif explicit and not (folder / STATE_FILE).is_file():
+        raise FileNotFoundError(f"eval.state_path={explicit!r} holds no {STATE_FILE}")
+    return folder
+
+
+def evaluation_options(cfg: DictConfig) -> dict[str, Any]:
+    """The keyword options of ``run_evaluation`` taken from ``cfg.eval`` and ``cfg.certify``."""
+    ev = cfg.eval
+    curve = ev.get("eps_curve")
+    return {
+        "norm": ev.norm,
+        "eps": ev.eps,
+        "suite": ev.suite,
+        "seed": cfg.seed,
+        "batch_size": ev.batch_size,
+        "eps_curve": [as_float(e, "eval.eps_curve") for e in curve] if curve else None,
+        "curve_n_examples": ev.get("curve_n_examples", 200),
+        "eot_iter": ev.get("eot_iter", 8),
+        "certify_method": (cfg.get("certify") or {}).get("method"),
+        "state_dir": state_dir(cfg),
+        "surrogate": build_surrogate(ev.get("surrogate")),
+    }
+
+
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate as configured; write report.json/report.md; return the report."""
+    """Evaluate as configured; write report.json/report.md/figures; return the report."""
+    check_eval_config(cfg)
+    if int(cfg.eval.get("devices", 1)) > 1 and not dist.is_initialized():
+        return spawn_eval(cfg)
     torch.manual_seed(cfg.seed)
     model, data_cfg, model_name = resolve_model_and_data(cfg)
     datamodule = instantiate(data_cfg)
     x, y = datamodule.test_tensors(limit=cfg.eval.n_examples)
-    report = evaluate(
-        model,
-        x,
-        y,
-        norm=cfg.eval.norm,
-        eps=cfg.eval.eps,
-        suite=cfg.eval.suite,
-        seed=cfg.seed,
-        batch_size=cfg.eval.batch_size,
-        dataset=datamodule.name,
-        model_name=model_name,
+    result = run_evaluation(
+        model, x, y, dataset=datamodule.name, model_name=model_name, **evaluation_options(cfg)
     )
-    json_path, _ = write_report(report, cfg.paths.output_dir)
+    report = result.report
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return report
+    out = Path(cfg.paths.output_dir)
+    figures = write_figures(result, model, out) if cfg.eval.get("figures", True) else []
+    json_path, _ = write_report(report, out)
+    for logger in instantiate_loggers(cfg.get("logger")):
+        log_report(logger, report, figures)
+    print_summary(report, json_path)
+    return report
+
+
+def instantiate_loggers(cfg: Any) -> list[Any]:
+    """Loggers of the ``logger`` group (a dict of configs with ``_target_``)."""
+    if not is_configured(cfg):
+        return []
+    return [instantiate(c) for c in cfg.values() if is_configured(c) and "_target_" in c]
+
+
+def print_summary(report: dict, json_path: Path) -> None:
     clean, robust = report["clean_accuracy"], report["robust_accuracy"]
+    tm = report["threat_model"]
     print(
-        f"clean accuracy {100 * clean['value']:.2f}% [{100 * clean['ci95'][0]:.1f}, {100 * clean['ci95'][1]:.1f}], "
-        f"robust accuracy {100 * robust['value']:.2f}% [{100 * robust['ci95'][0]:.1f}, {100 * robust['ci95'][1]:.1f}] "
-        f"({report['threat_model']['norm']} eps={report['threat_model']['eps']:.4g}, n={report['n_examples']}); "
+        f"clean accuracy {100 * clean['value']:.2f}% "
+        f"[{100 * clean['ci95'][0]:.1f}, {100 * clean['ci95'][1]:.1f}], "
+        f"robust accuracy {100 * robust['value']:.2f}% "
+        f"[{100 * robust['ci95'][0]:.1f}, {100 * robust['ci95'][1]:.1f}] "
+        f"({tm['norm']} eps={tm['eps']:.4g}, n={report['n_examples']}, suite "
+        f"{report['suite']}); gradient masking "
+        f"{'SUSPECTED' if report['gradient_masking']['suspected'] else 'not suspected'}; "
         f"report: {json_path}"
     )
-    return report
+    sandwich = report.get("sandwich")
+    if sandwich and not sandwich["ok"]:
+        print(f"advtrain-eval: BUG: {sandwich['detail']}", file=sys.stderr)
+
+
+def _spawned(rank: int, world_size: int, init_file: str, cfg_yaml: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)  # fmt: skip
+    try:
+        run_eval(OmegaConf.create(cfg_yaml))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Run the evaluation in ``eval.devices`` CPU processes (gloo), sharding examples."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    world_size = int(cfg.eval.devices)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    # fork is fast and safe on CPU; once CUDA is initialised only spawn is safe
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    with tempfile.TemporaryDirectory() as tmp:
+        args = (world_size, f"{tmp}/init", resolved)
+        mp.start_processes(_spawned, args=args, nprocs=world_size, start_method=method)
+    report_path = Path(cfg.paths.output_dir) / "report.json"
+    return json.loads(report_path.read_text())
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")

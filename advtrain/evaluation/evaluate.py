@@ -1,58 +1,216 @@
-"""``evaluate``: clean and worst-case robust accuracy of a model on given examples.
+"""``evaluate``: clean, worst-case robust and (optionally) certified accuracy, with checks.
 
-Each example counts as robust only if it is classified correctly on the clean input and
-on every attack's output (per-example worst case; AutoAttack's bookkeeping: each
-attack runs only on the examples still robust). The result follows report.json's
-schema (DESIGN.md).
+The steps (each in its own module): build the suite (``suites``), wrap a model that
+declares a non-differentiable preprocessing for BPDA and switch on EOT for randomized
+models (``defenses``), run the gauntlet with per-example worst-case bookkeeping
+(``gauntlet``, sharded over ``torch.distributed`` ranks by ``distributed``, resumable by
+``state``), the robustness curve (``curves``), the gradient-masking checks
+(``masking``), certification and the sandwich check (``certified``), statistics
+(``statistics``, ``perturbation``). The result follows report.json's schema (DESIGN.md).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks import PGD, Attack
-from advtrain.evaluation.statistics import proportion
+from advtrain.attacks import FGSM
+from advtrain.evaluation import masking
+from advtrain.evaluation.certified import certified_section
+from advtrain.evaluation.curves import box_eps, default_eps_list, robustness_curve
+from advtrain.evaluation.defenses import attack_view, is_randomized
+from advtrain.evaluation.distributed import gather_per_example, max_over_ranks, shard_indices, world
+from advtrain.evaluation.gauntlet import (
+    CLEAN_WRONG,
+    ROBUST,
+    GauntletState,
+    attack_rows,
+    run_gauntlet,
+)
+from advtrain.evaluation.perturbation import perturbation_sizes
+from advtrain.evaluation.state import STATE_FILE, fingerprint, load_state, save_state
+from advtrain.evaluation.statistics import per_class, proportion
+from advtrain.evaluation.suites import SUITES, SuiteEntry, build_suite, check_suite
 from advtrain.threat import LpBall
 
-SUITES = ("quick", "standard", "full")
+
+@dataclass
+class Evaluation:
+    """The report and the tensors behind it (for figures): ``x_adv`` per example."""
+
+    report: dict
+    x: Tensor
+    y: Tensor
+    x_adv: Tensor
+    fooled_by: Tensor
 
 
-def build_suite(suite: str, threat: LpBall, seed: int = 0) -> list[tuple[str, Attack]]:
-    """The attacks of a named suite, in the order they run."""
-    if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
-    attacks: list[tuple[str, Attack]] = [("pgd-20", PGD(threat=threat, steps=20, seed=seed))]
-    return attacks
+@dataclass
+class _Runner:
+    """Runs attack lists on this rank's shard and gathers per-example results."""
+
+    model: nn.Module
+    attack_model: nn.Module
+    batch_size: int
+
+    def __call__(
+        self, entries: list[SuiteEntry], x: Tensor, y: Tensor, state_path: Path | None = None,
+        key: str = "",
+    ) -> GauntletState:  # fmt: skip
+        rank, world_size = world()
+        idx = shard_indices(len(y), rank, world_size)
+        path = None
+        if state_path is not None:
+            path = state_path if world_size == 1 else state_path.with_suffix(f".rank{rank}.pt")
+        state = load_state(path, key) if path is not None else None
+        on_chunk = (lambda s: save_state(path, s, key)) if path is not None else None
+        local = run_gauntlet(
+            self.model, x[idx], y[idx], entries, batch_size=self.batch_size,
+            attack_model=self.attack_model, state=state, on_chunk=on_chunk,
+        )  # fmt: skip
+        device = x.device
+        fooled_by = gather_per_example(local.fooled_by.to(device), idx.to(device), len(y)).cpu()
+        x_adv = gather_per_example(local.x_adv.to(device), idx.to(device), len(y)).cpu()
+        return GauntletState(fooled_by, x_adv, len(entries), None, 0, max_over_ranks(local.seconds))
 
 
-def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    with torch.no_grad():
-        return torch.cat(
-            [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
-        )
+def _merge_extra(state: GauntletState, extra: GauntletState, k: int) -> int:
+    """Count examples ``extra`` fooled that ``state`` still had robust; mark them ``k``."""
+    new = (state.fooled_by == ROBUST) & (extra.fooled_by >= 0)
+    state.fooled_by[new] = k
+    state.x_adv[new] = extra.x_adv[new]
+    return int(new.sum())
 
 
-def run_attack_on_robust(
-    attack: Callable[..., Tensor],
+def _checks(model, attack_model, x, y, clean, context) -> list[dict]:
+    sub = clean.nonzero().squeeze(1)[:256].to(x.device)
+    if len(sub) == 0:
+        sub = torch.arange(min(len(y), 256), device=x.device)
+    checks = [
+        masking.check_input_gradients(attack_model, x[sub], y[sub]),
+        masking.check_deterministic(model, x[sub], context["eot_iter"]),
+        masking.check_not_probabilities(model, x[sub]),
+        masking.check_single_step(*context["single_step"]),
+        masking.check_white_box_strongest(context["rows"], len(y)),
+        masking.check_large_eps(context["curve"][-1]),
+        masking.check_monotone(context["curve"][:-1]),
+    ]
+    return checks
+
+
+def run_evaluation(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    robust: Tensor,
-    batch_size: int,
-) -> Tensor:
-    """Attack only the still-robust examples; return the updated robust mask."""
-    robust = robust.clone()
-    idx = robust.nonzero().squeeze(1)
-    for start in range(0, len(idx), batch_size):
-        batch = idx[start : start + batch_size]
-        x_adv = attack(model, x[batch], y[batch])
-        with torch.no_grad():
-            robust[batch] = model(x_adv).argmax(1) == y[batch]
-    return robust
+    norm: str = "linf",
+    eps: float | str = 8 / 255,
+    suite: str = "standard",
+    seed: int = 0,
+    batch_size: int = 256,
+    dataset: str = "unknown",
+    model_name: str | None = None,
+    *,
+    eps_curve: list[float] | None = None,
+    curve_n_examples: int = 200,
+    surrogate: nn.Module | None = None,
+    eot_iter: int = 8,
+    certify_method: str | None = None,
+    state_dir: str | Path | None = None,
+) -> Evaluation:
+    """Evaluate ``model`` on ``(x, y)``; see ``evaluate`` (this also returns the tensors)."""
+    threat = LpBall(norm, eps)
+    threat.check_inputs(x)
+    check_suite(suite)
+    if len(y) == 0:
+        raise ValueError("no examples to evaluate (n_examples=0)")
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        evaluation = _evaluate_eval_mode(
+            model, x, y, threat, suite, seed, batch_size, eps_curve, curve_n_examples,
+            surrogate, eot_iter, certify_method, state_dir,
+        )  # fmt: skip
+    finally:
+        model.train(was_training)
+    evaluation.report.update(
+        dataset=dataset, model=model_name or type(model).__name__, suite=suite, seed=seed
+    )
+    evaluation.report["seconds"] = time.perf_counter() - start
+    return evaluation
+
+
+def _fgsm_check(runner, state, built, threat, seed, x, y) -> tuple[list[dict], tuple]:
+    """Run FGSM on every example; fold what it finds into the worst case; return the
+    attack rows and the single-step check's inputs (FGSM vs the first attack alone)."""
+    fgsm_entry = SuiteEntry("fgsm (check)", FGSM(threat=threat, seed=seed), "white")
+    fgsm = runner([fgsm_entry], x, y)
+    if built.entries:  # the first attack ran on every clean-correct example
+        first = int(((state.fooled_by == ROBUST) | (state.fooled_by > 0)).sum())
+        first_name = built.entries[0].name
+    else:
+        first, first_name = int((state.fooled_by != CLEAN_WRONG).sum()), "no attack"
+    single = (int((fgsm.fooled_by == ROBUST).sum()), first, len(y), f"FGSM vs {first_name}")
+    _merge_extra(state, fgsm, len(built.entries))
+    state.seconds = [*state.seconds, *fgsm.seconds]
+    return attack_rows(state, [*built.entries, fgsm_entry]), single
+
+
+def _evaluate_eval_mode(
+    model, x, y, threat, suite, seed, batch_size, eps_curve, curve_n_examples, surrogate,
+    eot_iter, certify_method, state_dir,
+) -> Evaluation:  # fmt: skip
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    randomized = is_randomized(model, x[:64])
+    eot = int(eot_iter) if randomized else 1
+    runner = _Runner(model, attack_view(model), batch_size)
+    built = build_suite(suite, threat, seed=seed, eot_iter=eot, surrogate=surrogate)
+    settings = {"norm": threat.norm, "eps": threat.eps, "suite": suite, "seed": seed, "eot": eot}
+    state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
+    state = runner(built.entries, x, y, state_path, fingerprint(settings, x, y))
+    clean = (state.fooled_by != CLEAN_WRONG).to(device)
+    rows, single_step = _fgsm_check(runner, state, built, threat, seed, x, y)
+
+    eps_list = sorted(float(e) for e in (eps_curve or default_eps_list(threat.eps)))
+    m = min(curve_n_examples, len(y))
+    curve = robustness_curve(
+        runner, x[:m], y[:m], threat, [*eps_list, box_eps(threat.norm, x, threat.bounds)],
+        seed=seed, eot_iter=eot,
+    )  # fmt: skip
+    context = {"eot_iter": eot, "rows": rows, "curve": curve, "single_step": single_step}
+    checks = _checks(model, runner.attack_model, x, y, clean, context)
+    robust = (state.fooled_by == ROBUST).to(device)
+    cert = certified_section(model, x, y, threat, certify_method, clean, robust)
+    n = len(y)
+    report = {
+        "dataset": None,
+        "model": None,
+        "n_examples": n,
+        "threat_model": {"norm": threat.norm, "eps": threat.eps},
+        "clean_accuracy": proportion(int(clean.sum()), n),
+        "robust_accuracy": proportion(int(robust.sum()), n),
+        "attacks": rows,
+        "skipped_attacks": [{"name": a, "reason": r} for a, r in built.skipped],
+        "per_class": per_class(y.cpu(), clean.cpu(), robust.cpu()),
+        "gradient_masking": masking.summarize(checks),
+        "certified_accuracy": cert["certified_accuracy"] if cert else None,
+        "sandwich": cert["sandwich"] if cert else None,
+        "robustness_curve": curve[:-1],
+        "large_eps_point": curve[-1],
+        "perturbation": perturbation_sizes(x.cpu(), state.x_adv, state.fooled_by >= 0, threat),
+        "randomized": randomized,
+        "eot_iter": eot,
+        "bpda": runner.attack_model is not model,
+        "suite": suite,
+        "seed": seed,
+        "seconds": 0.0,
+    }
+    return Evaluation(report, x.cpu(), y.cpu(), state.x_adv, state.fooled_by)
 
 
 def evaluate(
@@ -66,64 +224,37 @@ def evaluate(
     batch_size: int = 256,
     dataset: str = "unknown",
     model_name: str | None = None,
+    **options,
 ) -> dict:
-    """Evaluate ``model`` on ``(x, y)`` under an l_p threat model.
+    """Evaluate ``model`` on ``(x, y)`` under an l_p threat model (report.json's schema).
+
+    Robust accuracy is the per-example worst case over the suite's attacks (AutoAttack's
+    bookkeeping, Croce & Hein 2020) plus an FGSM check; gradient-masking checks follow
+    Athalye et al. 2018 and Carlini et al. 2019.
 
     Args:
-        model: Classifier taking images in [0, 1].
-        x: Images in [0, 1].
+        model: Classifier taking inputs in the data box [0, 1] and returning logits.
+        x: Inputs in [0, 1].
         y: Labels.
         norm: ``"linf"``, ``"l2"`` or ``"l1"``.
         eps: Radius in pixel units.
-        suite: ``"quick"``, ``"standard"`` or ``"full"``.
+        suite: ``"quick"``, ``"standard"`` or ``"full"`` (see ``suites``).
         seed: Seed of every attack's randomness.
-        batch_size: Examples per attack batch.
+        batch_size: Examples per attack batch (one saved chunk).
         dataset: Name written in the report.
         model_name: Name written in the report (default: the model's class).
+        **options: ``eps_curve`` (list of eps for the curve), ``curve_n_examples``,
+            ``surrogate`` (model for the transfer attack), ``eot_iter`` (draws for
+            randomized models), ``certify_method`` (``ibp``/``crown``/``lipschitz``/
+            ``milp``), ``state_dir`` (save per-example state there and resume from it).
 
     Returns:
-        A dict with report.json's schema.
+        A dict with report.json's keys (DESIGN.md) plus extra keys (curve, perturbation
+        sizes, skipped attacks, sandwich check).
     """
-    threat = LpBall(norm, eps)
-    threat.check_inputs(x)
-    start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x, y = x.to(device), y.to(device)
-    clean = _predict(model, x, batch_size) == y
-    robust = clean.clone()
-    attack_rows = []
-    for name, attack in build_suite(suite, threat, seed):
-        t0 = time.perf_counter()
-        robust = run_attack_on_robust(attack, model, x, y, robust, batch_size)
-        attack_rows.append(
-            {
-                "name": name,
-                "robust_accuracy": robust.float().mean().item(),
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-    model.train(was_training)
-    n = len(y)
-    per_class = [
-        {
-            "class": int(c),
-            "clean_accuracy": clean[y == c].float().mean().item(),
-            "robust_accuracy": robust[y == c].float().mean().item(),
-        }
-        for c in y.unique().tolist()
-    ]
-    return {
-        "dataset": dataset,
-        "model": model_name or type(model).__name__,
-        "n_examples": n,
-        "threat_model": {"norm": threat.norm, "eps": threat.eps},
-        "clean_accuracy": proportion(int(clean.sum()), n),
-        "robust_accuracy": proportion(int(robust.sum()), n),
-        "attacks": attack_rows,
-        "per_class": per_class,
-        "gradient_masking": {"suspected": False, "checks": []},
-        "certified_accuracy": None,
-        "seconds": time.perf_counter() - start,
-    }
+    return run_evaluation(
+        model, x, y, norm, eps, suite, seed, batch_size, dataset, model_name, **options
+    ).report
+
+
+__all__ = ["SUITES", "Evaluation", "evaluate", "run_evaluation"]

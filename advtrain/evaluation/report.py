@@ -1,10 +1,14 @@
-"""Writing an evaluation report: ``report.json`` (the contract) and ``report.md``."""
+"""Writing an evaluation report: ``report.json`` (the contract), ``report.md``, figures,
+and the same metrics and figures through a Lightning logger when one is configured."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
+
+from advtrain.evaluation.perturbation import format_size
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -18,47 +22,111 @@ def _pct(p: dict) -> str:
     return f"{100 * p['value']:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
 
 
-def render_markdown(report: dict) -> str:
-    """A human-readable summary of a report dict."""
+def _summary(report: dict) -> list[str]:
     tm = report["threat_model"]
+    extras = []
+    if report.get("bpda"):
+        extras.append("non-differentiable preprocessing attacked with BPDA")
+    if report.get("randomized"):
+        extras.append(f"randomized model attacked with EOT ({report.get('eot_iter')} draws)")
     lines = [
         f"# Robustness report: {report['model']} on {report['dataset']}",
         "",
-        f"Threat model: {tm['norm']} ball, eps = {tm['eps']:.6g} (pixel units); "
-        f"{report['n_examples']} examples; {report['seconds']:.1f} s.",
+        f"Threat model: **{tm['norm']} ball, eps = {tm['eps']:.6g}** (pixel units); "
+        f"suite `{report.get('suite', '?')}`; {report['n_examples']} examples; "
+        f"{report['seconds']:.1f} s." + (f" Note: {'; '.join(extras)}." if extras else ""),
         "",
         "| metric | value [Wilson 95% CI] |",
         "|---|---|",
         f"| clean accuracy | {_pct(report['clean_accuracy'])} |",
-        f"| robust accuracy (worst case over attacks) | {_pct(report['robust_accuracy'])} |",
+        f"| **robust accuracy** (worst case over attacks) | {_pct(report['robust_accuracy'])} |",
     ]
-    if report.get("certified_accuracy"):
-        cert = report["certified_accuracy"]
+    note = (
+        "An example counts as robust only if it is classified correctly on the clean input "
+        "and no attack below fooled it (each attack runs on the examples still robust)."
+    )
+    cert = report.get("certified_accuracy")
+    if cert:
         lines.append(f"| certified accuracy ({cert['method']}) | {100 * cert['value']:.2f}% |")
-    lines += [
+    lines += ["", note]
+    sandwich = report.get("sandwich")
+    if sandwich:
+        mark = "ok" if sandwich["ok"] else "**BUG**"
+        lines += ["", f"Sandwich check certified <= robust <= clean: {mark}: {sandwich['detail']}"]
+    return lines
+
+
+def _attacks(report: dict) -> list[str]:
+    lines = [
         "",
-        "## Attacks (cumulative worst case)",
+        "## Attacks (cumulative worst case, in the order run)",
         "",
-        "| attack | robust accuracy | seconds |",
-        "|---|---|---|",
+        "| attack | kind | robust accuracy after it | newly fooled | seconds |",
+        "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {a['name']} | {100 * a['robust_accuracy']:.2f}% | {a['seconds']:.2f} |"
+        f"| {a['name']} | {a.get('kind', '')} | {100 * a['robust_accuracy']:.2f}% | "
+        f"{a.get('newly_fooled', '')} | {a['seconds']:.2f} |"
         for a in report["attacks"]
     ]
+    lines += [f"\nSkipped: {s['name']} ({s['reason']})." for s in report.get("skipped_attacks", [])]
+    return lines
+
+
+def _masking(report: dict) -> list[str]:
     gm = report["gradient_masking"]
-    lines += ["", f"## Gradient masking: {'SUSPECTED' if gm['suspected'] else 'not suspected'}", ""]
+    verdict = "**SUSPECTED**" if gm["suspected"] else "not suspected"
+    lines = ["", f"## Gradient masking: {verdict}", ""]
     if gm["checks"]:
         lines += ["| check | passed | detail |", "|---|---|---|"]
         lines += [
-            f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |"
+            f"| {c['name']} | {'yes' if c['passed'] else '**NO**'} | {c['detail']} |"
             for c in gm["checks"]
         ]
-    lines += ["", "## Per class", "", "| class | clean | robust |", "|---|---|---|"]
+    if gm.get("advice"):
+        lines += ["", "What to try:", ""] + [f"- {a}" for a in gm["advice"]]
+    return lines
+
+
+def _curve_and_sizes(report: dict) -> list[str]:
+    lines = []
+    curve = report.get("robustness_curve")
+    if curve:
+        n = curve[0].get("n", "?")
+        lines += ["", f"## Robustness curve (PGD-20, 2 restarts per point, {n} examples)", ""]
+        lines += ["| eps | robust accuracy [95% CI] |", "|---|---|"]
+        for p in [*curve, report.get("large_eps_point")]:
+            if p:
+                lo, hi = p["ci95"]
+                lines.append(
+                    f"| {p['eps']:.4g} | {100 * p['robust_accuracy']:.1f}% "
+                    f"[{100 * lo:.1f}, {100 * hi:.1f}] |"
+                )
+        lines += ["", "![robustness curve](robustness_curve.png)"]
+    size = report.get("perturbation")
+    if size:
+        lines += ["", f"## Found perturbations ({size['n_fooled']} fooled examples)", ""]
+        lines += ["| measure | mean / median / max |", "|---|---|"]
+        for key, label in (("linf", "l_inf"), ("l2", "l_2"), ("l1", "l_1"), ("psnr_db", "PSNR dB")):
+            lines.append(f"| {label} | {format_size(size[key])} |")
+        lines += ["", "![clean / adversarial / perturbation](adversarial_examples.png)"]
+    return lines
+
+
+def _per_class(report: dict) -> list[str]:
+    lines = ["", "## Per class", "", "| class | n | clean | robust |", "|---|---|---|---|"]
     lines += [
-        f"| {c['class']} | {100 * c['clean_accuracy']:.1f}% | {100 * c['robust_accuracy']:.1f}% |"
+        f"| {c['class']} | {c.get('n', '')} | {100 * c['clean_accuracy']:.1f}% | "
+        f"{100 * c['robust_accuracy']:.1f}% |"
         for c in report["per_class"]
     ]
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    """A human-readable summary of a report dict."""
+    lines = _summary(report) + _attacks(report) + _masking(report)
+    lines += _curve_and_sizes(report) + _per_class(report)
     return "\n".join(lines) + "\n"
 
 
@@ -70,3 +138,41 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     _atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     _atomic_write_text(md_path, render_markdown(report))
     return json_path, md_path
+
+
+def report_metrics(report: dict) -> dict[str, float]:
+    """Flat scalar metrics of a report (for loggers)."""
+    metrics = {
+        "eval/clean_acc": report["clean_accuracy"]["value"],
+        "eval/robust_acc": report["robust_accuracy"]["value"],
+        "eval/masking_suspected": float(report["gradient_masking"]["suspected"]),
+        "eval/seconds": report["seconds"],
+    }
+    for a in report["attacks"]:
+        metrics[f"eval/robust_acc_after/{a['name']}"] = a["robust_accuracy"]
+    if report.get("certified_accuracy"):
+        metrics["eval/certified_acc"] = report["certified_accuracy"]["value"]
+    return metrics
+
+
+def log_report(logger: Any, report: dict, figures: list[Path]) -> None:
+    """Log a report's metrics and figures through a Lightning logger.
+
+    Metrics go through ``log_metrics``; figures through ``log_image`` (wandb),
+    ``experiment.add_image`` (TensorBoard) or ``experiment.log_artifact`` (MLflow);
+    loggers without image support (CSV) get the metrics only.
+    """
+    logger.log_metrics(report_metrics(report), step=0)
+    for path in figures:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=f"eval/{path.stem}", images=[str(path)])
+        elif hasattr(getattr(logger, "experiment", None), "add_image"):
+            import numpy as np
+            from PIL import Image
+
+            img = np.asarray(Image.open(path).convert("RGB"))
+            logger.experiment.add_image(f"eval/{path.stem}", img, 0, dataformats="HWC")
+        elif hasattr(getattr(logger, "experiment", None), "log_artifact"):
+            logger.experiment.log_artifact(logger.run_id, str(path))
+    if hasattr(logger, "save"):
+        logger.save()

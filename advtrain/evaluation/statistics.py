@@ -8,6 +8,7 @@ with its Wilson 95% interval (better behaved than the normal approximation near 
 from __future__ import annotations
 
 from scipy.stats import binomtest
+from torch import Tensor
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -26,3 +27,21 @@ def proportion(successes: int, n: int) -> dict[str, float | list[float]]:
     """``{"value": k/n, "ci95": [low, high]}`` as in report.json."""
     low, high = wilson_interval(successes, n)
     return {"value": successes / n if n else 0.0, "ci95": [low, high]}
+
+
+def per_class(y: Tensor, clean: Tensor, robust: Tensor) -> list[dict]:
+    """Clean and robust accuracy per class (with counts), as in report.json's ``per_class``."""
+    rows = []
+    for c in y.unique().tolist():
+        mask = y == c
+        n = int(mask.sum())
+        rows.append(
+            {
+                "class": int(c),
+                "n": n,
+                "clean_accuracy": clean[mask].float().mean().item(),
+                "robust_accuracy": robust[mask].float().mean().item(),
+                "robust_ci95": list(wilson_interval(int(robust[mask].sum()), n)),
+            }
+        )
+    return rows

@@ -1,6 +1,7 @@
 """Outer minimisation: objectives returning ``{"loss", "logits", ...}``."""
 
 from advtrain.objectives.base import Objective
+from advtrain.objectives.crown_ibp import CrownIBP
 from advtrain.objectives.madry import Madry
 from advtrain.objectives.mart import MART
 from advtrain.objectives.mixed import Mixed
@@ -13,6 +14,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "mixed": Mixed,
     "trades": TRADES,
     "mart": MART,
+    "crown_ibp": CrownIBP,
 }
 
 
@@ -28,6 +30,7 @@ __all__ = [
     "MART",
     "OBJECTIVES",
     "TRADES",
+    "CrownIBP",
     "Madry",
     "Mixed",
     "Objective",

@@ -1,0 +1,66 @@
+"""Certified accuracy in an evaluation, and the sandwich check.
+
+``advtrain.certification.certify(model, x, y, norm, eps, method)`` (IBP: Gowal et al.
+2018; CROWN: Zhang et al. 2018; Lipschitz bounds; exact MILP) gives per-example
+certificates. For every example the three accuracies must nest:
+certified => robust under every attack => clean correct. A certified example that an
+attack fooled (or that is misclassified) means a bug in the certifier or the attack;
+it is printed loudly and recorded in the report.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.threat import LpBall
+
+
+def sandwich(certified: Tensor, robust: Tensor, clean: Tensor) -> dict:
+    """Per-example check of certified <= robust <= clean (as boolean implications)."""
+    certified, robust, clean = (t.bool().cpu() for t in (certified, robust, clean))
+    cert_not_robust = (certified & ~robust).nonzero().squeeze(1).tolist()
+    robust_not_clean = (robust & ~clean).nonzero().squeeze(1).tolist()
+    ok = not cert_not_robust and not robust_not_clean
+    detail = (
+        "certified <= robust <= clean holds for every example"
+        if ok
+        else f"BUG: {len(cert_not_robust)} certified examples were broken by an attack "
+        f"(first: {cert_not_robust[:5]}), {len(robust_not_clean)} robust but misclassified "
+        f"clean (first: {robust_not_clean[:5]})"
+    )
+    return {
+        "ok": ok,
+        "certified_but_attacked": cert_not_robust,
+        "robust_but_not_clean": robust_not_clean,
+        "detail": detail,
+    }
+
+
+def certified_section(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: LpBall,
+    method: str | None,
+    clean: Tensor,
+    robust: Tensor,
+) -> dict | None:
+    """``{"certified_accuracy", "sandwich"}`` for the report, or None without a method."""
+    if not method:
+        return None
+    try:
+        from advtrain.certification import certify
+    except ImportError:
+        raise ValueError(
+            f"certify.method={method!r} needs advtrain.certification, which is not installed"
+        ) from None
+    result = certify(model, x, y, norm=threat.norm, eps=threat.eps, method=method)
+    certified = torch.as_tensor(result["certified"], dtype=torch.bool)
+    check = sandwich(certified, robust, clean)
+    if not check["ok"]:
+        print(f"\n!!! advtrain-eval: {check['detail']} !!!\n", file=sys.stderr)
+    value = int(certified.sum()) / len(certified) if len(certified) else 0.0
+    return {"certified_accuracy": {"method": method, "value": value}, "sandwich": check}

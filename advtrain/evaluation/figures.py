@@ -1,0 +1,162 @@
+"""Figures of an evaluation report (matplotlib, Agg backend: no display needed).
+
+* ``robustness_curve.png``: robust accuracy against eps with Wilson 95% bands, the
+  evaluated eps marked.
+* ``adversarial_examples.png``: columns of examples; rows clean input, adversarial
+  input, and the perturbation amplified to the full grey range (grey = 0), each
+  titled with the true label and the prediction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def plot_curve(
+    curve: list[dict],
+    eps: float,
+    norm: str,
+    path: Path,
+    title: str = "",
+    box_point: dict | None = None,
+    worst_case: float | None = None,
+) -> Path:
+    """Robust accuracy against eps (with its 95% interval) as a PNG.
+
+    ``box_point`` (the accuracy at an eps covering the whole data box) is written as a
+    note rather than plotted, so it does not squash the interesting range.
+    """
+    pts = sorted(curve, key=lambda p: p["eps"])
+    e = np.array([p["eps"] for p in pts])
+    acc = 100 * np.array([p["robust_accuracy"] for p in pts])
+    lo = 100 * np.array([p["ci95"][0] for p in pts])
+    hi = 100 * np.array([p["ci95"][1] for p in pts])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    ax.fill_between(e, lo, hi, alpha=0.25, label="Wilson 95% interval")
+    ax.plot(e, acc, marker="o", label="robust accuracy (PGD-20, 2 restarts)")
+    ax.axvline(eps, color="gray", linestyle="--", label=f"evaluated eps = {eps:.4g}")
+    if worst_case is not None:
+        ax.plot([eps], [100 * worst_case], marker="*", markersize=12, color="C3", linestyle="",
+                label=f"worst case over the suite: {100 * worst_case:.1f}%")  # fmt: skip
+    ax.set_xlabel(f"eps ({norm}, pixel units)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(title or "Robustness curve")
+    if box_point is not None:
+        note = (
+            f"at eps={box_point['eps']:.3g} (whole box): "
+            f"{100 * box_point['robust_accuracy']:.1f}% (should be ~0)"
+        )
+        ax.text(0.02, 0.03, note, transform=ax.transAxes, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _image(t: Tensor) -> np.ndarray:
+    img = t.detach().cpu().float()
+    return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+
+
+def _adv_title(pred: str, found: bool, found_by: list[str] | None, j: int) -> str:
+    if not found:
+        return "robust (no attack\nsucceeded)"
+    return f"adv pred {pred}" + (f"\nby {found_by[j]}" if found_by else "")
+
+
+def plot_examples(
+    x: Tensor,
+    x_adv: Tensor,
+    y: Tensor,
+    pred_clean: Tensor,
+    pred_adv: Tensor,
+    path: Path,
+    class_names: list[str] | None = None,
+    found_by: list[str] | None = None,
+) -> Path:
+    """Clean / adversarial / amplified-perturbation grid with labels, as a PNG.
+
+    ``found_by`` names, per column, the attack that found the adversarial example.
+    """
+    n = len(x)
+    names = class_names or [str(i) for i in range(int(max(y.max(), pred_adv.max())) + 1)]
+    fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.8, 5.0), dpi=120, squeeze=False)
+    for j in range(n):
+        delta = x_adv[j] - x[j]
+        scale = float(delta.abs().max())
+        found = scale > 0
+        amplified = (0.5 + 0.5 * delta / scale).clamp(0, 1) if found else delta + 0.5
+        fooled = bool(pred_adv[j] != y[j])
+        panels = [
+            (x[j], f"true {names[y[j]]}\npred {names[pred_clean[j]]}", "k"),
+            (x_adv[j], _adv_title(names[pred_adv[j]], found, found_by, j), "red" if fooled else "k"),
+            (amplified, f"|d|inf={scale:.3f}\nshown x{0.5 / scale:.0f}" if found else "none found", "k"),
+        ]  # fmt: skip
+        for i, (img, title, color) in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_title(title, fontsize=8, color=color)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for i, label in enumerate(["clean", "adversarial", "perturbation"]):
+        axes[i, 0].set_ylabel(label, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pick_examples(fooled_by: Tensor, k: int = 8) -> Tensor:
+    """Indices to show: one fooled example per successful attack first, more fooled
+    ones, then (up to two) robust ones."""
+    fooled = (fooled_by >= 0).nonzero().squeeze(1).tolist()
+    robust = (fooled_by == -1).nonzero().squeeze(1).tolist()
+    attacks = sorted({int(fooled_by[i]) for i in fooled})
+    firsts = [next(i for i in fooled if fooled_by[i] == a) for a in attacks]
+    rest = [i for i in fooled if i not in firsts]
+    n_robust = min(2, len(robust))
+    chosen = (firsts + rest)[: k - n_robust] + robust
+    return torch.tensor(chosen[:k], dtype=torch.long)
+
+
+def write_figures(evaluation, model, out_dir: Path, batch_size: int = 256) -> list[Path]:
+    """Draw both figures of an ``Evaluation`` into ``out_dir``; return their paths."""
+    from advtrain.evaluation.gauntlet import predict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = evaluation.report
+    tm = report["threat_model"]
+    paths = [
+        plot_curve(
+            report["robustness_curve"],
+            tm["eps"],
+            tm["norm"],
+            out_dir / "robustness_curve.png",
+            f"{report['model']} on {report['dataset']} ({tm['norm']})",
+            report.get("large_eps_point"),
+            report["robust_accuracy"]["value"],
+        )
+    ]
+    idx = pick_examples(evaluation.fooled_by)
+    if len(idx):
+        device = next(model.parameters()).device
+        x, x_adv, y = evaluation.x[idx], evaluation.x_adv[idx], evaluation.y[idx]
+        pred_clean = predict(model, x.to(device), batch_size).cpu()
+        pred_adv = predict(model, x_adv.to(device), batch_size).cpu()
+        names = [a["name"] for a in report["attacks"]]
+        found_by = [names[k] if k >= 0 else "" for k in evaluation.fooled_by[idx].tolist()]
+        path = out_dir / "adversarial_examples.png"
+        paths.append(plot_examples(x, x_adv, y, pred_clean, pred_adv, path, found_by=found_by))
+    return paths

@@ -1,0 +1,153 @@
+"""The gauntlet: per-example worst case over a list of attacks (AutoAttack's bookkeeping).
+
+Croce & Hein 2020 (AutoAttack): an example counts as robust only if it is classified
+correctly on the clean input and on the output of every attack. Each attack runs only
+on the examples still robust after the attacks before it, so strong-but-cheap attacks
+go first and the expensive ones see few points.
+
+The per-example record is ``fooled_by``: ``-2`` misclassified clean, ``-1`` robust,
+``k >= 0`` first fooled by attack ``k``; ``x_adv`` holds the adversarial example that
+fooled it (the clean input otherwise). Work is done in chunks of ``batch_size``
+examples; after each chunk ``on_chunk`` receives the state, so a caller can save it
+and resume (see ``advtrain.evaluation.state``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.evaluation.suites import SuiteEntry
+
+CLEAN_WRONG, ROBUST = -2, -1
+
+
+@dataclass
+class GauntletState:
+    """Everything needed to continue a gauntlet: per-example results and progress."""
+
+    fooled_by: Tensor
+    x_adv: Tensor
+    attack_index: int = 0
+    todo: Tensor | None = None
+    next_chunk: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def robust(self) -> Tensor:
+        return self.fooled_by == ROBUST
+
+
+def predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """Predicted labels in batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat(
+            [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+        )
+
+
+def initial_state(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> GauntletState:
+    """Clean predictions: wrong ones are marked ``CLEAN_WRONG``, the rest ``ROBUST``."""
+    correct = predict(model, x, batch_size) == y
+    fooled_by = torch.where(correct, ROBUST, CLEAN_WRONG).to(torch.long)
+    return GauntletState(fooled_by=fooled_by.cpu(), x_adv=x.detach().cpu().clone())
+
+
+def attack_chunk(
+    entry: SuiteEntry, attack_model: nn.Module, model: nn.Module, x: Tensor, y: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Run one attack on one chunk; return ``(x_adv, still_correct)`` on ``model``."""
+    source = entry.surrogate if entry.kind == "transfer" else attack_model
+    x_adv = entry.attack(source, x, y)
+    with torch.no_grad():
+        correct = model(x_adv).argmax(1) == y
+    return x_adv, correct
+
+
+def _run_entry(
+    k: int,
+    entry: SuiteEntry,
+    models: tuple[nn.Module, nn.Module],
+    data: tuple[Tensor, Tensor],
+    state: GauntletState,
+    batch_size: int,
+    on_chunk: Callable[[GauntletState], None] | None,
+) -> None:
+    attack_model, model = models
+    x, y = data
+    if state.todo is None:
+        state.todo = state.robust.nonzero().squeeze(1)
+        state.next_chunk = 0
+    todo, device = state.todo, x.device
+    t0 = time.perf_counter()
+    for start in range(state.next_chunk * batch_size, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        sel = idx.to(device)
+        x_adv, correct = attack_chunk(entry, attack_model, model, x[sel], y[sel])
+        fooled = idx[~correct.cpu()]
+        state.fooled_by[fooled] = k
+        state.x_adv[fooled] = x_adv[~correct].detach().cpu()
+        state.next_chunk += 1
+        if on_chunk is not None:
+            on_chunk(state)
+    state.seconds.append(time.perf_counter() - t0)
+
+
+def run_gauntlet(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    entries: list[SuiteEntry],
+    *,
+    batch_size: int = 256,
+    attack_model: nn.Module | None = None,
+    state: GauntletState | None = None,
+    on_chunk: Callable[[GauntletState], None] | None = None,
+) -> GauntletState:
+    """Run ``entries`` in order on the still-robust examples of ``(x, y)``.
+
+    Args:
+        model: The evaluated model (its predictions decide success).
+        x: Inputs in the data box.
+        y: Labels.
+        entries: The suite's attacks.
+        batch_size: Examples per attack call (one chunk).
+        attack_model: What white-box and black-box attacks query (e.g. a BPDA wrapper
+            of ``model``); defaults to ``model``.
+        state: A saved state to continue from (resume); default: start fresh.
+        on_chunk: Called with the state after every chunk (for saving).
+
+    Returns:
+        The final state: ``fooled_by`` and ``x_adv`` per example, seconds per attack.
+    """
+    state = state if state is not None else initial_state(model, x, y, batch_size)
+    attack_model = attack_model if attack_model is not None else model
+    while state.attack_index < len(entries):
+        k = state.attack_index
+        _run_entry(k, entries[k], (attack_model, model), (x, y), state, batch_size, on_chunk)
+        state.attack_index, state.todo, state.next_chunk = k + 1, None, 0
+        if on_chunk is not None:
+            on_chunk(state)
+    return state
+
+
+def attack_rows(state: GauntletState, entries: list[SuiteEntry]) -> list[dict]:
+    """Cumulative robust accuracy after each attack, its time and how many it fooled."""
+    n = len(state.fooled_by)
+    rows = []
+    for k, entry in enumerate(entries):
+        robust_after = int(((state.fooled_by == ROBUST) | (state.fooled_by > k)).sum())
+        rows.append(
+            {
+                "name": entry.name,
+                "kind": entry.kind,
+                "robust_accuracy": robust_after / n if n else 0.0,
+                "newly_fooled": int((state.fooled_by == k).sum()),
+                "seconds": state.seconds[k] if k < len(state.seconds) else 0.0,
+            }
+        )
+    return rows

@@ -1,0 +1,139 @@
+"""CROWN-IBP certified training (Zhang, Chen, Xiao, Gowal, Stanforth, Li, Boning, Hsieh 2020,
+"Towards stable and efficient training of verifiably robust neural networks").
+
+Threat model: an l_p ball (linf by default) of radius ``eps`` intersected with [0, 1]. The
+loss is
+
+    kappa * CE(f(x), y) + (1 - kappa) * CE(-m(x, eps), y)
+
+where ``m`` is a lower bound on the margins ``f_y - f_j`` over the ball (the logit of the
+true class set to 0, the others to ``-m_j``), mixed from two bounds computed with the same
+IBP intermediate intervals: ``m = beta * m_CROWN-IBP + (1 - beta) * m_IBP``. Training starts
+clean, then ``eps`` ramps linearly from 0 to its final value while ``kappa`` moves from
+``kappa_start`` to ``kappa_end`` and ``beta`` from ``beta_start`` to ``beta_end``
+(the paper's "CROWN-IBP 1 -> 0" is ``beta_start=1, beta_end=0``).
+
+The schedule is driven by the objective's own count of training steps (calls in training
+mode); ``ramp_steps=0`` disables it, so that an external callback can set ``eps``,
+``kappa`` and ``beta`` directly. No attack is needed (``uses_adversarial = False``).
+BatchNorm layers are bounded with their running statistics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advtrain._numbers import as_float
+from advtrain.certification.crown import crown_final
+from advtrain.certification.domain import InputDomain, margin_spec
+from advtrain.certification.ibp import final_from_intervals, ibp_intermediate
+from advtrain.certification.network import parse
+from advtrain.objectives.base import Objective
+from advtrain.threat import check_norm
+
+
+def _ramp(step: int, warmup: int, length: int) -> float:
+    """0 during ``warmup`` steps, then linear to 1 over ``length`` steps."""
+    if length <= 0:
+        return 1.0
+    return min(max((step - warmup) / length, 0.0), 1.0)
+
+
+class CrownIBP(Objective):
+    """CROWN-IBP loss with an eps ramp and the kappa/beta schedules.
+
+    Args:
+        eps: Final training radius in pixel units (``"0.3"``, ``"8/255"`` accepted).
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``.
+        kappa_start: Weight of the clean loss at the start of the ramp.
+        kappa_end: Weight of the clean loss from the end of the ramp on.
+        beta_start: Weight of the CROWN-IBP bound (vs IBP) at the start of the ramp.
+        beta_end: Weight of the CROWN-IBP bound from the end of the ramp on.
+        warmup_steps: Clean training steps before the ramp.
+        ramp_steps: Steps over which eps grows linearly to ``eps`` (0: no schedule).
+        bounds: The data box.
+    """
+
+    name = "crown_ibp"
+    uses_adversarial = False
+
+    def __init__(
+        self,
+        eps: float | str = 0.1,
+        norm: str = "linf",
+        kappa_start: float = 1.0,
+        kappa_end: float = 0.0,
+        beta_start: float = 1.0,
+        beta_end: float = 0.0,
+        warmup_steps: int = 0,
+        ramp_steps: int = 0,
+        bounds: tuple[float, float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__()
+        self.final_eps = as_float(eps, "eps")
+        if self.final_eps < 0:
+            raise ValueError(f"eps={self.final_eps!r} is invalid; eps must be >= 0")
+        for label, value in (
+            ("kappa", kappa_start),
+            ("kappa", kappa_end),
+            ("beta", beta_start),
+            ("beta", beta_end),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{label}={value!r} is invalid; it must lie in [0, 1]")
+        if warmup_steps < 0 or ramp_steps < 0:
+            raise ValueError(
+                f"warmup_steps={warmup_steps}, ramp_steps={ramp_steps} are invalid; need >= 0"
+            )
+        self.norm = check_norm(norm)
+        self.kappa_start, self.kappa_end = float(kappa_start), float(kappa_end)
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+        self.warmup_steps, self.ramp_steps = int(warmup_steps), int(ramp_steps)
+        self.bounds = tuple(float(b) for b in bounds)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.eps, self.kappa, self.beta = self.final_eps, self.kappa_end, self.beta_end
+        self._update_schedule()
+
+    def _update_schedule(self) -> None:
+        """Set ``eps``, ``kappa`` and ``beta`` from the step count (when a ramp is configured)."""
+        if self.ramp_steps == 0:
+            return
+        t = _ramp(int(self.step), self.warmup_steps, self.ramp_steps)
+        self.eps = t * self.final_eps
+        self.kappa = self.kappa_start + t * (self.kappa_end - self.kappa_start)
+        self.beta = self.beta_start + t * (self.beta_end - self.beta_start)
+
+    def margin_lower_bounds(
+        self, model: nn.Module, x: Tensor, y: Tensor, eps: float, beta: float
+    ) -> Tensor:
+        """``beta * CROWN-IBP + (1 - beta) * IBP`` lower bounds ``[B, K-1]`` of the margins."""
+        net = parse(model, x.shape[1:])
+        domain = InputDomain(x, self.norm, eps, self.bounds)
+        spec = margin_spec(y, net.shapes[-1][0], x.dtype)
+        intervals = ibp_intermediate(net, domain)
+        lower = final_from_intervals(net, domain, spec, intervals)
+        if beta > 0:
+            lower = beta * crown_final(net, domain, spec, intervals) + (1 - beta) * lower
+        return lower
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+        """``{"loss", "logits" (clean), "robust_loss", "verified_acc", "eps", "kappa"}``."""
+        if self.training:
+            self._update_schedule()
+            self.step += 1
+        logits = model(x)
+        clean_loss = F.cross_entropy(logits, y)
+        lower = self.margin_lower_bounds(model, x, y, self.eps, self.beta)
+        worst = torch.cat([lower.new_zeros(len(y), 1), -lower], dim=1)
+        robust_loss = F.cross_entropy(worst, worst.new_zeros(len(y), dtype=torch.long))
+        loss = self.kappa * clean_loss + (1 - self.kappa) * robust_loss
+        return {
+            "loss": loss,
+            "logits": logits,
+            "robust_loss": robust_loss.detach(),
+            "verified_acc": (lower > 0).all(1).float().mean(),
+            "eps": torch.tensor(self.eps),
+            "kappa": torch.tensor(self.kappa),
+        }

@@ -1,0 +1,152 @@
+"""``advtrain-eval`` end to end: on a checkpoint of a tiny ``advtrain-train`` run, on
+plain state_dicts (.safetensors and .pt), through a logger, over 2 CPU processes, and
+one clear line with a non-zero exit for each bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+from safetensors.torch import save_file
+
+from advtrain.cli.eval import main
+from advtrain.cli.train import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+FAST = [
+    "eval.suite=quick",
+    "eval.n_examples=40",
+    "eval.curve_n_examples=20",
+    "eval.eps_curve=[0,0.1]",
+    "eval.batch_size=64",
+]
+CONTRACT_KEYS = {
+    "dataset", "model", "n_examples", "threat_model", "clean_accuracy", "robust_accuracy",
+    "attacks", "per_class", "gradient_masking", "certified_accuracy", "seconds",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint written by a tiny advtrain-train run (debug=limit, digits CNN)."""
+    out = tmp_path_factory.mktemp("train")
+    GlobalHydra.instance().clear()
+    overrides = ["debug=limit", "logger=none", "model.width=8", "trainer.max_epochs=1"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.paths.log_dir = cfg.hydra.runtime.output_dir = str(out)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    train(cfg)
+    GlobalHydra.instance().clear()
+    return next((out / "checkpoints").glob("*.ckpt"))
+
+
+def run_cli(args: list[str], run_dir: Path, monkeypatch) -> int:
+    """Run ``advtrain-eval`` in this process; return its exit code (0 on success)."""
+    monkeypatch.setattr(sys, "argv", ["advtrain-eval", *args, f"hydra.run.dir={run_dir}"])
+    GlobalHydra.instance().clear()
+    try:
+        main()
+    except SystemExit as err:
+        return int(err.code or 0)
+    return 0
+
+
+def _backbone_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    return {k.removeprefix("model.1."): v for k, v in state.items() if k.startswith("model.1.")}
+
+
+def test_eval_on_train_checkpoint_writes_report(checkpoint, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    assert run_cli([f"ckpt_path={checkpoint}", "logger=csv", *FAST], run, monkeypatch) == 0
+    report = json.loads((run / "report.json").read_text())
+    assert set(report) >= CONTRACT_KEYS
+    assert report["n_examples"] == 40 and report["threat_model"] == {"norm": "linf", "eps": 0.1}
+    assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
+    md = (run / "report.md").read_text()
+    assert "robust accuracy" in md and "Gradient masking" in md
+    for png in ("robustness_curve.png", "adversarial_examples.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG"
+    metrics = (run / "csv" / "metrics.csv").read_text()
+    assert "eval/robust_acc" in metrics
+    assert "robust accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_eval_on_plain_state_dict(suffix, checkpoint, tmp_path, monkeypatch):
+    weights = tmp_path / f"weights{suffix}"
+    state = _backbone_state(checkpoint)
+    save_file(state, str(weights)) if suffix == ".safetensors" else torch.save(state, weights)
+    args = ["model=digits_cnn", "model.width=8", "data=digits", f"weights_path={weights}", *FAST]
+    assert run_cli(args, tmp_path / "run", monkeypatch) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["model"] == "DigitsCNN" and report["dataset"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["ckpt_path=/nonexistent/x.ckpt"], "does not exist"),
+        (["model=mlp", "data=digits", "weights_path={weights}"], "does not fit model MLP"),
+        (["ckpt_path={ckpt}", "eval.norm=l3"], "unknown norm 'l3'"),
+        (["ckpt_path={ckpt}", "eval.eps=-0.1"], "eps"),
+        (["ckpt_path={ckpt}", "eval.suite=nope"], "unknown suite 'nope'"),
+    ],
+)
+def test_bad_inputs_one_clear_line(args, message, checkpoint, tmp_path, monkeypatch, capsys):
+    weights = tmp_path / "w.safetensors"
+    save_file(_backbone_state(checkpoint), str(weights))
+    args = [a.format(ckpt=checkpoint, weights=weights) for a in args]
+    code = run_cli(args, tmp_path / "run", monkeypatch)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("advtrain-eval: error:") and message in err[0]
+
+
+def test_eval_two_cpu_processes(checkpoint, tmp_path, monkeypatch):
+    args = [f"ckpt_path={checkpoint}", "eval.devices=2", "eval.figures=false", *FAST]
+    assert run_cli(args, tmp_path / "run", monkeypatch) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    single = tmp_path / "single"
+    assert (
+        run_cli([f"ckpt_path={checkpoint}", "eval.figures=false", *FAST], single, monkeypatch) == 0
+    )
+    ref = json.loads((single / "report.json").read_text())
+    assert report["n_examples"] == ref["n_examples"] == 40
+    assert report["clean_accuracy"] == ref["clean_accuracy"]
+
+
+def test_eval_with_certification(checkpoint, tmp_path, monkeypatch):
+    args = [f"ckpt_path={checkpoint}", "certify.method=crown", "eval.eps=0.01", *FAST]
+    assert run_cli([*args, "eval.figures=false"], tmp_path / "run", monkeypatch) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    cert = report["certified_accuracy"]
+    assert cert["method"] == "crown" and 0.0 <= cert["value"] <= report["robust_accuracy"]["value"]
+    assert report["sandwich"]["ok"]
+
+
+def test_surrogate_from_checkpoint_or_config(checkpoint, tmp_path):
+    from omegaconf import OmegaConf
+
+    from advtrain.cli.eval import build_surrogate
+
+    x = torch.rand(3, 1, 8, 8)
+    from_ckpt = build_surrogate(str(checkpoint))
+    assert from_ckpt(x).shape == (3, 10) and not from_ckpt.training
+    weights = tmp_path / "w.safetensors"
+    save_file(_backbone_state(checkpoint), str(weights))
+    spec = {"_target_": "advtrain.models.DigitsCNN", "width": 8, "weights_path": str(weights)}
+    from_cfg = build_surrogate(OmegaConf.create(spec))
+    assert torch.allclose(from_cfg(x), from_ckpt[1](x))
+    assert build_surrogate(None) is None

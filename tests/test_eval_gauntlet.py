@@ -1,0 +1,184 @@
+"""The gauntlet's worst-case bookkeeping, suites, resume from saved state, and DDP
+sharding (2 CPU processes, gloo) with per-example gathering."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from advtrain.attacks import FGSM, PGD
+from advtrain.evaluation import build_suite, run_evaluation
+from advtrain.evaluation.distributed import gather_per_example, shard_indices
+from advtrain.evaluation.evaluate import _Runner
+from advtrain.evaluation.gauntlet import CLEAN_WRONG, ROBUST, attack_rows, predict, run_gauntlet
+from advtrain.evaluation.state import fingerprint, load_state, save_state
+from advtrain.evaluation.suites import SUITES, SuiteEntry
+from advtrain.threat import NORMS, LpBall
+
+
+def _entries(eps: float = 0.3) -> list[SuiteEntry]:
+    ball = LpBall("linf", eps)
+    return [
+        SuiteEntry("fgsm", FGSM(threat=ball)),
+        SuiteEntry("pgd", PGD(threat=ball, steps=5, seed=0)),
+    ]
+
+
+def test_worst_case_bookkeeping(tiny_model):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(40, 1, 8, 8, generator=g)
+    y = predict(tiny_model, x, 64)  # all clean-correct by construction
+    y[:5] = (y[:5] + 1) % 10  # five misclassified
+    state = run_gauntlet(tiny_model, x, y, _entries(), batch_size=7)
+    assert (state.fooled_by[:5] == CLEAN_WRONG).all()
+    fooled = state.fooled_by >= 0
+    # every fooled example's stored adversarial input is misclassified and inside the ball
+    assert (predict(tiny_model, state.x_adv[fooled], 64) != y[fooled]).all()
+    assert LpBall("linf", 0.3).contains(x, state.x_adv).all()
+    # robust examples are those no attack fooled on its own
+    for entry in _entries():
+        alone = predict(tiny_model, entry.attack(tiny_model, x, y), 64) == y
+        assert (state.fooled_by != ROBUST)[~alone].all()
+    rows = attack_rows(state, _entries())
+    accs = [r["robust_accuracy"] for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    assert rows[-1]["robust_accuracy"] == (state.fooled_by == ROBUST).float().mean().item()
+    assert sum(r["newly_fooled"] for r in rows) == int(fooled.sum())
+
+
+@pytest.mark.parametrize("suite", SUITES)
+@pytest.mark.parametrize("norm", NORMS)
+def test_suites_cover_protocol(suite, norm, tiny_model):
+    built = build_suite(suite, LpBall(norm, 0.5), seed=0, surrogate=tiny_model)
+    names = [e.name for e in built.entries] + [s[0] for s in built.skipped]
+    expected = {"quick": ["pgd-20"], "standard": ["apgd-ce", "apgd-t", "fab-t", "square"]}
+    expected["full"] = [*expected["standard"], "pgd-100x5", "transfer-mifgsm"]
+    assert names == expected[suite] or sorted(names) == sorted(expected[suite])
+    assert all(e.attack.norm == norm for e in built.entries)
+    assert all(reason for _, reason in built.skipped)
+    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+        build_suite("nope", LpBall(norm, 0.5))
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_crash_matches_uninterrupted(tiny_model, tmp_path):
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(30, 1, 8, 8, generator=g)
+    y = predict(tiny_model, x, 64)
+    full = run_gauntlet(tiny_model, x, y, _entries(0.02), batch_size=4)
+    key = fingerprint({"a": 1}, x, y)
+    path = tmp_path / "eval_state.pt"
+
+    def save_then_crash(state):
+        save_state(path, state, key)
+        if state.attack_index == 1 and state.next_chunk == 1:  # inside the second attack
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        run_gauntlet(tiny_model, x, y, _entries(0.02), batch_size=4, on_chunk=save_then_crash)
+    saved = load_state(path, key)
+    assert saved.attack_index == 1 and saved.next_chunk == 1 and len(saved.todo) > 4
+    resumed = run_gauntlet(tiny_model, x, y, _entries(0.02), batch_size=4, state=saved)
+    assert torch.equal(resumed.fooled_by, full.fooled_by)
+    assert torch.equal(resumed.x_adv, full.x_adv)
+    with pytest.raises(ValueError, match="other settings"):
+        load_state(path, fingerprint({"a": 2}, x, y))
+
+
+def test_evaluate_resumes_from_state_dir(tiny_model, tmp_path):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.rand(12, 1, 8, 8, generator=g), torch.randint(0, 10, (12,), generator=g)
+    kw = {"suite": "quick", "eps_curve": [0.0, 0.1], "curve_n_examples": 6, "batch_size": 4}
+    first = run_evaluation(tiny_model, x, y, "linf", 0.1, state_dir=tmp_path, **kw)
+    assert (tmp_path / "eval_state.pt").is_file()
+    again = run_evaluation(tiny_model, x, y, "linf", 0.1, state_dir=tmp_path, **kw)
+    assert torch.equal(first.fooled_by, again.fooled_by)
+    assert again.report["attacks"][0]["seconds"] == first.report["attacks"][0]["seconds"]
+
+
+def test_shard_indices_partition():
+    parts = [shard_indices(11, r, 3) for r in range(3)]
+    assert sorted(torch.cat(parts).tolist()) == list(range(11))
+
+
+def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(13, 1, 8, 8, generator=g)
+    y = predict(model, x, 64)
+    y[:3] = (y[:3] + 1) % 10
+    idx = shard_indices(13, rank, world)
+    gathered = gather_per_example(idx * 10, idx, 13)
+    state = _Runner(model, model, 4)([SuiteEntry("fgsm", FGSM("linf", 0.05))], x, y)
+    report = run_evaluation(model, x, y, "linf", 0.05, suite="quick", eps_curve=[0.0], batch_size=4)
+    if rank == 0:
+        torch.save({"gathered": gathered, "fgsm": state.fooled_by, "report": report.report}, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_cpu_processes_gather_per_example(tmp_path: Path):
+    out = tmp_path / "rank0.pt"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = (2, str(tmp_path / "init"), str(out))
+    mp.start_processes(_ddp_worker, args=args, nprocs=2, start_method="fork")
+    result = torch.load(out, weights_only=False)
+    assert result["gathered"].tolist() == [10 * i for i in range(13)]
+    # the same deterministic attack without sharding gives the same per-example record
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(13, 1, 8, 8, generator=g)
+    y = predict(model, x, 64)
+    y[:3] = (y[:3] + 1) % 10
+    single = run_gauntlet(model, x, y, [SuiteEntry("fgsm", FGSM("linf", 0.05))], batch_size=4)
+    assert torch.equal(result["fgsm"], single.fooled_by)
+    report = result["report"]
+    assert report["n_examples"] == 13
+    assert report["clean_accuracy"]["value"] == pytest.approx(10 / 13)
+
+
+def test_full_suite_builds_and_runs(tiny_model):
+    """All of ``full`` in order; eps large enough that APGD-CE fools every example, so
+    the expensive attacks after it have nothing left to do (their wiring is tested)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(6, 1, 8, 8, generator=g)
+    y = predict(tiny_model, x, 64)
+    surrogate = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    report = run_evaluation(
+        tiny_model, x, y, "linf", 0.5, suite="full", surrogate=surrogate,
+        eps_curve=[0.0, 0.5], curve_n_examples=6,
+    ).report  # fmt: skip
+    kinds = {a["name"]: a["kind"] for a in report["attacks"]}
+    assert kinds["transfer-mifgsm"] == "transfer" and kinds["square"] == "black"
+    assert list(kinds)[:2] == ["apgd-ce", "apgd-t"] and "pgd-100x5" in kinds
+    accs = [a["robust_accuracy"] for a in report["attacks"]]
+    assert accs == sorted(accs, reverse=True) and report["robust_accuracy"]["value"] == accs[-1]
+
+
+def test_transfer_attack_crafted_on_surrogate(tiny_model):
+    """A transfer entry queries only the surrogate; success is judged on the model."""
+    from advtrain.attacks import MIFGSM
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(10, 1, 8, 8, generator=g)
+    y = predict(tiny_model, x, 64)
+    attack = MIFGSM("linf", 0.3, steps=5)
+    entry = SuiteEntry("transfer", attack, "transfer", surrogate=tiny_model)
+
+    class Untouchable(torch.nn.Module):  # the attacked view must never be differentiated
+        def forward(self, x):
+            raise AssertionError("a transfer attack queried the attacked model")
+
+    state = run_gauntlet(tiny_model, x, y, [entry], batch_size=4, attack_model=Untouchable())
+    expected = predict(tiny_model, attack(tiny_model, x, y), 64) != y
+    assert torch.equal(state.fooled_by >= 0, expected)
