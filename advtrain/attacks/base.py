@@ -116,7 +116,9 @@ class Attack(ABC):
         self.loss_fn = get_loss(loss)
         self.targeted = bool(targeted)
         if loss == "dlr_targeted" and not self.targeted:
-            raise ValueError("loss='dlr_targeted' needs targeted=True; untargeted attacks use 'dlr'")
+            raise ValueError(
+                "loss='dlr_targeted' needs targeted=True; untargeted attacks use 'dlr'"
+            )
         if model_mode not in MODEL_MODES:
             raise ValueError(
                 f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}"
