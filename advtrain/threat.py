@@ -217,6 +217,11 @@ class LpBall:
         out[rows] = (x[rows] + d).clamp(lo, hi)
         return out
 
+    def linf_box(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """For linf: the per-coordinate bounds of the ball intersected with the box."""
+        lo, hi = self.bounds
+        return (x - self.eps).clamp_min(lo), (x + self.eps).clamp_max(hi)
+
     def contains(self, x: Tensor, x_adv: Tensor, atol: float = 1e-5) -> Tensor:
         """Per-example boolean: ``x_adv`` is in the ball around ``x`` and in the box."""
         lo, hi = self.bounds
