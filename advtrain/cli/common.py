@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import HydraException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from advtrain.models import NormalizedModel
+from advtrain.models.lipschitz import hard_lipschitz
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -39,7 +42,7 @@ def group_options(group: str) -> list[str]:
 def check_group_choices(argv: list[str]) -> None:
     """Fail with one line for ``group=option`` overrides naming an unknown option."""
     for arg in argv:
-        if "=" not in arg or arg.startswith(("+", "~", "hydra.", "-")):
+        if "=" not in arg or arg.startswith(("+", "~", "hydra.", "hydra/", "-")):
             continue
         key, value = arg.split("=", 1)
         group = key.split("@")[0]
@@ -51,7 +54,16 @@ def check_group_choices(argv: list[str]) -> None:
                 raise ValueError(f"unknown {group} {choice!r}; allowed: {', '.join(options)}")
 
 
-CLEAR_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, KeyError, RuntimeError, TypeError)
+CLEAR_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FloatingPointError,
+    KeyError,
+    RuntimeError,
+    TypeError,
+    HydraException,
+    OmegaConfBaseException,
+)
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -63,11 +75,15 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., A
             try:
                 return func(*args, **kwargs)
             except CLEAR_ERRORS as err:
-                cause = err
+                cause: BaseException = err
                 # Hydra wraps errors raised while instantiating: report the root cause.
-                while cause.__cause__ is not None and type(cause).__name__ == "InstantiationException":
+                while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
                     cause = cause.__cause__
-                message = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                message = (
+                    str(cause).strip().splitlines()[0]
+                    if str(cause).strip()
+                    else type(cause).__name__
+                )
                 print(f"{prog}: error: {message}", file=sys.stderr)
                 sys.exit(2)
 
@@ -82,8 +98,17 @@ def is_configured(cfg: Any) -> bool:
 
 
 def build_model(model_cfg: DictConfig, data_cfg: DictConfig | None, normalize: bool) -> nn.Module:
-    """Instantiate the backbone and put the data set's normalisation inside it."""
-    backbone = instantiate(model_cfg)
+    """Instantiate the backbone and put the data set's normalisation inside it.
+
+    A model config may carry ``hard_lipschitz: true`` (spectral normalisation of every
+    Linear/Conv layer, ``advtrain.models.lipschitz``); it is not passed to the model.
+    """
+    lipschitz = bool(model_cfg.get("hard_lipschitz", False))
+    backbone = instantiate(
+        {k: v for k, v in model_cfg.items() if k != "hard_lipschitz"} if lipschitz else model_cfg
+    )
+    if lipschitz:
+        backbone = hard_lipschitz(backbone)
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"model config built a {type(backbone).__name__}, not a torch.nn.Module")
     mean = data_cfg.get("mean") if (normalize and data_cfg is not None) else None
@@ -115,10 +140,19 @@ def check_model_fits_data(model: nn.Module, datamodule: Any) -> None:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PACKAGE_DIR, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=PACKAGE_DIR,
+            timeout=10,
+            check=True,
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=PACKAGE_DIR, timeout=10
+            ["git", "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            cwd=PACKAGE_DIR,
+            timeout=10,
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -5,6 +5,14 @@ Examples::
     advtrain-train                                   # digits, PGD-10, linf 0.1
     advtrain-train attack.eps=8/255 experiment=cifar10_pgd
     advtrain-train -m objective=madry,standard threat.eps=0.05,0.1
+    advtrain-train trainer=ddp_cpu                  # 2 processes on CPU (gloo)
+    advtrain-train -m hparams_search=optuna         # TPE over lr, weight decay, ...
+    advtrain-train -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu trainer=ddp
+
+Speed options: ``trainer.precision=bf16-mixed``, ``compile=true`` (``torch.compile`` of
+the model), ``channels_last=true``, ``device_resident=true`` (the data set on the device,
+augmented there; ``advtrain.data.device_loader``). ``resume=auto`` (the default) picks up
+``<run dir>/checkpoints/last.ckpt`` when it exists, so a requeued SLURM job continues.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -30,8 +39,13 @@ from advtrain.cli.common import (
     write_json_atomic,
     write_run_record,
 )
+from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
+from advtrain.cli.distill import build_teacher
 from advtrain.evaluation.statistics import proportion
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
+from advtrain.training.tracking import log_config, log_final, prepare_trackers
+
+RESUME_CHOICES = ("auto", "never")
 
 
 def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
@@ -40,13 +54,23 @@ def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(v) for v in cfg.values() if is_configured(v) and "_target_" in v]
 
 
+def _teacher_kwarg(cfg: DictConfig, teacher: Any) -> dict[str, Any]:
+    return {"teacher": teacher} if teacher is not None and "teacher" in cfg else {}
+
+
 def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
     """The LightningModule of a run: model, attacks, objective, optimizer, scheduler."""
     model = build_model(cfg.model, cfg.data, cfg.normalize)
     check_model_fits_data(model, datamodule)
-    objective = instantiate(cfg.objective)
-    attack = instantiate(cfg.attack) if is_configured(cfg.attack) else None
-    if attack is not None and objective.uses_adversarial and attack.loss_name != objective.attack_loss:
+    teacher = build_teacher(cfg.get("distill"))  # configs with a `teacher` key receive it
+    objective = instantiate(cfg.objective, **_teacher_kwarg(cfg.objective, teacher))
+    attack_kwargs = _teacher_kwarg(cfg.attack, teacher) if is_configured(cfg.attack) else {}
+    attack = instantiate(cfg.attack, **attack_kwargs) if is_configured(cfg.attack) else None
+    if (
+        attack is not None
+        and objective.uses_adversarial
+        and attack.loss_name != objective.attack_loss
+    ):
         raise ValueError(
             f"objective {objective.name!r} needs attack.loss={objective.attack_loss}, got {attack.loss_name!r}"
         )
@@ -62,6 +86,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
         scheduler_interval=scheduler.interval if is_configured(scheduler) else "epoch",
         regularizers=_instantiate_dict(cfg.get("regularizers")),
         config=OmegaConf.to_container(cfg, resolve=True),
+        channels_last=bool(cfg.get("channels_last", False)),
     )
 
 
@@ -70,54 +95,108 @@ def _metric(metrics: dict[str, Any], key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def summarise(trainer: L.Trainer, test_metrics: dict[str, Any], n_test: int | None) -> dict[str, Any]:
-    """metrics.json: final validation and test clean/robust accuracy (Wilson 95%)."""
-    val = {k: _metric(trainer.callback_metrics, f"val/{k}") for k in ("clean_acc", "robust_acc")}
-    out: dict[str, Any] = {"val": val, "test": None, "epochs": trainer.current_epoch}
+def summarise(
+    val_metrics: dict[str, Any], test_metrics: dict[str, Any], epochs: int
+) -> dict[str, Any]:
+    """metrics.json: final validation and test clean/robust accuracy (Wilson 95%).
+
+    ``n_examples`` is the number of examples the accuracies were computed on, summed over
+    DDP ranks (no example counted twice: the evaluation shards are not padded)."""
+    val = {k: _metric(val_metrics, f"val/{k}") for k in ("clean_acc", "robust_acc")}
+    out: dict[str, Any] = {"val": val, "test": None, "epochs": epochs}
+    n_test = _metric(test_metrics, "test/n_examples")
     if test_metrics and n_test:
-        out["test"] = {"n_examples": n_test}
+        n = round(n_test)
+        out["test"] = {"n_examples": n}
         for k in ("clean_acc", "robust_acc"):
             value = _metric(test_metrics, f"test/{k}")
-            out["test"][k] = None if value is None else proportion(round(value * n_test), n_test)
+            out["test"][k] = None if value is None else proportion(round(value * n), n)
     return out
+
+
+def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path`` when given, else with ``resume=auto``
+    the run dir's ``checkpoints/last.ckpt`` when it exists (a requeued or re-run job)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(
+                f"ckpt_path={ckpt_path!r} does not exist; give a checkpoint file to resume from"
+            )
+        return str(ckpt_path)
+    resume = cfg.get("resume") or "never"
+    if resume not in RESUME_CHOICES:
+        raise ValueError(f"resume={resume!r} is invalid; allowed: {', '.join(RESUME_CHOICES)}")
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return str(last) if resume == "auto" and last.is_file() else None
+
+
+def _job_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def build_datamodule(cfg: DictConfig) -> Any:
+    """The data module, with the device-resident loader when ``device_resident=true``."""
+    extra = {"device_resident": True} if cfg.get("device_resident") else {}
+    if cfg.get("channels_last") and extra:
+        extra["channels_last"] = True
+    return instantiate(cfg.data, **extra)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by a composed config; return its metrics."""
     L.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data)
+    ckpt_path = resolve_ckpt_path(cfg, out_dir)
+    datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
+    if cfg.get("compile"):
+        module.model.compile()
     callbacks = _instantiate_dict(cfg.get("callbacks"))
+    prepare_trackers(cfg.get("logger"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     if trainer.is_global_zero:
         write_run_record(cfg, out_dir)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; give a checkpoint file to resume from")
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    test_metrics: dict[str, Any] = {}
-    if cfg.get("test"):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
-        test_metrics = results[0] if results else {}
-    n_test = len(datamodule.test_set) if datamodule.test_set is not None else None
-    metrics = summarise(trainer, test_metrics, n_test)
+    log_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
+    with ddp_job_scope(_job_overrides(), out_dir, ckpt_path):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        val_metrics = dict(trainer.callback_metrics)
+        test_metrics = run_test(cfg, trainer, module, datamodule)
+    metrics = summarise(val_metrics, test_metrics, trainer.current_epoch)
     if trainer.is_global_zero:
         write_json_atomic(metrics, out_dir / "metrics.json")
         print_summary(metrics, out_dir)
+    log_final(
+        trainer.loggers, out_dir, metrics, trainer.global_step, bool(cfg.get("log_checkpoints"))
+    )
     return metrics
+
+
+def run_test(
+    cfg: DictConfig, trainer: L.Trainer, module: AdversarialModule, datamodule: Any
+) -> dict[str, Any]:
+    """The test split with the best checkpoint (``test=true``)."""
+    if not cfg.get("test"):
+        return {}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+    return results[0] if results else {}
 
 
 @rank_zero_only
 def print_summary(metrics: dict[str, Any], out_dir: Path) -> None:
     test = metrics.get("test")
     if test:
+
         def fmt(p: dict | None) -> str:
-            return "n/a" if p is None else f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
+            return (
+                "n/a"
+                if p is None
+                else f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
+            )
 
         print(
             f"test clean accuracy {fmt(test['clean_acc'])}, robust accuracy {fmt(test['robust_acc'])} "
@@ -126,6 +205,7 @@ def print_summary(metrics: dict[str, Any], out_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+@one_line_errors("advtrain-train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     metric = cfg.get("optimized_metric")
@@ -140,6 +220,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 @one_line_errors("advtrain-train")
 def main() -> float | None:
     """Console entry point."""
+    if is_ddp_child():
+        # a DDP rank started by Lightning: run the parent's job, not the parent's sweep
+        sys.argv = child_argv(sys.argv[0])
     check_group_choices(sys.argv[1:])
     torch.set_float32_matmul_precision("high")
     return _hydra_main()

@@ -31,11 +31,18 @@ def build_suite(suite: str, threat: LpBall, seed: int = 0) -> list[tuple[str, At
 
 def _predict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     with torch.no_grad():
-        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+        )
 
 
 def run_attack_on_robust(
-    attack: Callable[..., Tensor], model: nn.Module, x: Tensor, y: Tensor, robust: Tensor, batch_size: int
+    attack: Callable[..., Tensor],
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    robust: Tensor,
+    batch_size: int,
 ) -> Tensor:
     """Attack only the still-robust examples; return the updated robust mask."""
     robust = robust.clone()
@@ -90,13 +97,21 @@ def evaluate(
     for name, attack in build_suite(suite, threat, seed):
         t0 = time.perf_counter()
         robust = run_attack_on_robust(attack, model, x, y, robust, batch_size)
-        attack_rows.append({"name": name, "robust_accuracy": robust.float().mean().item(),
-                            "seconds": time.perf_counter() - t0})
+        attack_rows.append(
+            {
+                "name": name,
+                "robust_accuracy": robust.float().mean().item(),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
     model.train(was_training)
     n = len(y)
     per_class = [
-        {"class": int(c), "clean_accuracy": clean[y == c].float().mean().item(),
-         "robust_accuracy": robust[y == c].float().mean().item()}
+        {
+            "class": int(c),
+            "clean_accuracy": clean[y == c].float().mean().item(),
+            "robust_accuracy": robust[y == c].float().mean().item(),
+        }
         for c in y.unique().tolist()
     ]
     return {

@@ -35,13 +35,25 @@ def render_markdown(report: dict) -> str:
     if report.get("certified_accuracy"):
         cert = report["certified_accuracy"]
         lines.append(f"| certified accuracy ({cert['method']}) | {100 * cert['value']:.2f}% |")
-    lines += ["", "## Attacks (cumulative worst case)", "", "| attack | robust accuracy | seconds |", "|---|---|---|"]
-    lines += [f"| {a['name']} | {100 * a['robust_accuracy']:.2f}% | {a['seconds']:.2f} |" for a in report["attacks"]]
+    lines += [
+        "",
+        "## Attacks (cumulative worst case)",
+        "",
+        "| attack | robust accuracy | seconds |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {a['name']} | {100 * a['robust_accuracy']:.2f}% | {a['seconds']:.2f} |"
+        for a in report["attacks"]
+    ]
     gm = report["gradient_masking"]
     lines += ["", f"## Gradient masking: {'SUSPECTED' if gm['suspected'] else 'not suspected'}", ""]
     if gm["checks"]:
         lines += ["| check | passed | detail |", "|---|---|---|"]
-        lines += [f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |" for c in gm["checks"]]
+        lines += [
+            f"| {c['name']} | {'yes' if c['passed'] else 'NO'} | {c['detail']} |"
+            for c in gm["checks"]
+        ]
     lines += ["", "## Per class", "", "| class | clean | robust |", "|---|---|---|"]
     lines += [
         f"| {c['class']} | {100 * c['clean_accuracy']:.1f}% | {100 * c['robust_accuracy']:.1f}% |"

@@ -16,7 +16,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         return (0.0, 1.0)
     if not 0 <= successes <= n:
         raise ValueError(f"successes={successes} is invalid for n={n}; need 0 <= successes <= n")
-    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = binomtest(int(successes), int(n)).proportion_ci(
+        confidence_level=confidence, method="wilson"
+    )
     return (float(ci.low), float(ci.high))
 
 

@@ -16,7 +16,9 @@ class MLP(nn.Sequential):
         num_classes: Number of outputs.
     """
 
-    def __init__(self, in_features: int = 64, hidden: Sequence[int] = (256, 256), num_classes: int = 10) -> None:
+    def __init__(
+        self, in_features: int = 64, hidden: Sequence[int] = (256, 256), num_classes: int = 10
+    ) -> None:
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for h in hidden:

@@ -25,7 +25,9 @@ class Normalize(nn.Module):
             raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
         if any(s <= 0 for s in std):
             raise ValueError(f"std={list(std)!r} is invalid; every std must be > 0")
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -45,7 +47,10 @@ class NormalizedModel(nn.Sequential):
     """
 
     def __init__(
-        self, model: nn.Module, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+        self,
+        model: nn.Module,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         if mean is None or std is None:
             super().__init__(nn.Identity(), model)

@@ -40,7 +40,10 @@ class PreActResNet(nn.Module):
     """
 
     def __init__(
-        self, num_blocks: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = 10, in_channels: int = 3
+        self,
+        num_blocks: tuple[int, ...] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)

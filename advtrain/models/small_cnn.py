@@ -20,7 +20,9 @@ class DigitsCNN(nn.Sequential):
         image_size: Input height/width.
     """
 
-    def __init__(self, in_channels: int = 1, width: int = 32, num_classes: int = 10, image_size: int = 8) -> None:
+    def __init__(
+        self, in_channels: int = 1, width: int = 32, num_classes: int = 10, image_size: int = 8
+    ) -> None:
         side = image_size // 2
         super().__init__(
             nn.Conv2d(in_channels, width, 3, padding=1),

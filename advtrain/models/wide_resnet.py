@@ -43,7 +43,12 @@ class WideResNet(nn.Module):
     """
 
     def __init__(
-        self, depth: int = 28, widen: int = 10, num_classes: int = 10, dropout: float = 0.0, in_channels: int = 3
+        self,
+        depth: int = 28,
+        widen: int = 10,
+        num_classes: int = 10,
+        dropout: float = 0.0,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:

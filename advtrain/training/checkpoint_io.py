@@ -32,7 +32,11 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning CheckpointIO plugin whose saves are atomic."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
         if storage_options is not None:
-            raise TypeError(f"storage_options={storage_options!r} is not supported by AtomicCheckpointIO")
+            raise TypeError(
+                f"storage_options={storage_options!r} is not supported by AtomicCheckpointIO"
+            )
         atomic_torch_save(checkpoint, path)

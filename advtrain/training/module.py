@@ -10,13 +10,15 @@ DDP they are reduced over every rank's shard.
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 
 from advtrain.attacks.base import Attack
 from advtrain.objectives.base import Objective
@@ -38,9 +40,16 @@ class AdversarialModule(L.LightningModule):
             signature has ``total_steps`` gets the trainer's estimated stepping batches.
         scheduler_interval: ``"epoch"`` or ``"step"``.
         regularizers: Objects with ``name``, ``weight`` and ``__call__(model, batch,
-            outputs) -> weighted penalty``.
+            outputs, *, epoch, step) -> weighted penalty`` (``epoch`` fractional, for
+            scheduled weights); an optional ``extra_logs`` dict is logged as well.
         config: The resolved run configuration, stored in checkpoints so that
             ``advtrain-eval`` can rebuild the model.
+        channels_last: Keep the model and 4-d input batches in ``torch.channels_last``
+            memory format (faster convolutions on tensor-core GPUs).
+
+    Checkpoints also hold the random number generator states (``rng_state``): a run
+    resumed from a mid-epoch ``last.ckpt`` draws the same attack noise as an uninterrupted
+    one, so both end with the same metrics.
     """
 
     def __init__(
@@ -54,12 +63,17 @@ class AdversarialModule(L.LightningModule):
         scheduler_interval: str = "epoch",
         regularizers: Sequence[Any] = (),
         config: dict | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if objective.uses_adversarial and attack is None:
-            raise ValueError(f"objective {objective.name!r} needs a training attack; got attack=None")
+            raise ValueError(
+                f"objective {objective.name!r} needs a training attack; got attack=None"
+            )
         if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step")
+            raise ValueError(
+                f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step"
+            )
         self.model = model
         self.objective = objective
         self.attack = attack
@@ -69,9 +83,19 @@ class AdversarialModule(L.LightningModule):
         self.scheduler_interval = scheduler_interval
         self.regularizers = list(regularizers)
         self.config = config
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self._rng_to_restore: dict[str, Any] | None = None
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{kind}": MeanMetric() for stage in ("val", "test") for kind in ("clean", "robust")}
+            {
+                f"{stage}_{kind}": MeanMetric()
+                for stage in ("val", "test")
+                for kind in ("clean", "robust")
+            }
         )
+        # examples evaluated, summed over DDP ranks: the n of the reported accuracies
+        self.counts = nn.ModuleDict({stage: SumMetric() for stage in ("val", "test")})
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -79,13 +103,22 @@ class AdversarialModule(L.LightningModule):
     # -- training ---------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        x_adv = self.attack(self.model, x, y) if self.attack is not None and self.objective.uses_adversarial else x
+        x_adv = (
+            self.attack(self.model, x, y)
+            if self.attack is not None and self.objective.uses_adversarial
+            else x
+        )
         outputs = self.objective(self.model, x, y, x_adv)
         loss = outputs["loss"]
-        logs = {f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0}
+        logs = {
+            f"train/{k}": v.detach() for k, v in outputs.items() if k != "logits" and v.dim() == 0
+        }
         for reg in self.regularizers:
-            penalty = reg(self.model, batch, outputs)
+            penalty = reg(self.model, batch, outputs, **self._progress(batch_idx))
             logs[f"train/reg_{reg.name}"] = penalty.detach()
+            logs.update(
+                {f"train/reg_{reg.name}_{k}": v for k, v in getattr(reg, "extra_logs", {}).items()}
+            )
             loss = loss + penalty
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -97,8 +130,19 @@ class AdversarialModule(L.LightningModule):
             (outputs["logits"].argmax(1) == y).float().mean()
         )
         self.log_dict(logs, on_step=True, on_epoch=True, prog_bar=False, batch_size=len(y))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            on_epoch=False,
+        )
         return loss
+
+    def _progress(self, batch_idx: int) -> dict[str, float]:
+        """Training progress for scheduled regularizer weights: fractional epoch, step."""
+        n_batches = self.trainer.num_training_batches if self._trainer is not None else float("inf")
+        fraction = batch_idx / n_batches if 0 < n_batches < float("inf") else 0.0
+        return {"epoch": self.current_epoch + fraction, "step": self.global_step}
 
     # -- evaluation -------------------------------------------------------------------
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
@@ -111,8 +155,17 @@ class AdversarialModule(L.LightningModule):
             with torch.no_grad():
                 robust = clean_correct & (self.model(x_adv).argmax(1) == y)
             self.metrics[f"{stage}_robust"].update(robust.float())
-            self.log(f"{stage}/robust_acc", self.metrics[f"{stage}_robust"], prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y))
+            self.log(
+                f"{stage}/robust_acc",
+                self.metrics[f"{stage}_robust"],
+                prog_bar=True,
+                batch_size=len(y),
+            )
+        self.log(
+            f"{stage}/clean_acc", self.metrics[f"{stage}_clean"], prog_bar=True, batch_size=len(y)
+        )
+        self.counts[stage].update(torch.tensor(float(len(y)), device=y.device))
+        self.log(f"{stage}/n_examples", self.counts[stage], batch_size=len(y))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -132,11 +185,54 @@ class AdversarialModule(L.LightningModule):
         if "total_steps" in _parameters(self.scheduler_factory):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }
 
-    # -- records ----------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last and isinstance(batch, list | tuple) and batch[0].dim() == 4:
+            return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+        return batch
+
+    # -- records and resume -----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["advtrain"] = {"config": self.config}
+        checkpoint["rng_state"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Restored here, right before the first resumed step, so that nothing Lightning
+        # draws while setting up the resumed fit shifts the attack's random starts.
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) generators, as plain
+    types and tensors (loadable with ``torch.load(..., weights_only=True)``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore generator states saved by ``rng_state``."""
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _parameters(factory: Callable[..., Any]) -> set[str]:
@@ -148,4 +244,3 @@ def _parameters(factory: Callable[..., Any]) -> set[str]:
         return set()
     bound = set(getattr(factory, "keywords", {}) or {})
     return names - bound
-

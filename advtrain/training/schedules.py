@@ -19,7 +19,9 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 def piecewise_linear(
-    optimizer: Optimizer, total_steps: int, knots: tuple[float, ...] = (0.0, 0.4, 1.0),
+    optimizer: Optimizer,
+    total_steps: int,
+    knots: tuple[float, ...] = (0.0, 0.4, 1.0),
     values: tuple[float, ...] = (0.0, 1.0, 0.0),
 ) -> LambdaLR:
     """Multiply the base lr by a piecewise-linear function of training progress.
@@ -36,7 +38,9 @@ def piecewise_linear(
     return LambdaLR(optimizer, lambda step: float(np.interp(step / total, knots, values)))
 
 
-def cosine(optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.0, final: float = 0.0) -> LambdaLR:
+def cosine(
+    optimizer: Optimizer, total_steps: int, warmup_fraction: float = 0.0, final: float = 0.0
+) -> LambdaLR:
     """Cosine decay from the base lr to ``final * lr`` after a linear warm-up."""
     total = max(1, int(total_steps))
     warm = int(warmup_fraction * total)

@@ -1,0 +1,208 @@
+"""torchvision data sets (MNIST, Fashion-MNIST, CIFAR-10/100, SVHN) as data modules.
+
+They keep torchvision's real loading code (``download=True`` fetches the official files
+on a machine with internet). Two additions make local files usable offline:
+
+* MNIST-style ``*-idx?-ubyte.gz`` files already in ``raw/`` are decompressed before
+  torchvision looks for them (torchvision would otherwise re-download them);
+* ``verify_md5=False`` accepts CIFAR/SVHN files that exist but whose checksums differ
+  from the published ones (e.g. small files written by the tests in the same format).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import datasets, transforms
+
+from advtrain.data.base import ClassificationDataModule
+
+
+class _CIFAR10Files(datasets.CIFAR10):
+    """CIFAR-10 whose integrity check can skip the md5 sums."""
+
+    def __init__(self, *args, verify_md5: bool = True, **kwargs) -> None:
+        self.verify_md5 = verify_md5
+        super().__init__(*args, **kwargs)
+
+    def _check_integrity(self) -> bool:
+        if self.verify_md5:
+            return super()._check_integrity()
+        folder = Path(self.root) / self.base_folder
+        return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        if self.verify_md5:
+            super()._load_meta()
+            return
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as f:
+            data = pickle.load(f, encoding="latin1")
+        self.classes = data[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+class _CIFAR100Files(_CIFAR10Files, datasets.CIFAR100):
+    """CIFAR-100 with the same optional md5 check."""
+
+    base_folder = datasets.CIFAR100.base_folder
+    url = datasets.CIFAR100.url
+    filename = datasets.CIFAR100.filename
+    tgz_md5 = datasets.CIFAR100.tgz_md5
+    train_list = datasets.CIFAR100.train_list
+    test_list = datasets.CIFAR100.test_list
+    meta = datasets.CIFAR100.meta
+
+
+class _SVHNFiles(datasets.SVHN):
+    """SVHN whose integrity check can skip the md5 sum."""
+
+    def __init__(self, *args, verify_md5: bool = True, **kwargs) -> None:
+        self.verify_md5 = verify_md5
+        super().__init__(*args, **kwargs)
+
+    def _check_integrity(self) -> bool:
+        if self.verify_md5:
+            return super()._check_integrity()
+        return (Path(self.root) / self.filename).is_file()
+
+
+def decompress_idx_files(raw_folder: Path) -> None:
+    """Decompress ``*.gz`` idx files in ``raw_folder`` whose plain copy is missing."""
+    if not raw_folder.is_dir():
+        return
+    for gz in raw_folder.glob("*-ubyte.gz"):
+        plain = gz.with_suffix("")
+        if not plain.exists():
+            tmp = plain.with_name(plain.name + ".tmp")
+            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            tmp.replace(plain)
+
+
+class TorchvisionDataModule(ClassificationDataModule):
+    """Base for torchvision data sets.
+
+    Args:
+        root: Folder holding (or receiving) the data set files.
+        download: Download the official files when missing.
+        augment: Random crop with padding (+ horizontal flip where it makes sense).
+        verify_md5: Check published md5 sums of CIFAR/SVHN files.
+        **kwargs: See ``ClassificationDataModule``.
+    """
+
+    crop_padding: int = 0
+    flip: bool = False
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        augment: bool = True,
+        verify_md5: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.root = str(root)
+        self.download = bool(download)
+        self.augment = bool(augment)
+        self.verify_md5 = bool(verify_md5)
+
+    def _transform(self, augment: bool) -> transforms.Compose:
+        steps: list = []
+        if augment and self.augment and self.crop_padding:
+            steps.append(transforms.RandomCrop(self.input_shape[1], padding=self.crop_padding))
+        if augment and self.augment and self.flip:
+            steps.append(transforms.RandomHorizontalFlip())
+        steps.append(transforms.ToTensor())
+        return transforms.Compose(steps)
+
+    def _make(self, train: bool, augment: bool) -> Dataset:
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        if self.download:
+            self._make(train=True, augment=False)
+            self._make(train=False, augment=False)
+
+    def train_dataset(self, augment: bool) -> Dataset:
+        return self._make(train=True, augment=augment)
+
+    def test_dataset(self) -> Dataset:
+        return self._make(train=False, augment=False)
+
+    def train_labels(self) -> torch.Tensor | None:
+        ds = self._make(train=True, augment=False)
+        labels = getattr(ds, "targets", None)
+        if labels is None:
+            labels = getattr(ds, "labels", None)
+        return None if labels is None else torch.as_tensor(labels)
+
+
+class MNISTDataModule(TorchvisionDataModule):
+    """MNIST (LeCun et al. 1998): 1x28x28 digits."""
+
+    name = "mnist"
+    input_shape = (1, 28, 28)
+    _dataset_cls = datasets.MNIST
+
+    def _make(self, train: bool, augment: bool) -> Dataset:
+        decompress_idx_files(Path(self.root) / self._dataset_cls.__name__ / "raw")
+        return self._dataset_cls(
+            self.root, train=train, download=self.download, transform=self._transform(augment)
+        )
+
+
+class FashionMNISTDataModule(MNISTDataModule):
+    """Fashion-MNIST (Xiao et al. 2017): 1x28x28 clothing images."""
+
+    name = "fashion_mnist"
+    _dataset_cls = datasets.FashionMNIST
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    """CIFAR-10 (Krizhevsky 2009): 3x32x32, crop (padding 4) + flip augmentation."""
+
+    name = "cifar10"
+    input_shape = (3, 32, 32)
+    crop_padding = 4
+    flip = True
+    _dataset_cls: type = _CIFAR10Files
+
+    def _make(self, train: bool, augment: bool) -> Dataset:
+        return self._dataset_cls(
+            self.root,
+            train=train,
+            download=self.download,
+            transform=self._transform(augment),
+            verify_md5=self.verify_md5,
+        )
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (Krizhevsky 2009): 100 classes."""
+
+    name = "cifar100"
+    num_classes = 100
+    _dataset_cls = _CIFAR100Files
+
+
+class SVHNDataModule(TorchvisionDataModule):
+    """SVHN (Netzer et al. 2011): 3x32x32 house numbers; crop augmentation, no flip."""
+
+    name = "svhn"
+    input_shape = (3, 32, 32)
+    crop_padding = 4
+
+    def _make(self, train: bool, augment: bool) -> Dataset:
+        return _SVHNFiles(
+            self.root,
+            split="train" if train else "test",
+            download=self.download,
+            transform=self._transform(augment),
+            verify_md5=self.verify_md5,
+        )

@@ -1,0 +1,97 @@
+"""Hydra multiruns: a 2x2 sweep collected into one table, a sweep of DDP jobs (each job's
+ranks share its run dir; the sweep is not re-run by the children), an optuna sweep."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.scale_helpers import ROOT, TINY, read_metrics, run_cli
+
+pytestmark = pytest.mark.slow
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import collect  # noqa: E402
+
+QUICK = [*TINY, "logger=none", "trainer.max_epochs=1", "hydra.sweep.dir=sweep"]
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(
+        (p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    )
+
+
+def test_two_by_two_sweep_and_collect(tmp_path: Path) -> None:
+    run_cli(["-m", *QUICK, "threat.eps=0.05,0.1", "objective=madry,standard"], cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 4
+    assert all((j / "metrics.json").is_file() and (j / "config.yaml").is_file() for j in jobs)
+
+    assert collect.main([str(sweep), "--sort", "test/robust_acc"]) == 0
+    with (sweep / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert {(r["threat.eps"], r["objective._target_"].rsplit(".", 1)[-1]) for r in rows} == {
+        ("0.05", "Madry"),
+        ("0.1", "Madry"),
+        ("0.05", "Standard"),
+        ("0.1", "Standard"),
+    }
+    robust = [float(r["test/robust_acc"]) for r in rows]
+    assert robust == sorted(robust, reverse=True)
+    by_run = {r["run"]: r for r in rows}
+    for job in jobs:
+        metrics = read_metrics(job)
+        assert float(by_run[job.name]["test/clean_acc"]) == pytest.approx(
+            metrics["test"]["clean_acc"]["value"]
+        )
+    markdown = (sweep / "summary.md").read_text().splitlines()
+    assert markdown[0].startswith("| run | ") and len(markdown) == 2 + 4
+    # run-specific paths are not "differences"
+    assert not any(c.startswith("paths.") for c in rows[0])
+
+
+def test_sweep_of_ddp_jobs(tmp_path: Path) -> None:
+    run_cli(["-m", *QUICK, "threat.eps=0.05,0.1", "trainer=ddp_cpu"], cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert [j.name for j in jobs] == ["0", "1"]  # the children did not re-run the sweep
+    for job, eps in zip(jobs, (0.05, 0.1), strict=True):
+        assert read_metrics(job)["test"]["n_examples"] == 101
+        assert (job / "train_ddp_process_1.log").is_file()  # rank 1 ran in the job's dir
+        assert yaml.safe_load((job / "config.yaml").read_text())["threat"]["eps"] == eps
+    assert not (tmp_path / "outputs").exists()  # no stray run dirs from the children
+
+
+def test_optuna_sweep_three_trials(tmp_path: Path) -> None:
+    run_cli(["-m", *QUICK, "hparams_search=optuna", "hydra.sweeper.n_trials=3"], cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    assert len(job_dirs(sweep)) == 3
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["name"] == "optuna"
+    assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay"}
+    best = max(read_metrics(j)["val"]["robust_acc"] for j in job_dirs(sweep))
+    assert results["best_value"] == pytest.approx(best)
+    lrs = {
+        yaml.safe_load((j / "config.yaml").read_text())["optimizer"]["lr"] for j in job_dirs(sweep)
+    }
+    assert len(lrs) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+
+
+def test_optuna_sweep_of_ddp_jobs(tmp_path: Path) -> None:
+    """hparams_search=optuna sets hydra.mode=MULTIRUN: the children must still run one job."""
+    args = ["-m", *QUICK, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer=ddp_cpu"]
+    run_cli(args, cwd=tmp_path)
+    sweep = tmp_path / "sweep"
+    jobs = job_dirs(sweep)
+    assert [j.name for j in jobs] == ["0", "1"]
+    assert all((j / "train_ddp_process_1.log").is_file() for j in jobs)
+    assert all(read_metrics(j)["test"]["n_examples"] == 101 for j in jobs)
+    assert (sweep / "optimization_results.yaml").is_file()
+    assert not (tmp_path / "outputs").exists()
