@@ -208,8 +208,10 @@ class LpBall:
         ball = self.project_delta(delta)
         # 1. the box projection is in the ball: it is the answer (the box is a superset)
         # 2. the ball projection is in the box: it is the answer (the ball is a superset)
-        out = torch.where(_view(lp_norm(boxed, self.norm) <= self.eps, x), boxed, ball)
-        hard = (lp_norm(boxed, self.norm) > self.eps) & (ball != ball.clamp(low, high)).flatten(1).any(1)
+        box_inside = lp_norm(boxed, self.norm) <= self.eps
+        out = torch.where(_view(box_inside, x), boxed, ball)
+        ball_clipped = (ball != ball.clamp(low, high)).flatten(1).any(1)
+        hard = ~box_inside & ball_clipped
         rows = hard.nonzero().squeeze(1)
         if len(rows) > 0:
             exact = project_l2_ball_box if self.norm == "l2" else project_l1_ball_box
