@@ -203,19 +203,25 @@ class LpBall:
             delta = (x_adv - x).clamp(-self.eps, self.eps)
             return (x + delta).clamp(lo, hi)
         delta = x_adv - x
+        low, high = lo - x, hi - x
+        boxed = delta.clamp(low, high)
         ball = self.project_delta(delta)
-        cheap = (x + ball).clamp(lo, hi)
-        # rows where the ball is active and the box clips the ball projection
-        ball_active = lp_norm(delta.clamp(lo - x, hi - x), self.norm) > self.eps
-        clipped = (cheap - x - ball).flatten(1).abs().amax(dim=1) > 0
-        rows = (ball_active & clipped).nonzero().squeeze(1)
-        if len(rows) == 0:
-            return cheap
-        exact = project_l2_ball_box if self.norm == "l2" else project_l1_ball_box
-        out = cheap.clone()
-        d = exact(delta[rows], lo - x[rows], hi - x[rows], self.eps)
-        out[rows] = (x[rows] + d).clamp(lo, hi)
-        return out
+        # 1. the box projection is in the ball: it is the answer (the box is a superset)
+        # 2. the ball projection is in the box: it is the answer (the ball is a superset)
+        box_inside = lp_norm(boxed, self.norm) <= self.eps
+        out = torch.where(_view(box_inside, x), boxed, ball)
+        ball_clipped = (ball != ball.clamp(low, high)).flatten(1).any(1)
+        hard = ~box_inside & ball_clipped
+        rows = hard.nonzero().squeeze(1)
+        if len(rows) > 0:
+            exact = project_l2_ball_box if self.norm == "l2" else project_l1_ball_box
+            out[rows] = exact(delta[rows], low[rows], high[rows], self.eps)
+        return (x + out).clamp(lo, hi)
+
+    def linf_box(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """For linf: the per-coordinate bounds of the ball intersected with the box."""
+        lo, hi = self.bounds
+        return (x - self.eps).clamp_min(lo), (x + self.eps).clamp_max(hi)
 
     def contains(self, x: Tensor, x_adv: Tensor, atol: float = 1e-5) -> Tensor:
         """Per-example boolean: ``x_adv`` is in the ball around ``x`` and in the box."""

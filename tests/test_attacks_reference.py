@@ -140,7 +140,7 @@ def test_mifgsm_without_momentum_is_iterative_fgsm(tiny_model, tiny_batch):
     x, y = tiny_batch
     a = MIFGSM("linf", 0.1, steps=5, decay=0.0)(tiny_model, x, y)
     b = PGD("linf", 0.1, steps=5, step_size=0.02, random_start=False)(tiny_model, x, y)
-    assert torch.equal(a, b)
+    assert torch.allclose(a, b, atol=1e-6)  # same steps; rounding of the projection differs
     c = MIFGSM("linf", 0.1, steps=5, decay=1.0)(tiny_model, x, y)
     assert not torch.equal(a, c)
 

@@ -3,8 +3,8 @@
 One run, one trained model (``advtrain.models.MnistCNN`` briefly adversarially trained
 with FGSM-RS on MNIST-8k, cached under ``outputs/bench/``), 1,000 images (real MNIST:
 the first 1,000 of the last 2,000 of the official test split, or MNIST-shaped synthetic
-data with ``--synthetic``). Every repeat times each contender once, in alternating order,
-so shared machine load hits all equally; medians and ratios are printed.
+data with ``--synthetic``). Every repeat times each contender on every batch, the order rotating per batch, so
+the drifting load of a shared machine hits all equally; medians and ratios are printed.
 
     nice -n 5 uv run python scripts/bench/attacks.py --repeats 3
 
@@ -96,23 +96,33 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def batched(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, bs: int) -> Tensor:
-    return torch.cat([fn(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)])
-
-
 def interleaved(
-    contenders: dict[str, Callable[[], Tensor]], repeats: int
+    contenders: dict[str, Callable[[Tensor, Tensor], Tensor]],
+    x: Tensor,
+    y: Tensor,
+    bs: int,
+    repeats: int,
 ) -> tuple[dict[str, list[float]], dict[str, Tensor]]:
-    """Time each contender once per repeat, rotating the order each repeat."""
-    names, times = list(contenders), {k: [] for k in contenders}
-    outputs = {}
+    """Per repeat, each contender's total time over all batches.
+
+    Interleaved per batch (the order rotates every batch), so that the load of a shared
+    machine, which drifts over minutes, hits every contender alike.
+    """
+    names = list(contenders)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    outputs: dict[str, Tensor] = {}
     for r in range(repeats):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            t0 = time.perf_counter()
-            outputs[name] = contenders[name]()
-            times[name].append(time.perf_counter() - t0)
-            print(f"  repeat {r} {name}: {times[name][-1]:.2f} s", flush=True)
+        total, parts = dict.fromkeys(names, 0.0), {k: [] for k in names}
+        for b, i in enumerate(range(0, len(x), bs)):
+            shift = (r + b) % len(names)
+            for name in names[shift:] + names[:shift]:
+                t0 = time.perf_counter()
+                parts[name].append(contenders[name](x[i : i + bs], y[i : i + bs]))
+                total[name] += time.perf_counter() - t0
+        for name in names:
+            times[name].append(total[name])
+            outputs[name] = torch.cat(parts[name])
+        print("  repeat", r, ", ".join(f"{k}: {v:.1f} s" for k, v in total.items()), flush=True)
     return times, outputs
 
 
@@ -123,7 +133,7 @@ def main() -> None:
     p.add_argument("--train-eps", type=float, default=0.3)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--synthetic", action="store_true")
     p.add_argument("--skip", default="", help="comma list: pgd,apgd")
     args = p.parse_args()
@@ -147,25 +157,23 @@ def main() -> None:
         ta_pgd = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=40, random_start=True)
         ours = PGD("linf", eps, steps=40, step_size=alpha, seed=0)
         contenders = {
-            "advtrain PGD-40": lambda: batched(lambda a, b: ours(model, a, b), x, y, bs),
-            "plain loop PGD-40": lambda: batched(
-                lambda a, b: plain_pgd(model, a, b, eps, alpha, 40), x, y, bs
-            ),
-            "torchattacks PGD-40": lambda: batched(ta_pgd, x, y, bs),
+            "advtrain PGD-40": lambda a, b: ours(model, a, b),
+            "plain loop PGD-40": lambda a, b: plain_pgd(model, a, b, eps, alpha, 40),
+            "torchattacks PGD-40": ta_pgd,
         }
         print("PGD-40 linf, step 0.01:")
-        results["pgd"] = interleaved(contenders, args.repeats)
+        results["pgd"] = interleaved(contenders, x, y, bs, args.repeats)
     if "apgd" not in args.skip:
         ta_apgd = torchattacks.APGD(
             model, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0
         )
         ours_apgd = APGD("linf", eps, steps=100, loss="ce", seed=0)
         contenders = {
-            "advtrain APGD-CE-100": lambda: batched(lambda a, b: ours_apgd(model, a, b), x, y, bs),
-            "torchattacks APGD-CE-100": lambda: batched(ta_apgd, x, y, bs),
+            "advtrain APGD-CE-100": lambda a, b: ours_apgd(model, a, b),
+            "torchattacks APGD-CE-100": ta_apgd,
         }
         print("APGD-CE-100 linf:")
-        results["apgd"] = interleaved(contenders, args.repeats)
+        results["apgd"] = interleaved(contenders, x, y, bs, args.repeats)
     print(f"\n| attack | images/s (median of {args.repeats}) | robust accuracy |")
     print("|---|---|---|")
     med = {}
