@@ -54,6 +54,22 @@ def test_train_writes_run_records_and_checkpoints(tmp_path: Path) -> None:
     assert ckpt["advtrain"]["config"]["model"]["_target_"] == "advtrain.models.DigitsCNN"
 
 
+def test_training_logs_loss_clean_and_adversarial_accuracy(tmp_path: Path) -> None:
+    overrides = [o for o in TINY if o != "logger=none"] + [
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+    ]
+    train(compose_train(overrides, tmp_path))
+    header = next((tmp_path / "csv").glob("**/metrics.csv")).read_text().splitlines()[0].split(",")
+    for column in (
+        "train/loss_epoch",
+        "train/adv_acc_epoch",
+        "train/clean_acc_epoch",
+        "val/robust_acc",
+    ):
+        assert column in header
+
+
 def test_resume_from_last_ckpt_continues(tmp_path: Path) -> None:
     first = compose_train(TINY, tmp_path / "a")
     train(first)
