@@ -75,13 +75,24 @@ def test_optuna_sweep_three_trials(tmp_path: Path) -> None:
     assert len(job_dirs(sweep)) == 3
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna"
-    assert set(results["best_params"]) == {"optimizer.lr", "optimizer.weight_decay"}
+    assert set(results["best_params"]) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "objective.beta",
+        "callbacks.eps_ramp.length",
+    }
     best = max(read_metrics(j)["val"]["robust_acc"] for j in job_dirs(sweep))
     assert results["best_value"] == pytest.approx(best)
     lrs = {
         yaml.safe_load((j / "config.yaml").read_text())["optimizer"]["lr"] for j in job_dirs(sweep)
     }
     assert len(lrs) == 3 and all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    configs = [yaml.safe_load((j / "config.yaml").read_text()) for j in job_dirs(sweep)]
+    assert all(c["objective"]["_target_"].endswith("TRADES") for c in configs)
+    assert all(
+        c["attack"]["loss"] == "kl" and 1.0 <= c["objective"]["beta"] <= 10.0 for c in configs
+    )
+    assert all(0 <= c["callbacks"]["eps_ramp"]["length"] <= 10 for c in configs)
 
 
 def test_optuna_sweep_of_ddp_jobs(tmp_path: Path) -> None:
