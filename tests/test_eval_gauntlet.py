@@ -3,7 +3,6 @@ sharding (2 CPU processes, gloo) with per-example gathering."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -128,9 +127,9 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
 
 def test_ddp_two_cpu_processes_gather_per_example(tmp_path: Path):
     out = tmp_path / "rank0.pt"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     args = (2, str(tmp_path / "init"), str(out))
-    mp.start_processes(_ddp_worker, args=args, nprocs=2, start_method="fork")
+    # spawn: fork deadlocks in OpenMP once this process has run multi-threaded torch ops
+    mp.start_processes(_ddp_worker, args=args, nprocs=2, start_method="spawn")
     result = torch.load(out, weights_only=False)
     assert result["gathered"].tolist() == [10 * i for i in range(13)]
     # the same deterministic attack without sharding gives the same per-example record

@@ -259,11 +259,11 @@ def spawn_eval(cfg: DictConfig) -> dict[str, Any]:
 
     world_size = int(cfg.eval.devices)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    # fork is fast and safe on CPU; once CUDA is initialised only spawn is safe
-    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    # spawn, never fork: a forked child deadlocks in OpenMP (libgomp is not fork-safe once
+    # the parent ran a multi-threaded op), and CUDA cannot be used after fork either
     with tempfile.TemporaryDirectory() as tmp:
         args = (world_size, f"{tmp}/init", resolved)
-        mp.start_processes(_spawned, args=args, nprocs=world_size, start_method=method)
+        mp.start_processes(_spawned, args=args, nprocs=world_size, start_method="spawn")
     report_path = Path(cfg.paths.output_dir) / "report.json"
     return json.loads(report_path.read_text())
 
