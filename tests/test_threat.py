@@ -130,3 +130,16 @@ def test_bad_values_raise():
     with pytest.raises(ValueError, match="bounds"):
         LpBall("linf", 0.1, (1.0, 0.0))
     assert LpBall("linf", "8/255").eps == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [(float("nan"), "NaN or inf"), (float("inf"), "NaN or inf"), (1.5, "outside the data bounds")],
+)
+def test_check_inputs_rejects_bad_images_in_one_line(bad: float, message: str) -> None:
+    x = torch.rand(4, 1, 8, 8)
+    x[2, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match=message) as info:
+        LpBall("linf", 0.1).check_inputs(x)
+    assert "\n" not in str(info.value)
+    LpBall("linf", 0.1).check_inputs(x.clamp(0, 1).nan_to_num(0.0))
