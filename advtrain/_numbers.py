@@ -28,3 +28,18 @@ def as_float(value: float | int | str, name: str = "value") -> float:
         raise ValueError(
             f"{name}={value!r} is not a number; give a float or a fraction like 8/255"
         ) from None
+
+
+def positive_int(value: int | str, name: str) -> int:
+    """``value`` as an int >= 1, else one clear line naming it."""
+    if isinstance(value, bool) or int(value) < 1:
+        raise ValueError(f"{name}={value!r} is invalid; need an integer >= 1")
+    return int(value)
+
+
+def non_negative(value: float | int | str, name: str) -> float:
+    """``value`` (fractions accepted) as a float >= 0, else one clear line naming it."""
+    number = as_float(value, name)
+    if not number >= 0:
+        raise ValueError(f"{name}={value!r} is invalid; need a number >= 0")
+    return number

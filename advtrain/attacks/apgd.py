@@ -26,6 +26,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
+from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack
 from advtrain.threat import lp_norm
 
@@ -112,14 +113,10 @@ class APGD(Attack):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if int(steps) < 1:
-            raise ValueError(f"steps={steps!r} is invalid; need an integer >= 1")
-        if int(restarts) < 1:
-            raise ValueError(f"restarts={restarts!r} is invalid; need an integer >= 1")
         if not 0 < float(rho) <= 1:
             raise ValueError(f"rho={rho!r} is invalid; need 0 < rho <= 1")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
+        self.steps = positive_int(steps, "steps")
+        self.restarts = positive_int(restarts, "restarts")
         self.rho = float(rho)
         self.early_stop = bool(early_stop)
 
@@ -321,11 +318,7 @@ class APGDT(APGD):
     ) -> None:
         kwargs.pop("targeted", None)
         super().__init__(*args, loss=loss, targeted=True, **kwargs)
-        if int(n_target_classes) < 1:
-            raise ValueError(
-                f"n_target_classes={n_target_classes!r} is invalid; need an integer >= 1"
-            )
-        self.n_target_classes = int(n_target_classes)
+        self.n_target_classes = positive_int(n_target_classes, "n_target_classes")
 
     def success(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         return logits.argmax(1) != y

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack, step_size
 from advtrain.threat import lp_norm
 
@@ -42,11 +43,9 @@ class MIFGSM(Attack):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if int(steps) < 1:
-            raise ValueError(f"steps={steps!r} is invalid; need an integer >= 1")
         if float(decay) < 0:
             raise ValueError(f"decay={decay!r} is invalid; need decay >= 0")
-        self.steps = int(steps)
+        self.steps = positive_int(steps, "steps")
         self._step_size = step_size
         self.decay = float(decay)
         self.random_start = bool(random_start)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack, step_size
 
 
@@ -45,14 +46,10 @@ class PGD(Attack):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if int(steps) < 1:
-            raise ValueError(f"steps={steps!r} is invalid; need an integer >= 1")
-        if int(restarts) < 1:
-            raise ValueError(f"restarts={restarts!r} is invalid; need an integer >= 1")
-        self.steps = int(steps)
+        self.steps = positive_int(steps, "steps")
         self._step_size = step_size
         self.random_start = bool(random_start)
-        self.restarts = int(restarts)
+        self.restarts = positive_int(restarts, "restarts")
         self.early_stop = bool(early_stop)
 
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack
 from advtrain.threat import lp_norm
 
@@ -89,11 +90,9 @@ class Square(Attack):
         if loss not in ("margin", "ce"):
             raise ValueError(f"Square loss={loss!r} is invalid; allowed: margin, ce")
         super().__init__(*args, loss=loss, **kwargs)
-        if int(n_queries) < 1:
-            raise ValueError(f"n_queries={n_queries!r} is invalid; need an integer >= 1")
         if not 0 < float(p_init) <= 1:
             raise ValueError(f"p_init={p_init!r} is invalid; need 0 < p_init <= 1")
-        self.n_queries = int(n_queries)
+        self.n_queries = positive_int(n_queries, "n_queries")
         self.p_init = float(p_init)
         self.restarts = int(restarts)
 

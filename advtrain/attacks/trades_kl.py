@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack, step_size
 
 
@@ -39,11 +40,9 @@ class TradesKL(Attack):
         if loss != "kl":
             raise ValueError(f"TradesKL loss={loss!r} is invalid; allowed: kl")
         super().__init__(*args, loss="kl", **kwargs)
-        if int(steps) < 1:
-            raise ValueError(f"steps={steps!r} is invalid; need an integer >= 1")
         if float(init_std) < 0:
             raise ValueError(f"init_std={init_std!r} is invalid; need init_std >= 0")
-        self.steps = int(steps)
+        self.steps = positive_int(steps, "steps")
         self._step_size = step_size
         self.init_std = float(init_std)
 

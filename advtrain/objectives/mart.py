@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float
+from advtrain._numbers import non_negative
 from advtrain.objectives.base import Objective
 from advtrain.objectives.trades import kl_per_example
 
@@ -51,9 +51,7 @@ class MART(Objective):
 
     def __init__(self, beta: float | str = 6.0) -> None:
         super().__init__()
-        self.beta = as_float(beta, "beta")
-        if not self.beta >= 0:
-            raise ValueError(f"beta={beta!r} is invalid; need a number >= 0")
+        self.beta = non_negative(beta, "beta")
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float
+from advtrain._numbers import non_negative
 from advtrain.objectives.base import Objective
 
 
@@ -37,9 +37,7 @@ class TRADES(Objective):
 
     def __init__(self, beta: float | str = 6.0) -> None:
         super().__init__()
-        self.beta = as_float(beta, "beta")
-        if not self.beta >= 0:
-            raise ValueError(f"beta={beta!r} is invalid; need a number >= 0")
+        self.beta = non_negative(beta, "beta")
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x)
