@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from advtrain.errors import ConfigError
+
 
 def as_float(value: float | int | str, name: str = "value") -> float:
     """Return ``value`` as a float, accepting fractions such as ``"8/255"``.
@@ -16,7 +18,9 @@ def as_float(value: float | int | str, name: str = "value") -> float:
         ValueError: One line naming the bad value when it is not a number.
     """
     if isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is not a number; give a float or a fraction like 8/255")
+        raise ConfigError(
+            f"{name}={value!r} is not a number; give a float or a fraction like 8/255"
+        )
     if isinstance(value, int | float):
         return float(value)
     text = str(value).strip()
@@ -25,7 +29,7 @@ def as_float(value: float | int | str, name: str = "value") -> float:
             return float(Fraction(text.replace(" ", "")))
         return float(text)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(
+        raise ConfigError(
             f"{name}={value!r} is not a number; give a float or a fraction like 8/255"
         ) from None
 
@@ -33,7 +37,7 @@ def as_float(value: float | int | str, name: str = "value") -> float:
 def positive_int(value: int | str, name: str) -> int:
     """``value`` as an int >= 1, else one clear line naming it."""
     if isinstance(value, bool) or int(value) < 1:
-        raise ValueError(f"{name}={value!r} is invalid; need an integer >= 1")
+        raise ConfigError(f"{name}={value!r} is invalid; need an integer >= 1")
     return int(value)
 
 
@@ -41,5 +45,5 @@ def non_negative(value: float | int | str, name: str) -> float:
     """``value`` (fractions accepted) as a float >= 0, else one clear line naming it."""
     number = as_float(value, name)
     if not number >= 0:
-        raise ValueError(f"{name}={value!r} is invalid; need a number >= 0")
+        raise ConfigError(f"{name}={value!r} is invalid; need a number >= 0")
     return number

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from advtrain._numbers import as_float
+from advtrain.errors import ConfigError
 
 NORMS = ("linf", "l2", "l1")
 _DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
@@ -35,7 +36,7 @@ _DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
 def check_norm(norm: str) -> str:
     """Return ``norm`` if it is known, else raise one clear line."""
     if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
+        raise ConfigError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
     return norm
 
 
@@ -48,7 +49,7 @@ def lp_norm(t: Tensor, norm: str) -> Tensor:
         return flat.norm(p=2, dim=1)
     if norm == "l1":
         return flat.abs().sum(dim=1)
-    raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
+    raise ConfigError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
 
 
 def dual_norm(norm: str) -> str:
@@ -153,10 +154,10 @@ class LpBall:
         self.norm = check_norm(norm)
         self.eps = as_float(eps, "eps")
         if not math.isfinite(self.eps) or self.eps < 0:
-            raise ValueError(f"eps={self.eps!r} is invalid; eps must be a finite number >= 0")
+            raise ConfigError(f"eps={self.eps!r} is invalid; eps must be a finite number >= 0")
         lo, hi = (float(b) for b in bounds)
         if not lo < hi:
-            raise ValueError(f"bounds={tuple(bounds)!r} are invalid; need low < high")
+            raise ConfigError(f"bounds={tuple(bounds)!r} are invalid; need low < high")
         self.bounds = (lo, hi)
 
     def __repr__(self) -> str:
@@ -174,9 +175,11 @@ class LpBall:
         # NaN propagates through aminmax and inf shows as an extreme
         xmin, xmax = torch.stack(torch.aminmax(x.detach())).tolist()
         if not (math.isfinite(xmin) and math.isfinite(xmax)):
-            raise ValueError("inputs contain NaN or inf; images must be finite and in the data box")
+            raise ConfigError(
+                "inputs contain NaN or inf; images must be finite and in the data box"
+            )
         if xmin < lo - 1e-6 or xmax > hi + 1e-6:
-            raise ValueError(
+            raise ConfigError(
                 f"inputs span [{xmin:.4g}, {xmax:.4g}], outside the data bounds [{lo:g}, {hi:g}]; "
                 "pass images in pixel space and put normalisation inside the model (Normalize)"
             )

@@ -12,6 +12,7 @@ from advtrain.attacks.mifgsm import MIFGSM
 from advtrain.attacks.pgd import PGD
 from advtrain.attacks.square import Square
 from advtrain.attacks.trades_kl import TradesKL
+from advtrain.errors import ConfigError
 
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
@@ -28,7 +29,7 @@ ATTACKS: dict[str, type[Attack]] = {
 def build_attack(name: str, **kwargs) -> Attack:
     """Build a registered attack by name; one clear line for an unknown one."""
     if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(ATTACKS)}")
+        raise ConfigError(f"unknown attack {name!r}; allowed: {', '.join(ATTACKS)}")
     return ATTACKS[name](**kwargs)
 
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack
+from advtrain.errors import ConfigError
 from advtrain.threat import lp_norm
 
 _MOMENTUM = 0.75
@@ -114,7 +115,7 @@ class APGD(Attack):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not 0 < float(rho) <= 1:
-            raise ValueError(f"rho={rho!r} is invalid; need 0 < rho <= 1")
+            raise ConfigError(f"rho={rho!r} is invalid; need 0 < rho <= 1")
         self.steps = positive_int(steps, "steps")
         self.restarts = positive_int(restarts, "restarts")
         self.rho = float(rho)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from advtrain._numbers import as_float
 from advtrain.attacks.losses import LOSSES, get_loss
+from advtrain.errors import ConfigError
 from advtrain.threat import LpBall
 
 MODEL_MODES = ("eval", "train", "keep")
@@ -39,7 +40,7 @@ def attack_context(model: nn.Module, model_mode: str = "eval") -> Iterator[None]
     afterwards, so an attack never changes the model.
     """
     if model_mode not in MODEL_MODES:
-        raise ValueError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
+        raise ConfigError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
     modes = [(m, m.training) for m in model.modules()]
     params = [p for p in model.parameters() if p.requires_grad]
     with torch.inference_mode(False):
@@ -108,7 +109,7 @@ class Attack(ABC):
     ) -> None:
         self.threat = threat if threat is not None else LpBall(norm, eps, tuple(bounds))
         if self.threat.norm not in self.norms:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self).__name__} does not support norm {self.threat.norm!r}; "
                 f"allowed: {', '.join(self.norms)}"
             )
@@ -116,18 +117,18 @@ class Attack(ABC):
         self.loss_fn = get_loss(loss)
         self.targeted = bool(targeted)
         if loss == "dlr_targeted" and not self.targeted:
-            raise ValueError(
+            raise ConfigError(
                 "loss='dlr_targeted' needs targeted=True; untargeted attacks use 'dlr'"
             )
         if model_mode not in MODEL_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}"
             )
         self.model_mode = model_mode
         self.seed = seed
         self.check_inputs = check_inputs
         if isinstance(eot_iter, bool) or int(eot_iter) != eot_iter or int(eot_iter) < 1:
-            raise ValueError(f"eot_iter={eot_iter!r} is invalid; need an integer >= 1")
+            raise ConfigError(f"eot_iter={eot_iter!r} is invalid; need an integer >= 1")
         self.eot_iter = int(eot_iter)
 
     # -- public -----------------------------------------------------------------------

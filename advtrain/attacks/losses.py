@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from advtrain.errors import ConfigError
+
 
 def cross_entropy(logits: Tensor, y: Tensor, **_: Tensor) -> Tensor:
     return F.cross_entropy(logits.float(), y, reduction="none")
@@ -50,7 +52,7 @@ def dlr_targeted(
     """
     logits = logits.float()
     if true_labels is None:
-        raise ValueError("dlr_targeted needs the true labels (true_labels=...)")
+        raise ConfigError("dlr_targeted needs the true labels (true_labels=...)")
     top = logits.sort(dim=1, descending=True).values
     z_true = logits.gather(1, true_labels[:, None]).squeeze(1)
     z_target = logits.gather(1, y[:, None]).squeeze(1)
@@ -62,7 +64,7 @@ def kl_divergence(
 ) -> Tensor:
     """KL(softmax(clean_logits) || softmax(logits)) per example (TRADES)."""
     if clean_logits is None:
-        raise ValueError("the kl loss needs the clean logits (clean_logits=...)")
+        raise ConfigError("the kl loss needs the clean logits (clean_logits=...)")
     log_p_adv = F.log_softmax(logits.float(), dim=1)
     p_clean = F.softmax(clean_logits.float(), dim=1)
     return F.kl_div(log_p_adv, p_clean, reduction="none").sum(dim=1)
@@ -82,7 +84,7 @@ def get_loss(name: str) -> Callable[..., Tensor]:
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown attack loss {name!r}; allowed: {', '.join(LOSSES)}") from None
+        raise ConfigError(f"unknown attack loss {name!r}; allowed: {', '.join(LOSSES)}") from None
 
 
 __all__ = ["LOSSES", "cross_entropy", "dlr", "dlr_targeted", "get_loss", "kl_divergence", "margin"]

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack, step_size
+from advtrain.errors import ConfigError
 from advtrain.threat import lp_norm
 
 
@@ -44,7 +45,7 @@ class MIFGSM(Attack):
     ) -> None:
         super().__init__(*args, **kwargs)
         if float(decay) < 0:
-            raise ValueError(f"decay={decay!r} is invalid; need decay >= 0")
+            raise ConfigError(f"decay={decay!r} is invalid; need decay >= 0")
         self.steps = positive_int(steps, "steps")
         self._step_size = step_size
         self.decay = float(decay)

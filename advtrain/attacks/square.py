@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack
+from advtrain.errors import ConfigError
 from advtrain.threat import lp_norm
 
 _SCHEDULE = (
@@ -88,10 +89,10 @@ class Square(Attack):
         **kwargs,
     ) -> None:
         if loss not in ("margin", "ce"):
-            raise ValueError(f"Square loss={loss!r} is invalid; allowed: margin, ce")
+            raise ConfigError(f"Square loss={loss!r} is invalid; allowed: margin, ce")
         super().__init__(*args, loss=loss, **kwargs)
         if not 0 < float(p_init) <= 1:
-            raise ValueError(f"p_init={p_init!r} is invalid; need 0 < p_init <= 1")
+            raise ConfigError(f"p_init={p_init!r} is invalid; need 0 < p_init <= 1")
         self.n_queries = positive_int(n_queries, "n_queries")
         self.p_init = float(p_init)
         self.restarts = int(restarts)
@@ -122,7 +123,7 @@ class Square(Attack):
         generator: torch.Generator | None,
     ) -> Tensor:
         if x.dim() != 4:
-            raise ValueError(
+            raise ConfigError(
                 f"Square needs images [batch, channels, h, w]; got shape {tuple(x.shape)}"
             )
         with torch.no_grad():

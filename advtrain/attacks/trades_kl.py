@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack, step_size
+from advtrain.errors import ConfigError
 
 
 class TradesKL(Attack):
@@ -38,10 +39,10 @@ class TradesKL(Attack):
     ) -> None:
         loss = kwargs.pop("loss", "kl")
         if loss != "kl":
-            raise ValueError(f"TradesKL loss={loss!r} is invalid; allowed: kl")
+            raise ConfigError(f"TradesKL loss={loss!r} is invalid; allowed: kl")
         super().__init__(*args, loss="kl", **kwargs)
         if float(init_std) < 0:
-            raise ValueError(f"init_std={init_std!r} is invalid; need init_std >= 0")
+            raise ConfigError(f"init_std={init_std!r} is invalid; need init_std >= 0")
         self.steps = positive_int(steps, "steps")
         self._step_size = step_size
         self.init_std = float(init_std)

@@ -27,6 +27,7 @@ from advtrain.certification.ibp import ibp_bounds
 from advtrain.certification.lipschitz import lipschitz_radius
 from advtrain.certification.milp import min_margin
 from advtrain.certification.network import parse
+from advtrain.errors import ConfigError
 from advtrain.threat import LpBall
 
 METHODS = ("ibp", "crown", "lipschitz", "milp")
@@ -47,7 +48,7 @@ def margin_bounds(model: nn.Module, x: Tensor, y: Tensor, norm: str = "linf", ep
         return ibp_bounds(net, domain, spec)
     if method in ("crown", "crown-ibp"):
         return crown_bounds(net, domain, spec, "crown" if method == "crown" else "ibp")
-    raise ValueError(f"unknown bound method {method!r}; allowed: ibp, crown, crown-ibp")
+    raise ConfigError(f"unknown bound method {method!r}; allowed: ibp, crown, crown-ibp")
 
 
 def certify(
@@ -85,12 +86,12 @@ def certify(
             mismatched lengths, ``milp`` with a norm other than linf, or an unsupported layer.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown certification method {method!r}; allowed: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown certification method {method!r}; allowed: {', '.join(METHODS)}")
     threat = LpBall(norm, eps, bounds)
     if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} examples but y has {len(y)}; they must match")
+        raise ConfigError(f"x has {len(x)} examples but y has {len(y)}; they must match")
     if method == "milp" and threat.norm != "linf":
-        raise ValueError(f"method 'milp' supports norm 'linf' only; got norm={threat.norm!r}")
+        raise ConfigError(f"method 'milp' supports norm 'linf' only; got norm={threat.norm!r}")
     if len(x):
         threat.check_inputs(x)
     model = _converted(model, dtype)

@@ -36,6 +36,7 @@ from advtrain.certification.ibp import (
     interval_segment,
 )
 from advtrain.certification.network import Network
+from advtrain.errors import ConfigError
 
 
 def relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -156,7 +157,7 @@ def crown_bounds(
         intermediate: ``"crown"`` (full CROWN) or ``"ibp"`` (CROWN-IBP).
     """
     if intermediate not in ("crown", "ibp"):
-        raise ValueError(f"intermediate={intermediate!r} is invalid; allowed: crown, ibp")
+        raise ConfigError(f"intermediate={intermediate!r} is invalid; allowed: crown, ibp")
     bounds = (
         crown_intermediate(net, domain)
         if intermediate == "crown"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from advtrain.errors import ConfigError
 from advtrain.threat import check_norm
 
 
@@ -57,7 +58,7 @@ class InputDomain:
     ) -> None:
         self.norm = check_norm(norm)
         if eps < 0:
-            raise ValueError(f"eps={eps!r} is invalid; eps must be >= 0")
+            raise ConfigError(f"eps={eps!r} is invalid; eps must be >= 0")
         self.x0 = x0
         self.eps = float(eps)
         self.lo = (x0 - eps).clamp(*bounds)

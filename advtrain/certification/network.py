@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
 from advtrain.models.normalize import Normalize
 
 SUPPORTED = (
@@ -163,7 +164,7 @@ def _pool(mod: nn.Module, shape: tuple[int, ...], like: Tensor) -> Affine:
 
 def _flatten(mod: nn.Flatten, shape: tuple[int, ...], like: Tensor) -> Affine:
     if mod.start_dim != 1 or mod.end_dim != -1:
-        raise ValueError(f"Flatten(start_dim={mod.start_dim}, end_dim={mod.end_dim}) is not supported; "
+        raise ConfigError(f"Flatten(start_dim={mod.start_dim}, end_dim={mod.end_dim}) is not supported; "
                          "bound propagation needs Flatten(1, -1)")  # fmt: skip
     n = 1
     for s in shape:
@@ -182,7 +183,7 @@ def _flatten(mod: nn.Flatten, shape: tuple[int, ...], like: Tensor) -> Affine:
 
 def _batchnorm(mod: nn.modules.batchnorm._BatchNorm, shape: tuple[int, ...]) -> Affine:
     if mod.running_mean is None or mod.running_var is None:
-        raise ValueError(f"{type(mod).__name__} without running statistics is not supported")
+        raise ConfigError(f"{type(mod).__name__} without running statistics is not supported")
     scale = (mod.running_var + mod.eps).rsqrt()
     if mod.weight is not None:
         scale = scale * mod.weight
@@ -218,7 +219,7 @@ def _to_affine(mod: nn.Module, shape: tuple[int, ...], index: int, like: Tensor)
         return _pool(mod, shape, like)
     if isinstance(mod, Normalize):
         return _normalize(mod, shape)
-    raise ValueError(
+    raise ConfigError(
         f"layer {index} ({type(mod).__name__}) is not supported by bound propagation; supported: {SUPPORTED}"
     )
 

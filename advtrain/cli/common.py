@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -13,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.errors import HydraException, InstantiationException
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
+from advtrain.errors import ConfigError
 from advtrain.models import NormalizedModel
 from advtrain.models.lipschitz import hard_lipschitz
 
@@ -51,40 +52,49 @@ def check_group_choices(argv: list[str]) -> None:
         options = group_options(group)
         for choice in value.split(","):
             if choice and choice != "null" and choice not in options:
-                raise ValueError(f"unknown {group} {choice!r}; allowed: {', '.join(options)}")
+                raise ConfigError(f"unknown {group} {choice!r}; allowed: {', '.join(options)}")
 
 
-CLEAR_ERRORS = (
-    ValueError,
-    FileNotFoundError,
-    FloatingPointError,
-    KeyError,
-    RuntimeError,
-    TypeError,
-    HydraException,
-    OmegaConfBaseException,
-)
+def user_error(err: BaseException) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``err`` (Hydra wraps errors raised while
+    instantiating), or ``None`` when ``err`` is not the user's mistake but a bug."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ConfigError):
+            return cause
+        if not isinstance(cause, InstantiationException):
+            return None
+        cause = cause.__cause__
+    return None
+
+
+def debug_mode() -> bool:
+    """``ADVTRAIN_DEBUG=1`` or ``HYDRA_FULL_ERROR=1``: user errors keep their traceback too."""
+    return any(
+        os.environ.get(v, "") not in ("", "0") for v in ("ADVTRAIN_DEBUG", "HYDRA_FULL_ERROR")
+    )
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turn expected failures into one ``prog: error: ...`` line and exit code 2."""
+    """Bad user input (:class:`advtrain.errors.ConfigError`) becomes one
+    ``prog: error: ...`` line and exit code 2; every other exception is a bug and
+    propagates with its traceback."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 return func(*args, **kwargs)
-            except CLEAR_ERRORS as err:
-                cause: BaseException = err
-                # Hydra wraps errors raised while instantiating: report the root cause.
-                while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
-                    cause = cause.__cause__
-                message = (
-                    str(cause).strip().splitlines()[0]
-                    if str(cause).strip()
-                    else type(cause).__name__
-                )
-                print(f"{prog}: error: {message}", file=sys.stderr)
+            except Exception as err:
+                cause = user_error(err)
+                if cause is None or debug_mode():
+                    raise
+                print(f"{prog}: error: {first_line(cause)}", file=sys.stderr)
                 sys.exit(2)
 
         return wrapper
@@ -126,12 +136,12 @@ def check_model_fits_data(model: nn.Module, datamodule: Any) -> None:
             out = model(x)
             model.train(was)
     except RuntimeError as err:
-        raise ValueError(
+        raise ConfigError(
             f"the model does not accept {datamodule.name} inputs of shape {tuple(datamodule.input_shape)}: "
             f"{str(err).splitlines()[0]}"
         ) from None
     if out.shape[-1] != datamodule.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"the model outputs {out.shape[-1]} classes but {datamodule.name} has "
             f"{datamodule.num_classes}; set model.num_classes={datamodule.num_classes}"
         )

@@ -23,6 +23,7 @@ from advtrain.distillation import (
     read_checkpoint,
     strip_prefix,
 )
+from advtrain.errors import ConfigError
 
 
 def build_teacher(distill_cfg: DictConfig | None) -> FrozenTeacher | None:
@@ -50,7 +51,7 @@ def build_teacher(distill_cfg: DictConfig | None) -> FrozenTeacher | None:
         state = read_checkpoint(distill_cfg.weights)["state_dict"]
         load_teacher_weights(model[1], state, distill_cfg.weights)
         return FrozenTeacher(model)
-    raise ValueError(
+    raise ConfigError(
         "distill needs teacher_ckpt=PATH (an advtrain checkpoint) or model=... with weights=PATH"
     )
 

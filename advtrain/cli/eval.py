@@ -38,6 +38,7 @@ from advtrain.cli.common import (
     is_configured,
     one_line_errors,
 )
+from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation import run_evaluation, write_report
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.report import log_report
@@ -50,7 +51,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain state_dict from ``.safetensors`` or a torch file (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+        raise ConfigFileNotFound(f"weights file {str(path)!r} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -59,7 +60,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{str(path)!r} does not hold a state_dict (found {type(state).__name__})")
+        raise ConfigError(
+            f"{str(path)!r} does not hold a state_dict (found {type(state).__name__})"
+        )
     return state
 
 
@@ -80,7 +83,7 @@ def load_into(
         reports.append((missing, unexpected, shapes))
     missing, unexpected, shapes = min(reports, key=lambda r: sum(map(len, r)))
     example = (shapes or missing or unexpected)[0]
-    raise ValueError(
+    raise ConfigError(
         f"checkpoint {source!r} does not fit model {model_name}: {len(missing)} missing, "
         f"{len(unexpected)} unexpected, {len(shapes)} mismatched tensors (first: {example!r}); "
         "pass the model config the weights were trained with"
@@ -90,12 +93,12 @@ def load_into(
 def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], DictConfig]:
     """State dict of the backbone-with-normalisation and the run config of a checkpoint."""
     if not Path(path).is_file():
-        raise FileNotFoundError(
+        raise ConfigFileNotFound(
             f"ckpt_path={path!r} does not exist; give an advtrain checkpoint (.ckpt)"
         )
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not ckpt.get("advtrain"):
-        raise ValueError(
+        raise ConfigError(
             f"ckpt_path={path!r} is not an advtrain checkpoint; for a plain state_dict use "
             "model=<name> data=<name> weights_path=<file>"
         )
@@ -117,12 +120,12 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
         source = cfg.ckpt_path
     elif cfg.get("weights_path"):
         if not (is_configured(model_cfg) and is_configured(data_cfg)):
-            raise ValueError(
+            raise ConfigError(
                 "weights_path needs model=<name> and data=<name> (the architecture and data set)"
             )
         state, source = load_state_dict_file(cfg.weights_path), cfg.weights_path
     else:
-        raise ValueError(
+        raise ConfigError(
             "nothing to evaluate: give ckpt_path=<advtrain .ckpt> or model=... data=... weights_path=..."
         )
     model = build_model(model_cfg, data_cfg, normalize)
@@ -137,9 +140,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     LpBall(ev.norm, ev.eps)
     check_suite(ev.suite)
     if ev.n_examples is not None and int(ev.n_examples) < 1:
-        raise ValueError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
+        raise ConfigError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
     if int(ev.get("devices", 1)) < 1:
-        raise ValueError(f"eval.devices={ev.devices!r} is invalid; need an integer >= 1")
+        raise ConfigError(f"eval.devices={ev.devices!r} is invalid; need an integer >= 1")
     for e in ev.get("eps_curve") or []:
         LpBall(ev.norm, e)
 
@@ -170,7 +173,7 @@ def state_dir(cfg: DictConfig) -> Path:
     if not cfg.eval.get("resume", False):
         (folder / STATE_FILE).unlink(missing_ok=True)
     elif explicit and not (folder / STATE_FILE).is_file():
-        raise FileNotFoundError(f"eval.state_path={explicit!r} holds no {STATE_FILE}")
+        raise ConfigFileNotFound(f"eval.state_path={explicit!r} holds no {STATE_FILE}")
     return folder
 
 

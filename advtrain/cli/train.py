@@ -41,6 +41,7 @@ from advtrain.cli.common import (
 )
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
 from advtrain.cli.distill import build_teacher
+from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation.statistics import proportion
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
 from advtrain.training.tracking import log_config, log_final, prepare_trackers
@@ -71,7 +72,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
         and objective.uses_adversarial
         and attack.loss_name != objective.attack_loss
     ):
-        raise ValueError(
+        raise ConfigError(
             f"objective {objective.name!r} needs attack.loss={objective.attack_loss}, got {attack.loss_name!r}"
         )
     eval_attack = instantiate(cfg.eval_attack) if is_configured(cfg.get("eval_attack")) else None
@@ -120,13 +121,13 @@ def resolve_ckpt_path(cfg: DictConfig, out_dir: Path) -> str | None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         if not Path(ckpt_path).is_file():
-            raise FileNotFoundError(
+            raise ConfigFileNotFound(
                 f"ckpt_path={ckpt_path!r} does not exist; give a checkpoint file to resume from"
             )
         return str(ckpt_path)
     resume = cfg.get("resume") or "never"
     if resume not in RESUME_CHOICES:
-        raise ValueError(f"resume={resume!r} is invalid; allowed: {', '.join(RESUME_CHOICES)}")
+        raise ConfigError(f"resume={resume!r} is invalid; allowed: {', '.join(RESUME_CHOICES)}")
     last = out_dir / "checkpoints" / "last.ckpt"
     return str(last) if resume == "auto" and last.is_file() else None
 

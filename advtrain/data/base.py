@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from advtrain.data.device_loader import DeviceLoader, dataset_tensors
 from advtrain.data.samplers import EpochSeededSampler
+from advtrain.errors import ConfigError
 
 
 class ClassificationDataModule(L.LightningDataModule, ABC):
@@ -71,7 +72,7 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size={batch_size!r} is invalid; need an integer >= 1")
+            raise ConfigError(f"batch_size={batch_size!r} is invalid; need an integer >= 1")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.val_size = val_size
@@ -109,7 +110,7 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
             return round(self.val_size * n)
         n_val = int(self.val_size)
         if not 0 <= n_val < n:
-            raise ValueError(f"val_size={self.val_size!r} is invalid for {n} training examples")
+            raise ConfigError(f"val_size={self.val_size!r} is invalid for {n} training examples")
         return n_val
 
     def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:

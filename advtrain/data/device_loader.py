@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset
 
 from advtrain.data.samplers import EpochSeededSampler
+from advtrain.errors import ConfigError
 
 
 def dataset_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:
@@ -84,9 +85,9 @@ class DeviceLoader:
         channels_last: bool = False,
     ) -> None:
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+            raise ConfigError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if sampler.n != images.shape[0]:
-            raise ValueError(
+            raise ConfigError(
                 f"the sampler orders {sampler.n} examples but there are {images.shape[0]}"
             )
         self.device = torch.device(device)

@@ -15,6 +15,7 @@ import torch
 
 from advtrain.data.base import ClassificationDataModule
 from advtrain.data.tensor_dataset import ImageTensorDataset
+from advtrain.errors import ConfigError, ConfigFileNotFound
 
 
 def read_idx(path: str | Path) -> torch.Tensor:
@@ -25,7 +26,7 @@ def read_idx(path: str | Path) -> torch.Tensor:
         data = f.read()
     zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte idx file")
+        raise ConfigError(f"{path} is not an unsigned-byte idx file")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     return torch.from_numpy(array.reshape(dims).copy())
@@ -61,7 +62,7 @@ class MNISTIdxSplitDataModule(ClassificationDataModule):
         for name in (f"{self.prefix}-{kind}-ubyte.gz", f"{self.prefix}-{kind}-ubyte"):
             if (self.raw_folder / name).is_file():
                 return self.raw_folder / name
-        raise FileNotFoundError(f"no {self.prefix}-{kind}-ubyte[.gz] in {self.raw_folder}")
+        raise ConfigFileNotFound(f"no {self.prefix}-{kind}-ubyte[.gz] in {self.raw_folder}")
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data is None:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DistributedSampler
 
+from advtrain.errors import ConfigError
+
 
 class EpochSeededSampler(DistributedSampler):
     """A shuffled (or sequential) order that depends only on ``seed`` and the epoch.
@@ -45,11 +47,11 @@ class EpochSeededSampler(DistributedSampler):
         drop_uneven: bool = True,
     ) -> None:
         if n < 0 or batch_size < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"n={n!r}, batch_size={batch_size!r} are invalid; need n >= 0, batch_size >= 1"
             )
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank!r} is invalid for world_size={world_size!r}")
+            raise ConfigError(f"rank={rank!r} is invalid for world_size={world_size!r}")
         super().__init__(
             range(n),
             num_replicas=world_size,

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from advtrain.errors import ConfigError
+
 
 class ImageTensorDataset(Dataset):
     """Images (N, C, H, W) in [0, 1] and integer labels.
@@ -21,7 +23,7 @@ class ImageTensorDataset(Dataset):
         self, images: Tensor, labels: Tensor, pad_crop: int = 0, flip: bool = False
     ) -> None:
         if images.shape[0] != labels.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+            raise ConfigError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         self.images = images.float().contiguous()
         self.labels = labels.long().contiguous()
         self.pad_crop = pad_crop

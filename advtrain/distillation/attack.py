@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.pgd import PGD
+from advtrain.errors import ConfigError
 
 
 class TeacherKLPGD(PGD):
@@ -36,13 +37,13 @@ class TeacherKLPGD(PGD):
         kwargs["loss"] = "kl"
         super().__init__(*args, **kwargs)
         if not temperature > 0:
-            raise ValueError(f"temperature={temperature!r} is invalid; need a number > 0")
+            raise ConfigError(f"temperature={temperature!r} is invalid; need a number > 0")
         self.teacher = teacher
         self.temperature = float(temperature)
 
     def loss_kwargs(self, model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         if self.teacher is None:
-            raise ValueError(
+            raise ConfigError(
                 "TeacherKLPGD has no teacher; configure distill=teacher distill.teacher_ckpt=PATH"
             )
         with torch.no_grad():

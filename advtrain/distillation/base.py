@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from advtrain._numbers import as_float
 from advtrain.distillation.teacher import FrozenTeacher
+from advtrain.errors import ConfigError
 from advtrain.objectives.base import Objective
 
 
@@ -28,17 +29,17 @@ class DistillationObjective(Objective):
     def __init__(self, teacher: nn.Module | None, temperature: float | str = 1.0) -> None:
         super().__init__()
         if teacher is None:
-            raise ValueError(
+            raise ConfigError(
                 f"objective {self.name!r} needs a teacher; set distill=teacher distill.teacher_ckpt=PATH"
             )
         self.teacher = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
         self.temperature = as_float(temperature, "temperature")
         if not self.temperature > 0:
-            raise ValueError(f"temperature={temperature!r} is invalid; need a number > 0")
+            raise ConfigError(f"temperature={temperature!r} is invalid; need a number > 0")
 
     @staticmethod
     def check_fraction(value: float | str, name: str) -> float:
         out = as_float(value, name)
         if not 0.0 <= out <= 1.0:
-            raise ValueError(f"{name}={value!r} is invalid; need a number in [0, 1]")
+            raise ConfigError(f"{name}={value!r} is invalid; need a number in [0, 1]")
         return out

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError, ConfigFileNotFound
+
 
 class FrozenTeacher(nn.Module):
     """Wraps a trained model: always eval mode, no parameter gradients, no graph.
@@ -48,7 +50,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint or state_dict file, loaded safely; one clear line if it is missing."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ConfigFileNotFound(
             f"teacher checkpoint {str(path)!r} does not exist; give an advtrain .ckpt or a state_dict"
         )
     if path.suffix == ".safetensors":
@@ -57,7 +59,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         return {"state_dict": load_file(str(path))}
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
-        raise ValueError(
+        raise ConfigError(
             f"teacher checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state_dict"
         )
     return obj if "state_dict" in obj else {"state_dict": obj}
@@ -67,7 +69,7 @@ def checkpoint_run_config(ckpt: dict[str, Any], path: str | Path) -> dict[str, A
     """The resolved run config an ``advtrain-train`` checkpoint carries."""
     config = (ckpt.get("advtrain") or {}).get("config")
     if not isinstance(config, dict) or "model" not in config:
-        raise ValueError(
+        raise ConfigError(
             f"teacher checkpoint {str(path)!r} has no advtrain run config; give distill.model=... for its model"
         )
     return config
@@ -88,7 +90,7 @@ def load_teacher_weights(
         result = model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split("\n\t")[1:2]).strip() or str(err).splitlines()[0]
-        raise ValueError(
+        raise ConfigError(
             f"teacher checkpoint {str(source)!r} does not fit the teacher model {type(model).__name__}: {detail[:300]}"
         ) from None
     del result

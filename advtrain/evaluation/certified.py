@@ -15,6 +15,7 @@ import sys
 import torch
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
 from advtrain.threat import LpBall
 
 
@@ -54,7 +55,7 @@ def certified_section(
     try:
         from advtrain.certification import certify
     except ImportError:
-        raise ValueError(
+        raise ConfigError(
             f"certify.method={method!r} needs advtrain.certification, which is not installed"
         ) from None
     result = certify(model, x, y, norm=threat.norm, eps=threat.eps, method=method)

@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
+
 
 def declares_bpda(model: nn.Module) -> bool:
     """Whether ``model`` declares a non-differentiable preprocessing (see module doc)."""
@@ -51,7 +53,7 @@ class BPDA(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not declares_bpda(model):
-            raise ValueError(
+            raise ConfigError(
                 f"{type(model).__name__} does not declare nondifferentiable_preprocessing "
                 "with preprocess() and classify(); see advtrain.evaluation.defenses"
             )

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import FGSM
+from advtrain.errors import ConfigError
 from advtrain.evaluation import masking
 from advtrain.evaluation.certified import certified_section
 from advtrain.evaluation.curves import box_eps, default_eps_list, robustness_curve
@@ -126,7 +127,7 @@ def run_evaluation(
     threat.check_inputs(x)
     check_suite(suite)
     if len(y) == 0:
-        raise ValueError("no examples to evaluate (n_examples=0)")
+        raise ConfigError("no examples to evaluate (n_examples=0)")
     start = time.perf_counter()
     was_training = model.training
     model.eval()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from advtrain.errors import ConfigError
 from advtrain.evaluation.gauntlet import GauntletState
 
 STATE_FILE = "eval_state.pt"
@@ -55,7 +56,7 @@ def load_state(path: str | os.PathLike, key: str) -> GauntletState | None:
         return None
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("key") != key:
-        raise ValueError(
+        raise ConfigError(
             f"evaluation state {str(path)!r} was saved for other settings or examples; "
             "delete it or set eval.resume=false"
         )

@@ -10,13 +10,15 @@ from __future__ import annotations
 from scipy.stats import binomtest
 from torch import Tensor
 
+from advtrain.errors import ConfigError
+
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for ``successes`` out of ``n`` (scipy's ``binomtest``)."""
     if n <= 0:
         return (0.0, 1.0)
     if not 0 <= successes <= n:
-        raise ValueError(f"successes={successes} is invalid for n={n}; need 0 <= successes <= n")
+        raise ConfigError(f"successes={successes} is invalid for n={n}; need 0 <= successes <= n")
     ci = binomtest(int(successes), int(n)).proportion_ci(
         confidence_level=confidence, method="wilson"
     )

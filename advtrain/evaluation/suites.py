@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from advtrain.attacks import ATTACKS, Attack
+from advtrain.errors import ConfigError
 from advtrain.threat import LpBall
 
 SUITES = ("quick", "standard", "full")
@@ -53,7 +54,7 @@ class Suite:
 
 def check_suite(suite: str) -> str:
     if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
+        raise ConfigError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
     return suite
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from advtrain.errors import ConfigError
 from advtrain.regularizers.operator_norm import is_operator_layer
 
 
@@ -34,12 +35,12 @@ def hard_lipschitz(model: nn.Module, n_power_iterations: int = 1) -> nn.Module:
         ``model`` itself, with its layers parametrized.
     """
     if int(n_power_iterations) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"n_power_iterations={n_power_iterations!r} is invalid; need an integer >= 1"
         )
     layers = [m for m in model.modules() if is_operator_layer(m)]
     if not layers:
-        raise ValueError(
+        raise ConfigError(
             f"{type(model).__name__} has no Linear or Conv layer to spectrally normalise"
         )
     for layer in layers:

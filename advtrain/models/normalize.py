@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
+
 
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel, as a module with buffers.
@@ -22,9 +24,9 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if len(mean) != len(std):
-            raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
+            raise ConfigError(f"mean has {len(mean)} channels but std has {len(std)}")
         if any(s <= 0 for s in std):
-            raise ValueError(f"std={list(std)!r} is invalid; every std must be > 0")
+            raise ConfigError(f"std={list(std)!r} is invalid; every std must be > 0")
         self.register_buffer(
             "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
         )

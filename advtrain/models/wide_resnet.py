@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
+
 
 class WideBlock(nn.Module):
     """Pre-activation basic block with optional dropout."""
@@ -52,7 +54,7 @@ class WideResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
-            raise ValueError(f"depth={depth} is invalid for a WideResNet; need depth = 6n + 4")
+            raise ConfigError(f"depth={depth} is invalid for a WideResNet; need depth = 6n + 4")
         n = (depth - 4) // 6
         widths = [16, 16 * widen, 32 * widen, 64 * widen]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)

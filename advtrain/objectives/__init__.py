@@ -1,5 +1,6 @@
 """Outer minimisation: objectives returning ``{"loss", "logits", ...}``."""
 
+from advtrain.errors import ConfigError
 from advtrain.objectives.base import Objective
 from advtrain.objectives.crown_ibp import CrownIBP
 from advtrain.objectives.madry import Madry
@@ -23,7 +24,7 @@ def get_objective(name: str) -> type[Objective]:
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise ValueError(f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}") from None
+        raise ConfigError(f"unknown objective {name!r}; allowed: {', '.join(OBJECTIVES)}") from None
 
 
 __all__ = [

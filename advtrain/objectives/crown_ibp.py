@@ -30,6 +30,7 @@ from advtrain.certification.crown import crown_final
 from advtrain.certification.domain import InputDomain, margin_spec
 from advtrain.certification.ibp import final_from_intervals, ibp_intermediate
 from advtrain.certification.network import parse
+from advtrain.errors import ConfigError
 from advtrain.objectives.base import Objective
 from advtrain.threat import check_norm
 
@@ -74,7 +75,7 @@ class CrownIBP(Objective):
         super().__init__()
         self.final_eps = as_float(eps, "eps")
         if self.final_eps < 0:
-            raise ValueError(f"eps={self.final_eps!r} is invalid; eps must be >= 0")
+            raise ConfigError(f"eps={self.final_eps!r} is invalid; eps must be >= 0")
         for label, value in (
             ("kappa", kappa_start),
             ("kappa", kappa_end),
@@ -82,9 +83,9 @@ class CrownIBP(Objective):
             ("beta", beta_end),
         ):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{label}={value!r} is invalid; it must lie in [0, 1]")
+                raise ConfigError(f"{label}={value!r} is invalid; it must lie in [0, 1]")
         if warmup_steps < 0 or ramp_steps < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"warmup_steps={warmup_steps}, ramp_steps={ramp_steps} are invalid; need >= 0"
             )
         self.norm = check_norm(norm)

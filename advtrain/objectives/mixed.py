@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain._numbers import as_float
+from advtrain.errors import ConfigError
 from advtrain.objectives.base import Objective
 
 
@@ -28,7 +29,7 @@ class Mixed(Objective):
         super().__init__()
         self.adv_weight = as_float(adv_weight, "adv_weight")
         if not 0.0 <= self.adv_weight <= 1.0:
-            raise ValueError(f"adv_weight={adv_weight!r} is invalid; need a number in [0, 1]")
+            raise ConfigError(f"adv_weight={adv_weight!r} is invalid; need a number in [0, 1]")
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain._numbers import as_float
+from advtrain.errors import ConfigError
 
 
 class Regularizer(ABC):
@@ -37,13 +38,13 @@ class Regularizer(ABC):
     ) -> None:
         self.weight = as_float(weight, "weight")
         if not self.weight >= 0:
-            raise ValueError(f"{self.name} weight={weight!r} is invalid; need a number >= 0")
+            raise ConfigError(f"{self.name} weight={weight!r} is invalid; need a number >= 0")
         if warmup_epochs < 0 or warmup_steps < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.name} warmup_epochs={warmup_epochs!r}, warmup_steps={warmup_steps!r} are invalid; need >= 0"
             )
         if warmup_epochs and warmup_steps:
-            raise ValueError(f"{self.name}: set warmup_epochs or warmup_steps, not both")
+            raise ConfigError(f"{self.name}: set warmup_epochs or warmup_steps, not both")
         self.warmup_epochs = float(warmup_epochs)
         self.warmup_steps = int(warmup_steps)
         self.extra_logs: dict[str, Tensor] = {}

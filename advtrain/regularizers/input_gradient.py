@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain._numbers import as_float
+from advtrain.errors import ConfigError
 from advtrain.regularizers.base import Regularizer
 from advtrain.threat import dual_norm, lp_norm
 
@@ -40,7 +41,7 @@ class InputGradient(Regularizer):
         self.dual = dual_norm(norm)
         self.eps = as_float(eps, "eps")
         if self.eps < 0:
-            raise ValueError(f"eps={eps!r} is invalid; need a number >= 0")
+            raise ConfigError(f"eps={eps!r} is invalid; need a number >= 0")
 
     def input_gradient(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """``grad_x`` of the summed per-example CE, with a graph for double backprop."""

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
 from advtrain.regularizers.base import Regularizer
 from advtrain.regularizers.operator_norm import is_operator_layer
 
@@ -38,7 +39,7 @@ class L1Sparsity(Regularizer):
     def __init__(self, reduction: str = "sum", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if reduction not in REDUCTIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown l1 reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}"
             )
         self.reduction = reduction

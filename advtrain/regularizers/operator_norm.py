@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
+
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 OPERATOR_LAYERS = (nn.Linear, *_CONV_TYPES)
 _FORWARD = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -63,7 +65,7 @@ class LayerOperator:
         self, layer: nn.Module, input_shape: Sequence[int], weight: Tensor | None = None
     ) -> None:
         if not is_operator_layer(layer):
-            raise ValueError(
+            raise ConfigError(
                 f"no operator norm for {type(layer).__name__}; allowed: Linear, Conv1d, Conv2d, Conv3d"
             )
         self.layer = layer
@@ -148,7 +150,7 @@ class LayerOperator:
             with torch.no_grad():
                 return tuple(self.forward(probe, self.weight.detach()).shape[1:])
         except RuntimeError as err:
-            raise ValueError(
+            raise ConfigError(
                 f"{type(self.layer).__name__} does not accept inputs of shape {self.input_shape}: "
                 f"{str(err).splitlines()[0]}"
             ) from None
@@ -248,7 +250,7 @@ def conv_singular_values_fft(kernel: Tensor, input_size: Sequence[int]) -> Tenso
     """
     n1, n2 = (int(s) for s in input_size)
     if kernel.dim() != 4 or kernel.shape[2] > n1 or kernel.shape[3] > n2:
-        raise ValueError(f"kernel of shape {tuple(kernel.shape)} does not fit a {n1}x{n2} input")
+        raise ConfigError(f"kernel of shape {tuple(kernel.shape)} does not fit a {n1}x{n2} input")
     transform = torch.fft.fft2(kernel.detach().to(torch.float64), s=(n1, n2))  # [out, in, n1, n2]
     blocks = transform.permute(2, 3, 0, 1)  # [n1, n2, out, in]
     values = torch.linalg.svdvals(blocks).flatten()

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from advtrain.errors import ConfigError
 from advtrain.regularizers.l1_sparsity import operator_weights
 
 
@@ -49,7 +50,7 @@ class SparsityReport(L.Callback):
 
     def __init__(self, threshold: float = 1e-3, output_dir: str | None = None) -> None:
         if not threshold > 0:
-            raise ValueError(f"threshold={threshold!r} is invalid; need a number > 0")
+            raise ConfigError(f"threshold={threshold!r} is invalid; need a number > 0")
         self.threshold = float(threshold)
         self.output_dir = output_dir
         self.stats: dict[str, float] = {}

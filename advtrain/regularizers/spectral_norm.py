@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.errors import ConfigError
 from advtrain.regularizers.base import Regularizer
 from advtrain.regularizers.operator_norm import (
     LayerOperator,
@@ -47,11 +48,11 @@ class SpectralNorm(Regularizer):
     ) -> None:
         super().__init__(**kwargs)
         if penalty not in PENALTIES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown spectral penalty {penalty!r}; allowed: {', '.join(PENALTIES)}"
             )
         if int(n_power_iterations) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"n_power_iterations={n_power_iterations!r} is invalid; need an integer >= 1"
             )
         self.kind = penalty

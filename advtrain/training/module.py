@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from advtrain.attacks.base import Attack
+from advtrain.errors import ConfigError
 from advtrain.objectives.base import Objective
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -67,11 +68,11 @@ class AdversarialModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if objective.uses_adversarial and attack is None:
-            raise ValueError(
+            raise ConfigError(
                 f"objective {objective.name!r} needs a training attack; got attack=None"
             )
         if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
+            raise ConfigError(
                 f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step"
             )
         self.model = model

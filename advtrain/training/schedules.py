@@ -17,6 +17,8 @@ import numpy as np
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from advtrain.errors import ConfigError
+
 
 def piecewise_linear(
     optimizer: Optimizer,
@@ -33,7 +35,7 @@ def piecewise_linear(
         values: Multipliers at the knots (e.g. 0 -> 1 -> 0 for the cyclic schedule).
     """
     if len(knots) != len(values):
-        raise ValueError(f"knots ({len(knots)}) and values ({len(values)}) differ in length")
+        raise ConfigError(f"knots ({len(knots)}) and values ({len(values)}) differ in length")
     total = max(1, int(total_steps))
     return LambdaLR(optimizer, lambda step: float(np.interp(step / total, knots, values)))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from advtrain.errors import ConfigError
+
 
 def resolve(root: Any, path: str) -> tuple[Any, str]:
     """Return ``(owner, attribute)`` for a dotted ``path`` below ``root``.
@@ -22,7 +24,7 @@ def resolve(root: Any, path: str) -> tuple[Any, str]:
     if value is None or isinstance(value, numbers.Number):
         return owner, parts[-1]
     if not hasattr(value, "eps"):
-        raise ValueError(
+        raise ConfigError(
             f"curriculum target {path!r} has no eps; name an attack/objective or a number"
         )
     return value, "eps"
@@ -30,7 +32,7 @@ def resolve(root: Any, path: str) -> tuple[Any, str]:
 
 def _get(owner: Any, name: str, path: str) -> Any:
     if not hasattr(owner, name):
-        raise ValueError(
+        raise ConfigError(
             f"curriculum target {path!r}: {type(owner).__name__} has no attribute {name!r}"
         )
     return getattr(owner, name)

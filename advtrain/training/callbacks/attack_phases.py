@@ -14,6 +14,7 @@ from typing import Any
 import lightning as L
 
 from advtrain.attacks.base import Attack
+from advtrain.errors import ConfigError
 from advtrain.training.callbacks.eps_ramp import ramp_fraction
 
 
@@ -29,9 +30,9 @@ class Phase:
         ramp_shape: str = "linear",
     ) -> None:
         if not isinstance(attack, Attack):
-            raise ValueError(f"a phase needs an Attack, got {type(attack).__name__}")
+            raise ConfigError(f"a phase needs an Attack, got {type(attack).__name__}")
         if epochs is not None and int(epochs) < 1:
-            raise ValueError(f"phase epochs={epochs!r} is invalid; need an integer >= 1 or null")
+            raise ConfigError(f"phase epochs={epochs!r} is invalid; need an integer >= 1 or null")
         ramp_fraction(0.0, ramp_shape)
         self.attack, self.epochs = attack, None if epochs is None else int(epochs)
         self.ramp_epochs, self.ramp_shape = int(ramp_epochs), ramp_shape
@@ -60,9 +61,9 @@ class AttackPhases(L.Callback):
         )
         self.phases = [p if isinstance(p, Phase) else Phase(**p) for p in items]
         if not self.phases:
-            raise ValueError("AttackPhases needs at least one phase")
+            raise ConfigError("AttackPhases needs at least one phase")
         if any(p.epochs is None for p in self.phases[:-1]):
-            raise ValueError("every phase but the last needs epochs (the last one may be null)")
+            raise ConfigError("every phase but the last needs epochs (the last one may be null)")
         self.target = target
         self._current: tuple[int, float] | None = None
 

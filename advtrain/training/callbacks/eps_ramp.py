@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 
 from advtrain._numbers import as_float
+from advtrain.errors import ConfigError
 from advtrain.training.callbacks._targets import resolve
 
 SHAPES = ("linear", "smooth")
@@ -33,7 +34,7 @@ def ramp_fraction(progress: float, shape: str = "linear") -> float:
         return p
     if shape == "smooth":
         return p * p * (3 - 2 * p)
-    raise ValueError(f"unknown ramp shape {shape!r}; allowed: {', '.join(SHAPES)}")
+    raise ConfigError(f"unknown ramp shape {shape!r}; allowed: {', '.join(SHAPES)}")
 
 
 class EpsRamp(L.Callback):
@@ -63,9 +64,9 @@ class EpsRamp(L.Callback):
         log_name: str = "curriculum/eps",
     ) -> None:
         if int(length) < 1:
-            raise ValueError(f"length={length!r} is invalid; need an integer >= 1")
+            raise ConfigError(f"length={length!r} is invalid; need an integer >= 1")
         if by not in UNITS:
-            raise ValueError(f"by={by!r} is invalid; allowed: {', '.join(UNITS)}")
+            raise ConfigError(f"by={by!r} is invalid; allowed: {', '.join(UNITS)}")
         ramp_fraction(0.0, shape)
         self.length, self.begin, self.by, self.shape = int(length), int(begin), by, shape
         self.start = as_float(start, "start")

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from advtrain.attacks.pgd import PGD
+from advtrain.errors import ConfigError
 
 ACTIONS = ("rollback", "stop")
 
@@ -45,9 +46,9 @@ class OverfittingGuard(L.Callback):
         seed: int = 0,
     ) -> None:
         if action not in ACTIONS:
-            raise ValueError(f"action={action!r} is invalid; allowed: {', '.join(ACTIONS)}")
+            raise ConfigError(f"action={action!r} is invalid; allowed: {', '.join(ACTIONS)}")
         if not 0 < float(max_drop) <= 1:
-            raise ValueError(f"max_drop={max_drop!r} is invalid; need 0 < max_drop <= 1")
+            raise ConfigError(f"max_drop={max_drop!r} is invalid; need 0 < max_drop <= 1")
         self.n_examples, self.steps, self.restarts = int(n_examples), int(steps), int(restarts)
         self.norm, self.eps, self.max_drop, self.min_acc = (
             norm,
@@ -74,7 +75,7 @@ class OverfittingGuard(L.Callback):
             if loader is not None:
                 break
         if loader is None:
-            raise ValueError(
+            raise ConfigError(
                 "OverfittingGuard needs a datamodule with a validation or training loader"
             )
         xs, ys, n = [], [], 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import lightning as L
 
+from advtrain.errors import ConfigError
 from advtrain.training.callbacks.eps_ramp import UNITS, ramp_fraction
 
 
@@ -37,9 +38,9 @@ class AttackStepsRamp(L.Callback):
         target: str = "attack",
     ) -> None:
         if int(length) < 1 or int(start) < 1:
-            raise ValueError(f"length={length!r}, start={start!r} are invalid; need integers >= 1")
+            raise ConfigError(f"length={length!r}, start={start!r} are invalid; need integers >= 1")
         if by not in UNITS:
-            raise ValueError(f"by={by!r} is invalid; allowed: {', '.join(UNITS)}")
+            raise ConfigError(f"by={by!r} is invalid; allowed: {', '.join(UNITS)}")
         ramp_fraction(0.0, shape)
         self.length, self.start, self.end, self.by, self.shape = (
             int(length),
@@ -56,7 +57,7 @@ class AttackStepsRamp(L.Callback):
         for part in self.target.split("."):
             attack = getattr(attack, part, None)
         if attack is None or not hasattr(attack, "steps"):
-            raise ValueError(f"steps ramp target {self.target!r} is not an attack with steps")
+            raise ConfigError(f"steps ramp target {self.target!r} is not an attack with steps")
         return attack
 
     def apply(self, pl_module: L.LightningModule, unit: int) -> None:
