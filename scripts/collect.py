@@ -24,6 +24,7 @@ import yaml
 # config entries that differ between runs without being a choice of the user
 RUN_SPECIFIC = ("paths.", "trainer.default_root_dir", "callbacks.", "logger.", "hydra.")
 METRIC_COLUMNS = (
+    "status",
     "val/clean_acc",
     "val/robust_acc",
     "test/clean_acc",
@@ -57,18 +58,38 @@ def final_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _failed(run: Path) -> str | None:
+    """The error of a failed multirun job (``job_status.json``), else ``None``."""
+    path = run / "job_status.json"
+    if not path.is_file():
+        return None
+    status = json.loads(path.read_text())
+    return None if status.get("status") == "completed" else str(status.get("error"))
+
+
 def find_runs(root: Path) -> list[Path]:
-    """Run directories below ``root``: those with both config.yaml and metrics.json."""
-    runs = [p.parent for p in root.rglob("metrics.json") if (p.parent / "config.yaml").is_file()]
+    """Run directories below ``root``: those with config.yaml and metrics.json, and the
+    failed jobs of a multirun (job_status.json)."""
+    done = {p.parent for p in root.rglob("metrics.json") if (p.parent / "config.yaml").is_file()}
+    failed = {p.parent for p in root.rglob("job_status.json") if _failed(p.parent) is not None}
+    runs = list(done | failed)
     return sorted(
         runs, key=lambda p: [int(s) if s.isdigit() else s for s in p.relative_to(root).parts]
     )
 
 
 def load_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    metrics = json.loads((run / "metrics.json").read_text())
-    return flatten(config), final_metrics(metrics)
+    """A run's flattened config (overrides only for a job that failed before writing it)
+    and its final metrics plus ``status``."""
+    error = _failed(run)
+    if (run / "config.yaml").is_file():
+        config = flatten(yaml.safe_load((run / "config.yaml").read_text()) or {})
+    else:
+        overrides = json.loads((run / "job_status.json").read_text()).get("overrides", [])
+        config = dict(o.split("=", 1) for o in overrides if "=" in o)
+    metrics = {} if error else final_metrics(json.loads((run / "metrics.json").read_text()))
+    metrics["status"] = f"failed: {error}" if error else "completed"
+    return config, metrics
 
 
 def differing_keys(configs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -82,7 +103,7 @@ def collect(root: Path, sort: str | None = None) -> tuple[list[str], list[dict[s
     """The table: columns (run, differing config keys, metrics) and one row per run."""
     runs = find_runs(root)
     if not runs:
-        raise ValueError(f"no run with config.yaml and metrics.json below {root}")
+        raise ValueError(f"no run with config.yaml and metrics.json (or a failed job) below {root}")
     loaded = [load_run(r) for r in runs]
     config_cols = differing_keys([c for c, _ in loaded])
     metric_cols = [m for m in METRIC_COLUMNS if any(m in ms for _, ms in loaded)]

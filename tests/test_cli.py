@@ -118,31 +118,3 @@ def test_console_script_exit_code_and_single_line(tmp_path: Path) -> None:
     assert errors == [
         "advtrain-train: error: eps=-0.5 is invalid; eps must be a finite number >= 0"
     ]
-
-
-def test_eval_cli_on_training_checkpoint(tmp_path: Path) -> None:
-    cfg = compose_train(TINY, tmp_path / "run")
-    train(cfg)
-    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
-    proc = run_cli(
-        "advtrain.cli.eval",
-        f"ckpt_path={ckpt}",
-        "eval.suite=quick",
-        "eval.n_examples=16",
-        f"hydra.run.dir={tmp_path / 'eval'}",
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["n_examples"] == 16 and report["threat_model"] == {"norm": "linf", "eps": 0.1}
-    assert (tmp_path / "eval" / "report.md").read_text().startswith("# Robustness report")
-
-
-@pytest.mark.slow
-def test_main_job_reaches_target_accuracy(tmp_path: Path) -> None:
-    """The README's main job: >= 97% clean and >= 90% PGD-20 robust (linf 0.1) on digits."""
-    proc = run_cli("advtrain.cli.train", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["test"]["clean_acc"]["value"] >= 0.97
-    assert metrics["test"]["robust_acc"]["value"] >= 0.90

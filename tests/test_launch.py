@@ -34,9 +34,9 @@ def test_resume_auto_picks_up_last_ckpt(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_submitit_local_launch(tmp_path: Path) -> None:
-    args = ["-m", *TINY, "logger=none", "trainer.max_epochs=1", "hydra.sweep.dir=sweep"]
+    args = ["-m", *TINY, "logger=none", "trainer.max_epochs=1"]
     run_cli([*args, "hydra/launcher=submitit_local"], cwd=tmp_path)
-    sweep = tmp_path / "sweep"
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert read_metrics(sweep / "0")["test"]["n_examples"] == 101
     assert any((sweep / ".submitit").rglob("*_result.pkl"))
 

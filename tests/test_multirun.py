@@ -17,7 +17,13 @@ pytestmark = pytest.mark.slow
 sys.path.insert(0, str(ROOT / "scripts"))
 import collect  # noqa: E402
 
-QUICK = [*TINY, "logger=none", "trainer.max_epochs=1", "hydra.sweep.dir=sweep"]
+QUICK = [*TINY, "logger=none", "trainer.max_epochs=1"]
+
+
+def sweep_dir(cwd: Path) -> Path:
+    """The one sweep dir a multirun left in the default layout below ``cwd``."""
+    (sweep,) = (cwd / "outputs" / "train" / "multiruns").iterdir()
+    return sweep
 
 
 def job_dirs(sweep: Path) -> list[Path]:
@@ -28,7 +34,7 @@ def job_dirs(sweep: Path) -> list[Path]:
 
 def test_two_by_two_sweep_and_collect(tmp_path: Path) -> None:
     run_cli(["-m", *QUICK, "threat.eps=0.05,0.1", "objective=madry,standard"], cwd=tmp_path)
-    sweep = tmp_path / "sweep"
+    sweep = sweep_dir(tmp_path)
     jobs = job_dirs(sweep)
     assert len(jobs) == 4
     assert all((j / "metrics.json").is_file() and (j / "config.yaml").is_file() for j in jobs)
@@ -59,19 +65,21 @@ def test_two_by_two_sweep_and_collect(tmp_path: Path) -> None:
 
 def test_sweep_of_ddp_jobs(tmp_path: Path) -> None:
     run_cli(["-m", *QUICK, "threat.eps=0.05,0.1", "trainer=ddp_cpu"], cwd=tmp_path)
-    sweep = tmp_path / "sweep"
+    sweep = sweep_dir(tmp_path)
     jobs = job_dirs(sweep)
     assert [j.name for j in jobs] == ["0", "1"]  # the children did not re-run the sweep
     for job, eps in zip(jobs, (0.05, 0.1), strict=True):
         assert read_metrics(job)["test"]["n_examples"] == 101
         assert (job / "train_ddp_process_1.log").is_file()  # rank 1 ran in the job's dir
         assert yaml.safe_load((job / "config.yaml").read_text())["threat"]["eps"] == eps
-    assert not (tmp_path / "outputs").exists()  # no stray run dirs from the children
+    assert not (
+        tmp_path / "outputs" / "train" / "runs"
+    ).exists()  # no stray run dirs from the children
 
 
 def test_optuna_sweep_three_trials(tmp_path: Path) -> None:
     run_cli(["-m", *QUICK, "hparams_search=optuna", "hydra.sweeper.n_trials=3"], cwd=tmp_path)
-    sweep = tmp_path / "sweep"
+    sweep = sweep_dir(tmp_path)
     assert len(job_dirs(sweep)) == 3
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["name"] == "optuna"
@@ -92,17 +100,17 @@ def test_optuna_sweep_three_trials(tmp_path: Path) -> None:
     assert all(
         c["attack"]["loss"] == "kl" and 1.0 <= c["objective"]["beta"] <= 10.0 for c in configs
     )
-    assert all(0 <= c["callbacks"]["eps_ramp"]["length"] <= 10 for c in configs)
+    assert all(1 <= c["callbacks"]["eps_ramp"]["length"] <= 10 for c in configs)
 
 
 def test_optuna_sweep_of_ddp_jobs(tmp_path: Path) -> None:
     """hparams_search=optuna sets hydra.mode=MULTIRUN: the children must still run one job."""
     args = ["-m", *QUICK, "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer=ddp_cpu"]
     run_cli(args, cwd=tmp_path)
-    sweep = tmp_path / "sweep"
+    sweep = sweep_dir(tmp_path)
     jobs = job_dirs(sweep)
     assert [j.name for j in jobs] == ["0", "1"]
     assert all((j / "train_ddp_process_1.log").is_file() for j in jobs)
     assert all(read_metrics(j)["test"]["n_examples"] == 101 for j in jobs)
     assert (sweep / "optimization_results.yaml").is_file()
-    assert not (tmp_path / "outputs").exists()
+    assert not (tmp_path / "outputs" / "train" / "runs").exists()

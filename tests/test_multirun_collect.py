@@ -43,7 +43,7 @@ def test_collect_table(tmp_path: Path) -> None:
     write_run(tmp_path / "0", 0.1, "Madry", 0.4)
     write_run(tmp_path / "1", 0.2, "Madry", 0.3)
     write_run(tmp_path / "10", 0.1, "Standard", 0.5)
-    (tmp_path / "2").mkdir()  # a job that failed: no metrics.json, left out
+    (tmp_path / "2").mkdir()  # no metrics.json and no job status: not a run
     assert collect.main([str(tmp_path), "--sort", "test/robust_acc"]) == 0
     with (tmp_path / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -52,6 +52,7 @@ def test_collect_table(tmp_path: Path) -> None:
         "run",
         "objective._target_",
         "threat.eps",
+        "status",
         "val/clean_acc",
         "val/robust_acc",
         "test/clean_acc",
@@ -61,7 +62,9 @@ def test_collect_table(tmp_path: Path) -> None:
     ]
     assert rows[0]["test/robust_acc"] == "0.5" and rows[2]["threat.eps"] == "0.2"
     markdown = (tmp_path / "summary.md").read_text().splitlines()
-    assert markdown[2] == "| 10 | Standard | 0.1000 | 0.9000 | 0.5100 | 0.8000 | 0.5000 | 100 | 3 |"
+    assert markdown[2] == (
+        "| 10 | Standard | 0.1000 | completed | 0.9000 | 0.5100 | 0.8000 | 0.5000 | 100 | 3 |"
+    )
 
 
 def test_collect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,3 +73,21 @@ def test_collect_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     write_run(tmp_path / "0", 0.1, "Madry", 0.4)
     assert collect.main([str(tmp_path), "--sort", "nope"]) == 2
     assert "--sort 'nope' is not a column" in capsys.readouterr().err
+
+
+def test_collect_shows_failed_jobs(tmp_path: Path) -> None:
+    """A multirun job that failed (job_status.json, no metrics) is a row marked failed."""
+    write_run(tmp_path / "1", 0.1, "Madry", 0.4)
+    (tmp_path / "0").mkdir()
+    status = {
+        "num": 0,
+        "overrides": ["threat.eps=-1"],
+        "status": "failed",
+        "error": "eps=-1.0 is invalid",
+    }
+    (tmp_path / "0" / "job_status.json").write_text(json.dumps(status))
+    assert collect.main([str(tmp_path)]) == 0
+    with (tmp_path / "summary.csv").open() as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert rows["0"]["status"] == "failed: eps=-1.0 is invalid" and rows["0"]["threat.eps"] == "-1"
+    assert rows["1"]["status"] == "completed" and rows["1"]["test/robust_acc"] == "0.4"

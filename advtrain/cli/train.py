@@ -41,11 +41,13 @@ from advtrain.cli.common import (
 )
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
 from advtrain.cli.distill import build_teacher
+from advtrain.cli.sweep import SweepState, in_multirun, record_job
 from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation.statistics import proportion
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
 from advtrain.training.tracking import log_config, log_final, prepare_trackers
 
+PROG = "advtrain-train"
 RESUME_CHOICES = ("auto", "never")
 
 
@@ -67,14 +69,6 @@ def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
     objective = instantiate(cfg.objective, **_teacher_kwarg(cfg.objective, teacher))
     attack_kwargs = _teacher_kwarg(cfg.attack, teacher) if is_configured(cfg.attack) else {}
     attack = instantiate(cfg.attack, **attack_kwargs) if is_configured(cfg.attack) else None
-    if (
-        attack is not None
-        and objective.uses_adversarial
-        and attack.loss_name != objective.attack_loss
-    ):
-        raise ConfigError(
-            f"objective {objective.name!r} needs attack.loss={objective.attack_loss}, got {attack.loss_name!r}"
-        )
     eval_attack = instantiate(cfg.eval_attack) if is_configured(cfg.get("eval_attack")) else None
     scheduler = cfg.get("scheduler")
     return AdversarialModule(
@@ -205,28 +199,51 @@ def print_summary(metrics: dict[str, Any], out_dir: Path) -> None:
         )
 
 
-@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-@one_line_errors("advtrain-train")
-def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+def objective_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value a sweep optimises: ``optimized_metric`` (e.g. ``val/robust_acc``)."""
     metric = cfg.get("optimized_metric")
     if not metric:
         return None
     stage, key = metric.split("/", 1)
-    section = metrics.get(stage) or {}
-    value = section.get(key)
+    value = (metrics.get(stage) or {}).get(key)
     return value["value"] if isinstance(value, dict) else value
 
 
-@one_line_errors("advtrain-train")
+@one_line_errors(PROG)
+def run_one(cfg: DictConfig) -> float | None:
+    """A single run: a user error is one line and exit code 2."""
+    return objective_value(cfg, train(cfg))
+
+
+def run_sweep_job(cfg: DictConfig) -> float | None:
+    """A job of a multirun: a failure is recorded in its dir and the sweep goes on."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        value = objective_value(cfg, train(cfg))
+    except Exception as err:
+        record_job(out_dir, err, PROG)
+        return float("nan")
+    record_job(out_dir, None, PROG)
+    return value
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    return run_sweep_job(cfg) if in_multirun() else run_one(cfg)
+
+
+@one_line_errors(PROG)
 def main() -> float | None:
-    """Console entry point."""
+    """Console entry point; exits 1 after a multirun in which any job failed."""
     if is_ddp_child():
         # a DDP rank started by Lightning: run the parent's job, not the parent's sweep
         sys.argv = child_argv(sys.argv[0])
     check_group_choices(sys.argv[1:])
     torch.set_float32_matmul_precision("high")
-    return _hydra_main()
+    value = _hydra_main()
+    if SweepState.failed:
+        sys.exit(1)
+    return value
 
 
 if __name__ == "__main__":

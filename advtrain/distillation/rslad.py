@@ -26,6 +26,7 @@ class RSLAD(DistillationObjective):
 
     name = "rslad"
     attack_loss = "kl"
+    requires_attack_loss = True
 
     def __init__(
         self,

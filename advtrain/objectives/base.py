@@ -20,11 +20,15 @@ class Objective(nn.Module, ABC):
     Attributes:
         name: Registry name.
         attack_loss: The loss the inner attack should maximise for this objective
-            (``"ce"`` for Madry; TRADES needs ``"kl"``). The training CLI checks it.
+            (``"ce"`` for Madry; TRADES needs ``"kl"``).
+        requires_attack_loss: ``True`` when the objective is only defined with that
+            attack loss (TRADES, RSLAD: the KL to a reference); ``AdversarialModule``
+            refuses another one. Otherwise any attack works (CE, margin, DLR, black box).
     """
 
     name: str = "objective"
     attack_loss: str = "ce"
+    requires_attack_loss: bool = False
     uses_adversarial: bool = True
 
     @abstractmethod

@@ -34,6 +34,7 @@ class TRADES(Objective):
 
     name = "trades"
     attack_loss = "kl"
+    requires_attack_loss = True
 
     def __init__(self, beta: float | str = 6.0) -> None:
         super().__init__()

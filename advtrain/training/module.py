@@ -34,7 +34,8 @@ class AdversarialModule(L.LightningModule):
     Args:
         model: The classifier (taking images in [0, 1]).
         objective: Outer loss, returning a dict with ``loss`` and ``logits``.
-        attack: Inner maximisation used in training (``None`` for clean training).
+        attack: Inner maximisation used in training (``None``: clean training, the
+            objective sees ``x_adv = x``).
         eval_attack: Attack for validation/test robust accuracy (``None``: clean only).
         optimizer: Factory ``optimizer(params) -> Optimizer`` (a Hydra partial).
         scheduler: Factory ``scheduler(optimizer[, total_steps=...])``; a factory whose
@@ -67,10 +68,7 @@ class AdversarialModule(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        if objective.uses_adversarial and attack is None:
-            raise ConfigError(
-                f"objective {objective.name!r} needs a training attack; got attack=None"
-            )
+        check_attack_fits_objective(attack, objective)
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError(
                 f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step"
@@ -227,6 +225,19 @@ class AdversarialModule(L.LightningModule):
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+
+
+def check_attack_fits_objective(attack: Attack | None, objective: Objective) -> None:
+    """An objective defined only with one attack loss (TRADES, RSLAD: ``kl``) gets it;
+    one clear line otherwise. No attack is clean training with any objective."""
+    if attack is None or not objective.uses_adversarial or not objective.requires_attack_loss:
+        return
+    if attack.loss_name != objective.attack_loss:
+        raise ConfigError(
+            f"objective {objective.name!r} needs a training attack with loss "
+            f"{objective.attack_loss!r}, got attack {attack.name!r} with loss "
+            f"{attack.loss_name!r}; choose e.g. attack=trades_kl for objective=trades"
+        )
 
 
 def rng_state() -> dict[str, Any]:

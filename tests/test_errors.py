@@ -1,0 +1,76 @@
+"""Errors tell the truth: a user's bad value is one line and exit code 2; a bug keeps
+its traceback; ADVTRAIN_DEBUG=1 shows the traceback of a user error too."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from advtrain.cli.common import user_error
+from advtrain.errors import ConfigError
+from tests.readme_commands import ROOT, SHORT, run
+
+BUG = "model._target_=tests.bug_models.TypeErrorWhenTraining"
+
+
+def test_a_bug_in_training_step_keeps_its_traceback(tmp_path: Path) -> None:
+    os.environ["PYTHONPATH"] = str(ROOT)  # the test's buggy model is importable
+    try:
+        proc = run(["advtrain-train", BUG, *SHORT], tmp_path)
+    finally:
+        del os.environ["PYTHONPATH"]
+    assert proc.returncode not in (0, 2)
+    assert "Traceback" in proc.stderr and "training_step" in proc.stderr
+    assert "TypeError: injected bug" in proc.stderr
+    assert "advtrain-train: error:" not in proc.stderr
+
+
+def test_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    proc = run(["advtrain-train", "threat.eps=-1", *SHORT], tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["advtrain-train: error: eps=-1.0 is invalid; eps must be a finite number >= 0"]
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
+
+
+def test_debug_mode_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:
+    os.environ["ADVTRAIN_DEBUG"] = "1"
+    try:
+        proc = run(["advtrain-train", "threat.eps=-1", *SHORT], tmp_path)
+    finally:
+        del os.environ["ADVTRAIN_DEBUG"]
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "err,is_user",
+    [
+        (ConfigError("x"), True),
+        (TypeError("x"), False),
+        (KeyError("x"), False),
+        (RuntimeError("x"), False),
+        (ValueError("x"), False),
+    ],
+)
+def test_only_config_errors_are_the_users(err: Exception, is_user: bool) -> None:
+    assert (user_error(err) is not None) == is_user
+
+
+def test_a_failed_job_does_not_stop_the_multirun(tmp_path: Path) -> None:
+    """``-m threat.eps=-1,0.1``: job 0 fails with its one line recorded, job 1 finishes, the
+    command exits non-zero and the summary lists both."""
+    proc = run(
+        ["advtrain-train", "-m", "threat.eps=-1,0.1", "trainer.max_epochs=1", *SHORT[1:]], tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    import json
+
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert [j["status"] for j in summary["jobs"]] == ["failed", "completed"]
+    assert "eps=-1.0 is invalid" in summary["jobs"][0]["error"]
+    assert (sweep / "0" / "error.txt").read_text().startswith("advtrain-train: error: eps=-1.0")
+    assert (sweep / "1" / "metrics.json").is_file() and not (sweep / "0" / "metrics.json").exists()
+    assert "1 of 2 jobs completed" in proc.stdout

@@ -1,0 +1,279 @@
+"""Every shell command of README.md runs as typed, from a fresh working directory.
+
+A command is run verbatim (``uv run`` stripped: the project's environment runs it) plus
+only size-shrinking overrides, never ``hydra.*`` or path overrides, and one assertion per
+command checks what the command promises. A README command without a test here fails
+``test_every_readme_command_is_tested``. Fast commands run in this process (no start-up);
+long ones run as real subprocesses and are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.readme_commands import (
+    FEW,
+    SHORT,
+    argv_of,
+    readme_commands,
+    run,
+    run_dirs,
+    run_in_process,
+)
+from tests.test_data import write_cifar, write_mnist
+
+COMMANDS = readme_commands()
+TRAIN = "uv run advtrain-train"
+
+
+def command(text: str) -> str:
+    """The README command ``text`` (fails when the README no longer has it)."""
+    assert text in COMMANDS, f"README.md has no command {text!r}"
+    return text
+
+
+def config_of(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def metrics_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``uv run advtrain-train`` (shortened) in a fresh directory: its run dir."""
+    cwd = tmp_path_factory.mktemp("main")
+    assert run_in_process([*argv_of(command(TRAIN)), *SHORT], cwd) == 0
+    (run_dir,) = run_dirs(cwd)
+    return run_dir
+
+
+def fill_ckpt(run_dir: Path, which: str = "best") -> dict[str, str]:
+    """Placeholders of README commands, relative to the directory the run was made in."""
+    rel = run_dir.relative_to(run_dir.parents[3])
+    return {"<run>": run_dir.name, "ckpt_path=...": f"ckpt_path={rel}/checkpoints/{which}.ckpt"}
+
+
+# -- the main job and its evaluation -------------------------------------------------------
+def test_main_job_writes_its_records(main_run: Path) -> None:
+    cfg = config_of(main_run)
+    assert cfg["attack"]["_target_"] == "advtrain.attacks.PGD" and cfg["attack"]["steps"] == 10
+    assert cfg["attack"]["eps"] == cfg["eval_attack"]["eps"] == cfg["threat"]["eps"] == 0.1
+    assert {"best.ckpt", "last.ckpt"} <= {p.name for p in (main_run / "checkpoints").iterdir()}
+    assert metrics_of(main_run)["test"]["n_examples"] > 0
+
+
+@pytest.mark.slow
+def test_main_job_reaches_target_accuracy(tmp_path: Path) -> None:
+    """The whole main job: >= 97% clean and >= 88% PGD-20 robust (linf 0.1) on digits."""
+    proc = run(argv_of(command(TRAIN)), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    test = metrics_of(run_dirs(tmp_path)[0])["test"]
+    assert test["clean_acc"]["value"] >= 0.97
+    assert test["robust_acc"]["value"] >= 0.88
+
+
+def _eval(cmd: str, main_run: Path, extra: list[str] = FEW) -> dict:
+    cwd = main_run.parents[3]
+    before = set(run_dirs(cwd, "eval"))
+    assert run_in_process([*argv_of(command(cmd), **fill_ckpt(main_run)), *extra], cwd) == 0
+    (out,) = set(run_dirs(cwd, "eval")) - before
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.mark.slow
+def test_eval_of_the_best_checkpoint(main_run: Path) -> None:
+    cmd = "uv run advtrain-eval ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt"
+    report = _eval(cmd, main_run)
+    names = [a["name"] for a in report["attacks"]]
+    assert report["n_examples"] == 16 and any("apgd" in n.lower() for n in names)
+    assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
+
+
+def test_eval_quick_l2(main_run: Path) -> None:
+    report = _eval(
+        "uv run advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick", main_run
+    )
+    assert report["threat_model"] == {"norm": "l2", "eps": 0.5}
+    assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
+
+
+def test_eval_certify_crown(main_run: Path) -> None:
+    report = _eval("uv run advtrain-eval ckpt_path=... certify.method=crown", main_run)
+    assert report["certified_accuracy"]["method"] == "crown"
+    assert report["certified_accuracy"]["value"] <= report["robust_accuracy"]["value"]
+
+
+@pytest.mark.slow
+def test_eval_full_suite_with_surrogate(main_run: Path) -> None:
+    cmd = "uv run advtrain-eval ckpt_path=... eval.suite=full eval.surrogate=<other ckpt>"
+    other = fill_ckpt(main_run, "last")["ckpt_path=..."].split("=", 1)[1]
+    cwd = main_run.parents[3]
+    fill = {**fill_ckpt(main_run), "<other ckpt>": other}
+    assert run_in_process([*argv_of(command(cmd), **fill), *FEW], cwd) == 0
+    report = json.loads((run_dirs(cwd, "eval")[-1] / "report.json").read_text())
+    assert any("transfer" in a["name"].lower() for a in report["attacks"])
+
+
+@pytest.mark.slow
+def test_eval_state_dict_on_mnist(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from advtrain.models import MnistCNN
+
+    write_mnist(tmp_path / "data", "MNIST", n_train=20, n_test=40)
+    save_file(MnistCNN().state_dict(), str(tmp_path / "model.safetensors"))
+    cmd = "uv run advtrain-eval model=mnist_cnn data=mnist weights_path=model.safetensors eval.eps=0.3"
+    assert run_in_process([*argv_of(command(cmd)), *FEW], tmp_path) == 0
+    report = json.loads((run_dirs(tmp_path, "eval")[0] / "report.json").read_text())
+    assert report["threat_model"]["eps"] == 0.3 and report["n_examples"] == 16
+
+
+# -- overrides -------------------------------------------------------------------------------
+def _train(cmd: str, cwd: Path, extra: list[str] = SHORT, **fill: str) -> Path:
+    assert run_in_process([*argv_of(command(cmd), **fill), *extra], cwd) == 0
+    return run_dirs(cwd)[-1]
+
+
+def test_threat_eps_reaches_every_attack(tmp_path: Path) -> None:
+    cfg = config_of(_train("uv run advtrain-train threat.eps=8/255", tmp_path))
+    assert cfg["attack"]["eps"] == cfg["eval_attack"]["eps"] == pytest.approx(8 / 255)
+
+
+@pytest.mark.parametrize(
+    "text,target",
+    [
+        ("uv run advtrain-train attack=fgsm", "advtrain.attacks.FGSM"),
+        ("uv run advtrain-train objective=trades", "advtrain.attacks.TradesKL"),
+    ],
+)
+def test_choosing_the_training_attack(text: str, target: str, tmp_path: Path) -> None:
+    cfg = config_of(_train(text, tmp_path))
+    assert cfg["attack"]["_target_"] == target
+
+
+def test_resume_from_last_ckpt(main_run: Path) -> None:
+    cmd = "uv run advtrain-train ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt"
+    cwd = main_run.parents[3]
+    extra = [*SHORT[1:], "trainer.max_epochs=2"]
+    resumed = _train(cmd, cwd, extra, **fill_ckpt(main_run, "last"))
+    assert resumed != main_run
+    assert metrics_of(resumed)["epochs"] == 2 and metrics_of(main_run)["epochs"] == 1
+
+
+def test_readme_multirun(tmp_path: Path) -> None:
+    """4 jobs, each with metrics.json, from the default output layout; summary.json."""
+    cmd = "uv run advtrain-train -m threat.eps=0.05,0.1 objective=madry,standard"
+    assert run_in_process([*argv_of(command(cmd)), *SHORT], tmp_path) == 0
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == 4 and all((j / "metrics.json").is_file() for j in jobs)
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["n_jobs"] == 4 and summary["n_failed"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "text",
+    [
+        "uv run advtrain-train experiment=trades",
+        "uv run advtrain-train experiment=digits_crown_ibp",
+        "uv run advtrain-train callbacks=ema",
+        "uv run advtrain-train +regularizer@regularizers.spectral=spectral regularizers.spectral.weight=0.05",
+    ],
+)
+def test_recipes_and_options(text: str, tmp_path: Path) -> None:
+    cfg = config_of(_train(text, tmp_path))
+    key = text.split()[-1].split("=")[0].lstrip("+")
+    assert metrics_of(run_dirs(tmp_path)[-1])["test"]["n_examples"] > 0
+    if key == "experiment":
+        assert text.split("=")[-1].split("_")[0] in cfg["tags"]
+    elif key == "callbacks":
+        assert "ema" in cfg["callbacks"]
+    else:
+        assert cfg["regularizers"]["spectral"]["weight"] == 0.05
+
+
+@pytest.mark.slow
+def test_mnist_recipe(tmp_path: Path) -> None:
+    write_mnist(tmp_path / "data", "MNIST", n_train=120, n_test=40)
+    cfg = config_of(_train("uv run advtrain-train experiment=mnist_pgd", tmp_path))
+    assert cfg["attack"]["steps"] == 40 and cfg["attack"]["eps"] == 0.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "text",
+    [
+        "uv run advtrain-train data=cifar10 model=preact_resnet18 data.download=true",
+        "uv run advtrain-train experiment=cifar10_pgd",
+    ],
+)
+def test_cifar10_commands(text: str, tmp_path: Path) -> None:
+    """No internet here: the test writes CIFAR-10 files; their md5 sums cannot match the
+    official ones, so ``data.verify_md5=false`` is the one non-size override."""
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    write_cifar(tmp_path / "data", "cifar-10-batches-py", names, "test_batch", "labels")
+    cfg = config_of(_train(text, tmp_path, [*SHORT, "data.verify_md5=false"]))
+    assert cfg["model"]["_target_"].endswith("preact_resnet18")
+    assert cfg["attack"]["eps"] == pytest.approx(8 / 255) or "cifar10_pgd" not in text
+
+
+@pytest.mark.slow
+def test_ddp_cpu(tmp_path: Path) -> None:
+    proc = run([*argv_of(command("uv run advtrain-train trainer=ddp_cpu")), *SHORT], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert metrics_of(run_dirs(tmp_path)[0])["test"]["n_examples"] > 0
+
+
+@pytest.mark.slow
+def test_wandb_offline(tmp_path: Path) -> None:
+    proc = run([*argv_of(command("uv run advtrain-train logger=wandb")), *SHORT], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(tmp_path.rglob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_optuna_sweep_of_twenty_trials(tmp_path: Path) -> None:
+    """The default 20-trial optuna sweep completes; every trial has a value."""
+    proc = run(
+        [*argv_of(command("uv run advtrain-train -m hparams_search=optuna")), *SHORT], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["n_jobs"] == 20 and summary["n_failed"] == 0
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"] >= 0
+
+
+def test_slurm_command_composes(tmp_path: Path) -> None:
+    """No SLURM cluster here: the command's config is checked (launcher, partition, DDP)."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.hydra_utils import CONF
+
+    words = argv_of(
+        command(
+            "uv run advtrain-train -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu trainer=ddp"
+        )
+    )
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=words[2:], return_hydra_config=True)
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.trainer.strategy == "ddp"
+    assert "submitit" in cfg.hydra.launcher._target_
+
+
+NOT_RUN_HERE = {"uv run pytest": "the test command itself (CI runs it)"}
+
+
+def test_every_readme_command_is_tested() -> None:
+    """Each README command is named by a test of this file (or is the test command)."""
+    source = Path(__file__).read_text()
+    missing = [c for c in COMMANDS if c not in NOT_RUN_HERE and f'"{c}"' not in source]
+    assert not missing, f"README commands without a test: {missing}"
+    assert len(COMMANDS) >= 20
