@@ -1,7 +1,8 @@
-"""Models with a deliberate bug, for tests that a bug keeps its traceback."""
+"""A model with a deliberate bug and a callback that interrupts a run, for tests."""
 
 from __future__ import annotations
 
+from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from advtrain.models import DigitsCNN
@@ -15,3 +16,12 @@ class TypeErrorWhenTraining(DigitsCNN):
         if self.training:
             raise TypeError("injected bug: unsupported operand in forward")
         return super().forward(x)
+
+
+class PreemptAtSecondEpoch(Callback):
+    """Stops a run with an error when its second epoch starts (a preempted job): the
+    first epoch's ``last.ckpt`` is on disk."""
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            raise RuntimeError("simulated preemption at the start of epoch 2")

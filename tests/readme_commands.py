@@ -50,8 +50,11 @@ def argv_of(command: str, **fill: str) -> list[str]:
     return words[2:]
 
 
-def run(argv: list[str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """A console script of the project's environment as a subprocess in ``cwd``."""
+def run(
+    argv: list[str], cwd: Path, timeout: float = 1800, **extra_env: str
+) -> subprocess.CompletedProcess:
+    """A console script of the project's environment as a subprocess in ``cwd``
+    (the environment of this process, debug switches removed, plus ``extra_env``)."""
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -61,6 +64,7 @@ def run(argv: list[str], cwd: Path, timeout: float = 1800) -> subprocess.Complet
     }
     env.pop("HYDRA_FULL_ERROR", None)
     env.pop("ADVTRAIN_DEBUG", None)
+    env.update(extra_env)
     return subprocess.run(
         [str(BIN / argv[0]), *argv[1:]],
         cwd=cwd,

@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from advtrain.attacks import Attack
 from advtrain.cli.train import _instantiate_dict, build_datamodule, build_module, train
 from advtrain.objectives.base import Objective
+from advtrain.training.module import _parameters
+from advtrain.training.tracking import prepare_trackers
 from tests.hydra_utils import compose_train, options
 from tests.test_distill import write_teacher_checkpoint
 
@@ -118,6 +120,7 @@ def test_every_logger_builds(option: str, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_train([f"logger={option}"], tmp_path)
+    prepare_trackers(cfg.logger)  # as the CLI does (MLflow's local file store)
     loggers = _instantiate_dict(cfg.logger)
     assert all(isinstance(lg, Logger) for lg in loggers)
     assert (option == "none") == (not loggers)
@@ -132,7 +135,7 @@ def test_every_optimizer_and_scheduler_builds(group: str, tmp_path: Path) -> Non
         assert isinstance(optimizer, torch.optim.Optimizer)
         if group == "scheduler" and cfg.scheduler:
             factory = instantiate(cfg.scheduler.factory)
-            kwargs = {"total_steps": 10} if "OneCycle" in cfg.scheduler.factory._target_ else {}
+            kwargs = {"total_steps": 10} if "total_steps" in _parameters(factory) else {}
             assert factory(optimizer, **kwargs) is not None
 
 

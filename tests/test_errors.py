@@ -3,7 +3,6 @@ its traceback; ADVTRAIN_DEBUG=1 shows the traceback of a user error too."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,8 @@ BUG = "model._target_=tests.bug_models.TypeErrorWhenTraining"
 
 
 def test_a_bug_in_training_step_keeps_its_traceback(tmp_path: Path) -> None:
-    os.environ["PYTHONPATH"] = str(ROOT)  # the test's buggy model is importable
-    try:
-        proc = run(["advtrain-train", BUG, *SHORT], tmp_path)
-    finally:
-        del os.environ["PYTHONPATH"]
+    # PYTHONPATH: the test's buggy model is importable
+    proc = run(["advtrain-train", BUG, *SHORT], tmp_path, PYTHONPATH=str(ROOT))
     assert proc.returncode not in (0, 2)
     assert "Traceback" in proc.stderr and "training_step" in proc.stderr
     assert "TypeError: injected bug" in proc.stderr
@@ -36,11 +32,7 @@ def test_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_debug_mode_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:
-    os.environ["ADVTRAIN_DEBUG"] = "1"
-    try:
-        proc = run(["advtrain-train", "threat.eps=-1", *SHORT], tmp_path)
-    finally:
-        del os.environ["ADVTRAIN_DEBUG"]
+    proc = run(["advtrain-train", "threat.eps=-1", *SHORT], tmp_path, ADVTRAIN_DEBUG="1")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr
 
 

@@ -13,8 +13,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from advtrain._numbers import as_float
 from tests.readme_commands import (
     FEW,
     SHORT,
@@ -103,6 +105,7 @@ def test_eval_quick_l2(main_run: Path) -> None:
     assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
 
 
+@pytest.mark.slow
 def test_eval_certify_crown(main_run: Path) -> None:
     report = _eval("uv run advtrain-eval ckpt_path=... certify.method=crown", main_run)
     assert report["certified_accuracy"]["method"] == "crown"
@@ -142,7 +145,8 @@ def _train(cmd: str, cwd: Path, extra: list[str] = SHORT, **fill: str) -> Path:
 
 def test_threat_eps_reaches_every_attack(tmp_path: Path) -> None:
     cfg = config_of(_train("uv run advtrain-train threat.eps=8/255", tmp_path))
-    assert cfg["attack"]["eps"] == cfg["eval_attack"]["eps"] == pytest.approx(8 / 255)
+    assert cfg["attack"]["eps"] == cfg["eval_attack"]["eps"] == cfg["threat"]["eps"]
+    assert as_float(cfg["attack"]["eps"]) == pytest.approx(8 / 255)
 
 
 @pytest.mark.parametrize(
@@ -157,13 +161,20 @@ def test_choosing_the_training_attack(text: str, target: str, tmp_path: Path) ->
     assert cfg["attack"]["_target_"] == target
 
 
-def test_resume_from_last_ckpt(main_run: Path) -> None:
+def test_resume_from_last_ckpt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 2-epoch main job preempted at its second epoch resumes from its last.ckpt.
+    (3 batches an epoch: torch's OneCycleLR divides by zero at exactly 4 steps.)"""
     cmd = "uv run advtrain-train ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt"
-    cwd = main_run.parents[3]
-    extra = [*SHORT[1:], "trainer.max_epochs=2"]
-    resumed = _train(cmd, cwd, extra, **fill_ckpt(main_run, "last"))
-    assert resumed != main_run
-    assert metrics_of(resumed)["epochs"] == 2 and metrics_of(main_run)["epochs"] == 1
+    two_epochs = ["trainer.limit_train_batches=3", *SHORT[2:], "trainer.max_epochs=2"]
+    preempt = "+callbacks.preempt._target_=tests.bug_models.PreemptAtSecondEpoch"
+    assert run_in_process([*argv_of(command(TRAIN)), *two_epochs, preempt], tmp_path) == 1
+    assert "simulated preemption" in capsys.readouterr().err
+    (first,) = run_dirs(tmp_path)
+    assert not (first / "metrics.json").exists()
+    resumed = _train(cmd, tmp_path, two_epochs, **fill_ckpt(first, "last"))
+    assert resumed != first and metrics_of(resumed)["epochs"] == 2
+    last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 6 and last["epoch"] == 2  # epochs done
 
 
 def test_readme_multirun(tmp_path: Path) -> None:
@@ -221,7 +232,7 @@ def test_cifar10_commands(text: str, tmp_path: Path) -> None:
     write_cifar(tmp_path / "data", "cifar-10-batches-py", names, "test_batch", "labels")
     cfg = config_of(_train(text, tmp_path, [*SHORT, "data.verify_md5=false"]))
     assert cfg["model"]["_target_"].endswith("preact_resnet18")
-    assert cfg["attack"]["eps"] == pytest.approx(8 / 255) or "cifar10_pgd" not in text
+    assert as_float(cfg["attack"]["eps"]) == pytest.approx(8 / 255) or "cifar10_pgd" not in text
 
 
 @pytest.mark.slow

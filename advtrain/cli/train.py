@@ -17,6 +17,7 @@ augmented there; ``advtrain.data.device_loader``). ``resume=auto`` (the default)
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from advtrain.cli.common import (
     check_group_choices,
     check_model_fits_data,
     config_dir,
+    debug_mode,
     is_configured,
     one_line_errors,
     write_json_atomic,
@@ -71,7 +73,9 @@ def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
     attack = instantiate(cfg.attack, **attack_kwargs) if is_configured(cfg.attack) else None
     eval_attack = instantiate(cfg.eval_attack) if is_configured(cfg.get("eval_attack")) else None
     scheduler = cfg.get("scheduler")
-    return AdversarialModule(
+    module_cfg = cfg.get("module") or {"_target_": "advtrain.training.AdversarialModule"}
+    # a partial first: ``config`` is also the name of instantiate's own first argument
+    module = instantiate(module_cfg, _partial_=True)(
         model=model,
         objective=objective,
         attack=attack,
@@ -81,8 +85,13 @@ def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
         scheduler_interval=scheduler.interval if is_configured(scheduler) else "epoch",
         regularizers=_instantiate_dict(cfg.get("regularizers")),
         config=OmegaConf.to_container(cfg, resolve=True),
-        channels_last=bool(cfg.get("channels_last", False)),
     )
+    if not isinstance(module, AdversarialModule):
+        raise ConfigError(
+            f"module._target_={module_cfg['_target_']!r} built a {type(module).__name__}, "
+            "not an advtrain.training.AdversarialModule (or a subclass)"
+        )
+    return module
 
 
 def _metric(metrics: dict[str, Any], key: str) -> float | None:
@@ -140,7 +149,7 @@ def build_datamodule(cfg: DictConfig) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by a composed config; return its metrics."""
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, out_dir)
     datamodule = build_datamodule(cfg)
@@ -239,6 +248,8 @@ def main() -> float | None:
         # a DDP rank started by Lightning: run the parent's job, not the parent's sweep
         sys.argv = child_argv(sys.argv[0])
     check_group_choices(sys.argv[1:])
+    if debug_mode():  # Hydra then shows whole tracebacks, of user errors too
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     torch.set_float32_matmul_precision("high")
     value = _hydra_main()
     if SweepState.failed:

@@ -218,6 +218,22 @@ class AdversarialModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng_state")
+        self._check_schedule_length(checkpoint)
+
+    def _check_schedule_length(self, checkpoint: dict[str, Any]) -> None:
+        """A step-wise schedule (one-cycle) restored from a checkpoint keeps its length:
+        resuming under another number of steps (e.g. a larger ``trainer.max_epochs``)
+        would step past its end, so it is refused with one line."""
+        saved = [s.get("total_steps") for s in checkpoint.get("lr_schedulers", [])]
+        if not saved or saved[0] is None or self._trainer is None:
+            return
+        now = int(self.trainer.estimated_stepping_batches)
+        if int(saved[0]) != now:
+            raise ConfigError(
+                f"the checkpoint's learning-rate schedule spans {saved[0]} steps but this run "
+                f"has {now}; resume with the trainer settings it was started with "
+                "(trainer.max_epochs, limits, batch size)"
+            )
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         # Restored here, right before the first resumed step, so that nothing Lightning
