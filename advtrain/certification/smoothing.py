@@ -32,18 +32,11 @@ from torch import Tensor, nn
 
 from advtrain._numbers import as_float, positive_int
 from advtrain.attacks.base import attack_context
+from advtrain.attacks.smoothadv import check_sigma
 from advtrain.errors import ConfigError
 from advtrain.threat import LpBall
 
 ABSTAIN = -1
-
-
-def check_sigma(sigma: float | str) -> float:
-    """``sigma`` as a float > 0, else one clear line."""
-    value = as_float(sigma, "sigma")
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"sigma={sigma!r} is invalid; need a finite number > 0")
-    return value
 
 
 def check_alpha(alpha: float | str) -> float:
