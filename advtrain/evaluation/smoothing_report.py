@@ -62,8 +62,10 @@ def smoothed_sandwich(
     """The smoothed classifier's clean and attacked PREDICT, and the sandwich check."""
     opts = {"sigma": sigma, "n": n, "alpha": alpha, "batch_size": batch_size}
     clean_pred = predict_smoothed(model, x, seed=seed + 1, **opts).cpu()
-    attack = SmoothAdvPGD(norm="l2", eps=eps, sigma=sigma, noise_samples=noise_samples,
-                          steps=steps, fresh_noise=True, eot_iter=eot_iter, seed=seed + 2)  # fmt: skip
+    attack = SmoothAdvPGD(
+        norm="l2", eps=eps, sigma=sigma, noise_samples=noise_samples, steps=steps,
+        fresh_noise=True, eot_iter=eot_iter, seed=seed + 2,
+    )  # fmt: skip
     x_adv = attack(model, x, y) if eps > 0 else x
     adv_pred = predict_smoothed(model, x_adv, seed=seed + 3, **opts).cpu()
     y = y.cpu()
@@ -86,9 +88,12 @@ def smoothed_sandwich(
 def smoothing_section(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, sigma: float, n0: int = 100,
     n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
-    predict_n: int = 10_000,
+    predict_n: int = 10_000, attack: dict | None = None,
 ) -> dict:  # fmt: skip
-    """CERTIFY every example, the certified curve, and the smoothed sandwich at ``eps``."""
+    """CERTIFY every example, the certified curve, and the smoothed sandwich at ``eps``.
+
+    ``attack``: ``steps``, ``noise_samples``, ``eot_iter`` of the smoothed-classifier attack.
+    """
     start = time.perf_counter()
     cert = certify_smoothed(model, x, y, "l2", eps, sigma=sigma, n0=n0, n=n, alpha=alpha,
                             batch_size=batch_size, seed=seed)  # fmt: skip
@@ -111,7 +116,8 @@ def smoothing_section(
     }
     section.update(smoothed_sandwich(model, x, y, radius, float(eps), sigma=cert["sigma"],
                                      alpha=cert["alpha"], n=predict_n,
-                                     batch_size=batch_size, seed=seed))  # fmt: skip
+                                     batch_size=batch_size, seed=seed,
+                                     **(attack or {})))  # fmt: skip
     section["seconds"] = time.perf_counter() - start
     return section
 
@@ -133,12 +139,14 @@ def plot_certified_curve(
                 f"n={s['n']})")  # fmt: skip
         rob = s.get("smoothed_robust_accuracy")
         if rob and s["eps"] > 0:
+            name = f"{label}: PGD on the smoothed classifier, eps={s['eps']:g}"
             ax.plot([s["eps"]], [100 * rob["value"]], marker="*", markersize=11, linestyle="",
-                    color=f"C{i}", label=f"{label}: smoothed attack at eps={s['eps']:g}")  # fmt: skip
+                    color=f"C{i}", label=name)  # fmt: skip
     if empirical:
         pts = sorted(empirical, key=lambda p: p["eps"])
         ax.plot([p["eps"] for p in pts], [100 * p["robust_accuracy"] for p in pts], marker="o",
-                color="gray", linestyle="--", label="base classifier, empirical (PGD, l2)")  # fmt: skip
+                color="gray", linestyle="--",
+                label="base classifier, empirical (PGD, l2)")  # fmt: skip
     ax.set_xlabel("l2 radius (pixel units)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)

@@ -78,8 +78,8 @@ def tasks(args: argparse.Namespace) -> list[Task]:
         x, y = train_tensors(dm)
         xt, yt = dm.test_tensors(limit=args.digits_n)
         mk = lambda: NormalizedModel(DigitsCNN(width=16), list(dm.mean), list(dm.std))  # noqa: E731
-        out.append(Task("digits", x, y, xt, yt, mk, args.digits_epochs, 64, 3e-3,
-                        f"DigitsCNN width 16, {args.digits_epochs} epochs, batch 64, Adam 3e-3"))  # fmt: skip
+        note = f"DigitsCNN width 16, {args.digits_epochs} epochs, batch 64, Adam 3e-3"
+        out.append(Task("digits", x, y, xt, yt, mk, args.digits_epochs, 64, 3e-3, note))
     if "mnist" in args.datasets:
         dm = MNISTIdxSplitDataModule(raw_folder=MNIST_RAW, n_train=8000, batch_size=100, seed=0,
                                      val_size=0)  # fmt: skip
@@ -153,14 +153,16 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"])
-    parser.add_argument("--digits-n", type=int, default=None, help="test examples (all 360)")
-    parser.add_argument("--mnist-n", type=int, default=300, help="of the 2,000 test images")
-    parser.add_argument("--digits-epochs", type=int, default=30)
-    parser.add_argument("--mnist-epochs", type=int, default=8)
+    parser.add_argument("--digits-n", type=int, default=200, help="of the 360 test images")
+    parser.add_argument("--mnist-n", type=int, default=200, help="of the 2,000 test images")
+    parser.add_argument("--digits-epochs", type=int, default=20)
+    parser.add_argument("--mnist-epochs", type=int, default=5)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--n0", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.001)
-    parser.add_argument("--predict-n", type=int, default=1000)
+    parser.add_argument("--predict-n", type=int, default=500)
+    parser.add_argument("--attack-steps", type=int, default=10)
+    parser.add_argument("--attack-m", type=int, default=8)
     parser.add_argument("--smoothadv-m", type=int, default=4)
     parser.add_argument("--smoothadv-steps", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_smoothing"))
@@ -180,14 +182,16 @@ def main() -> None:
             section = smoothing_section(model, task.x_test, task.y_test, eps=0.5, sigma=sigma,
                                         n0=args.n0, n=args.n, alpha=args.alpha,
                                         batch_size=2000, seed=0,
-                                        predict_n=args.predict_n)  # fmt: skip
+                                        predict_n=args.predict_n,
+                                        attack={"steps": args.attack_steps, "eot_iter": 1,
+                                                "noise_samples": args.attack_m})  # fmt: skip
             label = f"{method} sigma={sigma:g}"
             sections[label] = section
             results.append({"data": task.name, "method": method, "settings": task.settings,
                             "train_seconds": train_s, "section": section})  # fmt: skip
+            seconds = f"({train_s:.0f}+{section['seconds']:.0f} s)"
             print(f"{task.name} {label}: " + ", ".join(fmt(r) for r in section["table"]),
-                  f"sandwich {section['sandwich']['ok']} ({train_s:.0f}+{section['seconds']:.0f} s)",
-                  flush=True)  # fmt: skip
+                  f"sandwich {section['sandwich']['ok']} {seconds}", flush=True)  # fmt: skip
             (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}))
             (out / "table.md").write_text(markdown(results, args))
         slug = task.name.split("-")[0].lower()
