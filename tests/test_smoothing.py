@@ -214,3 +214,15 @@ def test_bad_input_is_one_clear_line(kwargs: dict, message: str) -> None:
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="takes no options"):
         certify(model, x, torch.ones(1, dtype=torch.long), norm="l2", method="ibp", sigma=0.1)
+
+
+def test_model_in_train_mode_is_certified_in_eval_mode_and_restored() -> None:
+    """BatchNorm uses running statistics and is not updated; the mode comes back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.BatchNorm1d(3)).double().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = binary_inputs([0.8, 0.9])
+    out = certify_smoothed(model, x, torch.zeros(2, dtype=torch.long), sigma=SIGMA, n=300)
+    predict_smoothed(model, x, sigma=SIGMA, n=100)
+    assert model.training and len(out["radius"]) == 2
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

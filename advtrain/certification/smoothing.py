@@ -121,9 +121,12 @@ def _prepare(model: nn.Module, x: Tensor, y: Tensor | None, batch_size: int, see
     device = model_device(model, x.device)
     x = x.detach().to(device)
     generator = torch.Generator(device=device).manual_seed(int(seed))
-    with torch.no_grad():
-        n_classes = int(model(x[:1]).shape[1]) if len(x) else 0
-    return x, (None if y is None else y.to(device)), n_classes, generator
+    return x, (None if y is None else y.to(device)), generator
+
+
+def _n_classes(model: nn.Module, x: Tensor) -> int:
+    """The number of logits (call inside ``attack_context``: eval mode, no BN update)."""
+    return int(model(x[:1]).shape[1]) if len(x) else 0
 
 
 def predict_smoothed(
@@ -145,9 +148,10 @@ def predict_smoothed(
         Long tensor ``[B]`` on the model's device.
     """
     sigma, alpha, n = check_sigma(sigma), check_alpha(alpha), positive_int(n, "n")
-    x, _, n_classes, generator = _prepare(model, x, None, batch_size, seed)
+    x, _, generator = _prepare(model, x, None, batch_size, seed)
     out = torch.full((len(x),), ABSTAIN, dtype=torch.long, device=x.device)
     with attack_context(model, "eval"), torch.no_grad():
+        n_classes = _n_classes(model, x)
         for i in range(len(x)):
             counts = sample_counts(model, x[i], sigma, n, n_classes, batch_size, generator)
             out[i] = predict_from_counts(counts, alpha)
@@ -193,9 +197,10 @@ def certify_smoothed(
         raise ConfigError(f"method 'smoothing' certifies norm 'l2' only; got norm={norm!r}")
     sigma, alpha = check_sigma(sigma), check_alpha(alpha)
     n0, n = positive_int(n0, "n0"), positive_int(n, "n")
-    x, y, n_classes, generator = _prepare(model, x, y, batch_size, seed)
+    x, y, generator = _prepare(model, x, y, batch_size, seed)
     preds, p_lower = [], []
     with attack_context(model, "eval"), torch.no_grad(), _quiet_progress(len(x), "CERTIFY") as bar:
+        n_classes = _n_classes(model, x)
         for i in range(len(x)):
             counts0 = sample_counts(model, x[i], sigma, n0, n_classes, batch_size, generator)
             c_a = int(counts0.argmax())
