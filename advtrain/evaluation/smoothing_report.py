@@ -135,11 +135,10 @@ def plot_certified_curve(
         hi = 100 * np.array([p["ci95"][1] for p in s["curve"]])
         ax.fill_between(r, lo, hi, step="post", alpha=0.2, color=f"C{i}")
         ax.step(r, acc, where="post", color=f"C{i}",
-                label=f"{label}: certified (sigma={s['sigma']:g}, alpha={s['alpha']:g}, "
-                f"n={s['n']})")  # fmt: skip
+                label=f"{label}: certified, alpha={s['alpha']:g}, n={s['n']}")  # fmt: skip
         rob = s.get("smoothed_robust_accuracy")
         if rob and s["eps"] > 0:
-            name = f"{label}: PGD on the smoothed classifier, eps={s['eps']:g}"
+            name = f"{label}: smoothed PREDICT under PGD on g, eps={s['eps']:g}"
             ax.plot([s["eps"]], [100 * rob["value"]], marker="*", markersize=11, linestyle="",
                     color=f"C{i}", label=name)  # fmt: skip
     if empirical:
@@ -154,9 +153,8 @@ def plot_certified_curve(
     ax.set_title(title or f"Randomized smoothing: holds w.p. 1 - alpha (alpha={alphas})",
                  fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 

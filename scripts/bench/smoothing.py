@@ -159,6 +159,26 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(results: list[dict], out: Path, args: argparse.Namespace) -> None:
+    """One certified-accuracy curve PNG per data set."""
+    for data in dict.fromkeys(r["data"] for r in results):
+        sections = {f"{r['method']} sigma={r['section']['sigma']:g}": r["section"]
+                    for r in results if r["data"] == data}  # fmt: skip
+        slug = data.split("-")[0].lower()
+        plot_certified_curve(sections, out / f"certified_{slug}.png",
+                             title=f"{data}: certified l2 accuracy, holds w.p. "
+                             f"1 - alpha (alpha={args.alpha:g}, n={args.n})")  # fmt: skip
+
+
+def combine(folders: list[Path], out: Path, args: argparse.Namespace) -> None:
+    """Merge finished (or partial) runs: one table and the figures."""
+    results = [r for d in folders for r in json.loads((d / "results.json").read_text())["results"]]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(markdown(results, args))
+    figures(results, out, args)
+    print(markdown(results, args))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"])
@@ -182,7 +202,16 @@ def main() -> None:
     parser.add_argument("--smoothadv-steps", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_smoothing"))
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny sizes")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        help="merge the results.json of these folders into --out and redraw",
+    )
     args = parser.parse_args()
+    if args.combine:
+        combine([Path(d) for d in args.combine], Path(args.out), args)
+        return
     if args.quick:
         args.digits_n, args.mnist_n, args.digits_epochs, args.mnist_epochs = 20, 20, 1, 1
         args.n, args.predict_n = 200, 100
@@ -191,7 +220,6 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     for task in tasks(args):
-        sections = {}
         for spec in args.methods:
             method, sigma = spec.split(":")[0], float(spec.split(":")[1])
             model, train_s = train(task, method, sigma, args)
@@ -202,7 +230,6 @@ def main() -> None:
                                         attack={"steps": args.attack_steps, "eot_iter": 1,
                                                 "noise_samples": args.attack_m})  # fmt: skip
             label = f"{method} sigma={sigma:g}"
-            sections[label] = section
             results.append({"data": task.name, "method": method, "settings": task.settings,
                             "train_seconds": train_s, "section": section})  # fmt: skip
             seconds = f"({train_s:.0f}+{section['seconds']:.0f} s)"
@@ -210,10 +237,7 @@ def main() -> None:
                   f"sandwich {section['sandwich']['ok']} {seconds}", flush=True)  # fmt: skip
             (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}))
             (out / "table.md").write_text(markdown(results, args))
-        slug = task.name.split("-")[0].lower()
-        plot_certified_curve(sections, out / f"certified_{slug}.png",
-                             title=f"{task.name}: certified l2 accuracy, holds w.p. "
-                             f"1 - alpha (alpha={args.alpha:g}, n={args.n})")  # fmt: skip
+        figures(results, out, args)
     print(markdown(results, args))
 
 
