@@ -141,10 +141,11 @@ def fmt(row: dict) -> str:
 
 
 def markdown(results: list[dict], args: argparse.Namespace) -> str:
-    head = " | ".join(f"r={r:g}" for r in TABLE_RADII)
+    a = f"alpha={args.alpha:g}"
+    head = " | ".join(f"r={r:g} ({a})" for r in TABLE_RADII)
     lines = [
-        "| data | training | sigma | n examples | " + head + " | smoothed clean / attacked "
-        "(eps 0.5) | sandwich | train s | certify s |",
+        "| data | training | sigma | n examples | " + head + f" | smoothed PREDICT ({a}) clean / "
+        "attacked at eps 0.5 | sandwich | train s | certify s |",
         "|---" * (len(TABLE_RADII) + 8) + "|",
     ]
     for r in results:
