@@ -4,7 +4,9 @@ Jeong & Shin 2020, "Consistency regularization for certified robustness of smoot
 classifiers": with ``m`` noisy copies ``x + delta_i`` of each input and ``p_hat`` the mean
 of their softmax outputs, the penalty is
 ``(1/m) sum_i KL(p_hat || softmax(f(x + delta_i))) + eta * H(p_hat)``
-(``lambda`` of the paper is this regularizer's ``weight``). The paper computes it on the
+(``lambda`` of the paper is this regularizer's ``weight``; the paper's entropy weight
+``eta`` is not scaled by lambda, so here it is ``weight * eta``: the paper's lambda = 10,
+eta = 0.5 are ``weight=10, eta=0.05``). The paper computes it on the
 same copies as the noisy cross-entropy; here the regularizer draws its own ``m`` copies
 (the objective's outputs carry scalars only), an unbiased estimate of the same penalty at
 the cost of ``m`` extra forward passes. Threat model: l2 (smoothing).
@@ -40,13 +42,13 @@ class Consistency(Regularizer):
     Args:
         sigma: Noise standard deviation (the certifier's; used when drawing own copies).
         noise_samples: ``m`` noisy copies per input (>= 2; 2 in the paper).
-        eta: Entropy weight (0.5 in the paper).
+        eta: Entropy weight relative to ``weight`` (the paper's eta / lambda).
         **kwargs: ``weight`` (the paper's lambda), ``warmup_epochs``, ``warmup_steps``.
     """
 
     name = "consistency"
 
-    def __init__(self, sigma: float | str = 0.25, noise_samples: int = 2, eta: float = 0.5,
+    def __init__(self, sigma: float | str = 0.25, noise_samples: int = 2, eta: float = 0.05,
                  **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.sigma = check_sigma(sigma)

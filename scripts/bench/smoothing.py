@@ -110,7 +110,7 @@ def train(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, task.lr, total_steps=total, pct_start=0.25)
     objective = SmoothAdv(sigma) if method == "smoothadv" else GaussianNoise(sigma)
     consistency = (
-        Consistency(sigma=sigma, weight=10.0, eta=0.5) if method == "consistency" else None
+        Consistency(sigma=sigma, weight=10.0, eta=0.05) if method == "consistency" else None
     )
     attack = SmoothAdvPGD(norm="l2", eps=0.5, sigma=sigma, noise_samples=args.smoothadv_m,
                           steps=args.smoothadv_steps)  # fmt: skip
