@@ -174,6 +174,8 @@ def figures(results: list[dict], out: Path, args: argparse.Namespace) -> None:
 def combine(folders: list[Path], out: Path, args: argparse.Namespace) -> None:
     """Merge finished (or partial) runs: one table and the figures."""
     results = [r for d in folders for r in json.loads((d / "results.json").read_text())["results"]]
+    order = list(dict.fromkeys(r["data"] for r in results))
+    results.sort(key=lambda r: order.index(r["data"]))  # stable: grouped by data set
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(markdown(results, args))
     figures(results, out, args)
