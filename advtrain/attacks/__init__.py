@@ -10,6 +10,7 @@ from advtrain.attacks.fgsm import FGSM, FGSMRS
 from advtrain.attacks.losses import LOSSES
 from advtrain.attacks.mifgsm import MIFGSM
 from advtrain.attacks.pgd import PGD
+from advtrain.attacks.smoothadv import SmoothAdvPGD
 from advtrain.attacks.square import Square
 from advtrain.attacks.trades_kl import TradesKL
 from advtrain.errors import ConfigError
@@ -23,6 +24,7 @@ ATTACKS: dict[str, type[Attack]] = {
     "square": Square,
     "mifgsm": MIFGSM,
     "trades_kl": TradesKL,
+    "smoothadv_pgd": SmoothAdvPGD,
 }
 
 
@@ -43,6 +45,7 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "Attack",
+    "SmoothAdvPGD",
     "Square",
     "TradesKL",
     "attack_context",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +28,7 @@ from advtrain.certification.ibp import ibp_bounds
 from advtrain.certification.lipschitz import lipschitz_radius
 from advtrain.certification.milp import min_margin
 from advtrain.certification.network import parse
+from advtrain.certification.smoothing import certify_smoothed
 from advtrain.errors import ConfigError
 from advtrain.threat import LpBall
 
@@ -62,6 +64,7 @@ def certify(
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 64,
     dtype: torch.dtype = torch.float64,
+    **smoothing: Any,
 ) -> dict:
     """Certify each example against every perturbation in the l_p ball.
 
@@ -84,7 +87,15 @@ def certify(
     Raises:
         ValueError: For an unknown method or norm, a bad eps, inputs outside the box,
             mismatched lengths, ``milp`` with a norm other than linf, or an unsupported layer.
+
+    ``method="smoothing"`` (randomized smoothing, Cohen et al. 2019; l2 only) takes
+    ``sigma``, ``n0``, ``n``, ``alpha``, ``seed`` through ``**smoothing`` and returns
+    extra keys; see ``advtrain.certification.smoothing.certify_smoothed``.
     """
+    if method == "smoothing":
+        return certify_smoothed(model, x, y, norm, eps, batch_size=batch_size, **smoothing)
+    if smoothing:
+        raise ConfigError(f"method {method!r} takes no options {sorted(smoothing)}")
     if method not in METHODS:
         raise ConfigError(f"unknown certification method {method!r}; allowed: {', '.join(METHODS)}")
     threat = LpBall(norm, eps, bounds)

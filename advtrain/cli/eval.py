@@ -42,6 +42,11 @@ from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation import run_evaluation, write_report
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.report import log_report
+from advtrain.evaluation.smoothing_report import (
+    add_smoothing_section,
+    check_smoothing_config,
+    write_smoothing_markdown,
+)
 from advtrain.evaluation.state import STATE_FILE
 from advtrain.evaluation.suites import check_suite
 from advtrain.threat import LpBall
@@ -205,15 +210,22 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     model, data_cfg, model_name = resolve_model_and_data(cfg)
     datamodule = instantiate(data_cfg)
     x, y = datamodule.test_tensors(limit=cfg.eval.n_examples)
-    result = run_evaluation(
-        model, x, y, dataset=datamodule.name, model_name=model_name, **evaluation_options(cfg)
-    )
+    options = evaluation_options(cfg)
+    smoothing = options["certify_method"] == "smoothing"  # its own section (smoothing_report)
+    if smoothing:
+        check_smoothing_config(cfg)
+        options["certify_method"] = None
+    result = run_evaluation(model, x, y, dataset=datamodule.name, model_name=model_name, **options)
     report = result.report
     if dist.is_initialized() and dist.get_rank() != 0:
         return report
     out = Path(cfg.paths.output_dir)
     figures = write_figures(result, model, out) if cfg.eval.get("figures", True) else []
-    json_path, _ = write_report(report, out)
+    if smoothing:
+        figures += add_smoothing_section(report, model, x, y, cfg, out)
+    json_path, md_path = write_report(report, out)
+    if smoothing:
+        write_smoothing_markdown(report, md_path)
     for logger in instantiate_loggers(cfg.get("logger")):
         log_report(logger, report, figures)
     print_summary(report, json_path)

@@ -3,6 +3,7 @@
 from advtrain.errors import ConfigError
 from advtrain.objectives.base import Objective
 from advtrain.objectives.crown_ibp import CrownIBP
+from advtrain.objectives.gaussian_noise import GaussianNoise, SmoothAdv
 from advtrain.objectives.madry import Madry
 from advtrain.objectives.mart import MART
 from advtrain.objectives.mixed import Mixed
@@ -16,6 +17,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "trades": TRADES,
     "mart": MART,
     "crown_ibp": CrownIBP,
+    "gaussian_noise": GaussianNoise,
+    "smoothadv": SmoothAdv,
 }
 
 
@@ -32,9 +35,11 @@ __all__ = [
     "OBJECTIVES",
     "TRADES",
     "CrownIBP",
+    "GaussianNoise",
     "Madry",
     "Mixed",
     "Objective",
+    "SmoothAdv",
     "Standard",
     "get_objective",
 ]
