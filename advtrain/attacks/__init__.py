@@ -6,9 +6,12 @@
 
 from advtrain.attacks.apgd import APGD, APGDT
 from advtrain.attacks.base import Attack, attack_context
+from advtrain.attacks.fab import FAB, FABT
 from advtrain.attacks.fgsm import FGSM, FGSMRS
+from advtrain.attacks.fmn import FMN
 from advtrain.attacks.losses import LOSSES
 from advtrain.attacks.mifgsm import MIFGSM
+from advtrain.attacks.minimum_norm import MinimumNormAttack
 from advtrain.attacks.pgd import PGD
 from advtrain.attacks.square import Square
 from advtrain.attacks.trades_kl import TradesKL
@@ -23,6 +26,9 @@ ATTACKS: dict[str, type[Attack]] = {
     "square": Square,
     "mifgsm": MIFGSM,
     "trades_kl": TradesKL,
+    "fab": FAB,
+    "fab_t": FABT,
+    "fmn": FMN,
 }
 
 
@@ -37,12 +43,16 @@ __all__ = [
     "APGD",
     "APGDT",
     "ATTACKS",
+    "FAB",
+    "FABT",
     "FGSM",
     "FGSMRS",
+    "FMN",
     "LOSSES",
     "MIFGSM",
     "PGD",
     "Attack",
+    "MinimumNormAttack",
     "Square",
     "TradesKL",
     "attack_context",

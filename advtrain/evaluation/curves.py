@@ -5,6 +5,10 @@ Each point is the robust accuracy under an independent PGD attack (Madry et al. 
 gradient-masking check (Carlini et al. 2019, "On evaluating adversarial robustness"):
 accuracy must not rise with eps, and must fall to about zero once the ball covers
 the data box (``box_eps``: any input is then reachable).
+
+``curve_from_norms`` draws the curve from one run of a minimum-norm attack (FAB, Croce
+& Hein 2020; FMN, Pintor et al. 2021): an example is robust at eps when its minimal
+adversarial distance exceeds eps, so every eps is read off the same per-example norms.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def robustness_curve(
     *,
     seed: int = 0,
     eot_iter: int = 1,
+    states: dict[float, GauntletState] | None = None,
 ) -> list[dict]:
     """Robust accuracy at each eps of ``eps_list`` (0 gives clean accuracy).
 
@@ -62,6 +67,8 @@ def robustness_curve(
         eps_list: Radii, in order.
         seed: Attack seed.
         eot_iter: EOT draws for randomized models.
+        states: When given, receives the gauntlet state of every point (by eps), so a
+            caller can fold the attack at its evaluated eps into the worst case.
 
     Returns:
         ``[{"eps", "robust_accuracy", "ci95", "n"}, ...]`` in the order of ``eps_list``.
@@ -73,13 +80,32 @@ def robustness_curve(
         if eps > 0:
             attack = curve_attack(threat.with_eps(float(eps)), seed, eot_iter)
             entries = [SuiteEntry(f"pgd@{eps:.4g}", attack)]
-        k = int((run(entries, x, y).fooled_by == ROBUST).sum())
-        points.append(
-            {
-                "eps": float(eps),
-                "robust_accuracy": k / n,
-                "ci95": list(wilson_interval(k, n)),
-                "n": n,
-            }
-        )
+        state = run(entries, x, y)
+        if states is not None:
+            states[float(eps)] = state
+        points.append(_point(float(eps), int((state.fooled_by == ROBUST).sum()), n))
     return points
+
+
+def _point(eps: float, robust: int, n: int) -> dict:
+    return {
+        "eps": eps,
+        "robust_accuracy": robust / n,
+        "ci95": list(wilson_interval(robust, n)),
+        "n": n,
+    }
+
+
+def curve_from_norms(norms: Tensor, eps_list: list[float]) -> list[dict]:
+    """Robust accuracy at every eps of ``eps_list`` from per-example minimal distances.
+
+    Args:
+        norms: Per-example minimal adversarial l_p distance (0: misclassified clean,
+            ``inf``: no adversarial example found).
+        eps_list: Radii.
+
+    Returns:
+        ``[{"eps", "robust_accuracy", "ci95", "n"}, ...]``: robust means ``norm > eps``.
+    """
+    n = len(norms)
+    return [_point(float(e), int((norms > e).sum()), n) for e in eps_list]
