@@ -21,7 +21,7 @@ restart each, on the examples still robust at ``eps``.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from advtrain._numbers import positive_int
 from advtrain.attacks.hyperplane import project_hyperplane_box
@@ -71,7 +71,15 @@ class FAB(MinimumNormAttack):
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
 
     # -- the search over targets and restarts ----------------------------------------------
-    def search(self, model, x, y, target, generator, stop) -> tuple[Tensor, Tensor]:
+    def search(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        generator: torch.Generator | None,
+        stop: float | None,
+    ) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
             logits = model(x)
         best_x = x.clone()
@@ -99,13 +107,22 @@ class FAB(MinimumNormAttack):
         n = min(self.n_target_classes, logits.shape[1] - 1)
         return [ranked[:, k] for k in range(1, n + 1)]
 
-    def _start(self, x: Tensor, radius: Tensor, generator) -> Tensor:
+    def _start(self, x: Tensor, radius: Tensor, generator: torch.Generator | None) -> Tensor:
         t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         t = t / _col(lp_norm(t, self.norm).clamp_min(1e-12), x)
         return (x + 0.5 * _col(radius, x) * t).clamp(*self.threat.bounds)
 
     # -- one run ----------------------------------------------------------------------------
-    def _run(self, model, x0, y, target, x1, stop) -> tuple[Tensor, Tensor]:
+    def _run(
+        self,
+        model: nn.Module,
+        x0: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        x1: Tensor,
+        stop: float | None,
+    ) -> tuple[Tensor, Tensor]:
+        """One FAB run from ``x1``: the smallest adversarial iterate per example and its norm."""
         n, lo_hi = len(x0), self.threat.bounds
         adv = x0.clone()
         res = torch.full((n,), float("inf"), device=x0.device, dtype=x0.dtype)
@@ -136,7 +153,9 @@ class FAB(MinimumNormAttack):
             x1[idx] = torch.where(_col(fooled, xa), xo + (x_new - xo) * self.beta, x_new)
         return adv, res
 
-    def _boundary(self, model, x, y, target) -> tuple[Tensor, Tensor]:
+    def _boundary(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """The closest linearised decision hyperplane ``w . z = b`` at ``x`` (flattened)."""
         df, dg = self._linearise(model, x, y, target)
         dual = dual_norm(self.norm)
@@ -148,7 +167,9 @@ class FAB(MinimumNormAttack):
         w = dg[rows, j].flatten(1)
         return w, (w * x.flatten(1)).sum(1) - df[rows, j]
 
-    def _linearise(self, model, x, y, target) -> tuple[Tensor, Tensor]:
+    def _linearise(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         """``(f, grad f)`` with ``f_j = z_j - z_y`` for every class j (untargeted) or the
         target alone, averaged over ``eot_iter`` draws (EOT, Athalye et al. 2018)."""
         df = dg = None

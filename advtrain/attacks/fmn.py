@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from advtrain._numbers import positive_int
 from advtrain.attacks.losses import margin
@@ -71,7 +71,15 @@ class FMN(MinimumNormAttack):
         """Positive while not adversarial (minimised)."""
         return margin(logits, target) if self.targeted else -margin(logits, y)
 
-    def search(self, model, x, y, target, generator, stop) -> tuple[Tensor, Tensor]:
+    def search(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        generator: torch.Generator | None,
+        stop: float | None,
+    ) -> tuple[Tensor, Tensor]:
         n, dual = len(x), dual_norm(self.norm)
         delta = torch.zeros_like(x)
         eps = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)

@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from advtrain.attacks import PGD
+from advtrain.attacks import PGD, MinimumNormAttack
 from advtrain.evaluation.gauntlet import ROBUST, GauntletState
+from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.statistics import wilson_interval
 from advtrain.evaluation.suites import SuiteEntry
 from advtrain.threat import LpBall
@@ -109,3 +111,45 @@ def curve_from_norms(norms: Tensor, eps_list: list[float]) -> list[dict]:
     """
     n = len(norms)
     return [_point(float(e), int((norms > e).sum()), n) for e in eps_list]
+
+
+def minimal_distances(
+    attack: MinimumNormAttack,
+    model: nn.Module,
+    attack_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    progress: StageProgress | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-example minimal adversarial examples and distances (on CPU), in batches.
+
+    The attack differentiates ``attack_model``; success is judged on ``model``, and a
+    distance whose example ``model`` still classifies correctly becomes ``inf``.
+    """
+    found, norms = [], []
+    if progress is not None:
+        progress.stage(f"{attack.name} (min-norm)", len(y))
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        x_adv, nr = attack.min_norm(attack_model, xb, yb)
+        with torch.no_grad():
+            fooled = model(x_adv).argmax(1) != yb
+        found.append(x_adv.cpu())
+        norms.append(torch.where(fooled, nr, float("inf")).cpu())
+        if progress is not None:
+            progress.advance(len(yb))
+    return torch.cat(found), torch.cat(norms)
+
+
+def distance_section(attack: str, norm: str, norms: Tensor) -> dict:
+    """report.json's ``minimal_distance``: per-example distances (``None``: none found)
+    and their median (torch's lower median; ``None`` when that is not found)."""
+    median = float(norms.median()) if len(norms) else math.inf
+    return {
+        "attack": attack,
+        "norm": norm,
+        "n": len(norms),
+        "median": median if math.isfinite(median) else None,
+        "per_example": [v if math.isfinite(v) else None for v in norms.tolist()],
+    }

@@ -11,7 +11,6 @@ models (``defenses``), run the gauntlet with per-example worst-case bookkeeping
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from advtrain.evaluation.curves import (
     curve_attack,
     curve_from_norms,
     default_eps_list,
+    distance_section,
+    minimal_distances,
     robustness_curve,
 )
 from advtrain.evaluation.defenses import attack_view, is_randomized
@@ -205,32 +206,21 @@ def _fgsm_check(runner, state, entries, threat, seed, x, y) -> tuple:
 
 def _min_norm(name, runner, x, y, threat, seed, eps_list) -> tuple:
     """The minimum-norm attack on ``(x, y)``: its entry and eps-bounded result (for the
-    worst case), the report section (per-example minimal distance, median) and the curve
-    it gives."""
+    worst case), the report section and the curve read off the distances."""
     attack = build_attack(name, threat=threat, seed=seed)
-    t0, bs = time.perf_counter(), runner.batch_size
-    found, norms = [], []
-    if runner.progress is not None:
-        runner.progress.stage(f"{name} (min-norm)", len(y))
-    for i in range(0, len(y), bs):
-        xa, nr = attack.min_norm(runner.attack_model, x[i : i + bs], y[i : i + bs])
-        with torch.no_grad():  # success is judged on the evaluated model
-            fooled = runner.model(xa).argmax(1) != y[i : i + bs]
-        found.append(xa.cpu())
-        norms.append(torch.where(fooled, nr, float("inf")).cpu())
-        if runner.progress is not None:
-            runner.progress.advance(len(xa))
-    norms_t = torch.cat(norms)
-    codes = torch.where(norms_t <= threat.eps, 0, ROBUST).to(torch.long)
-    extra = GauntletState(codes, torch.cat(found), 1, None, 0, [time.perf_counter() - t0])
-    median = float(norms_t.median())
-    section = {
-        "attack": name, "norm": threat.norm, "n": len(y),
-        "median": median if math.isfinite(median) else None,
-        "per_example": [float(v) if math.isfinite(v) else None for v in norms_t.tolist()],
-    }  # fmt: skip
+    t0 = time.perf_counter()
+    x_adv, norms = minimal_distances(
+        attack, runner.model, runner.attack_model, x, y, runner.batch_size, runner.progress
+    )
+    codes = torch.where(norms <= threat.eps, 0, ROBUST).to(torch.long)
+    extra = GauntletState(codes, x_adv, 1, None, 0, [time.perf_counter() - t0])
     entry = SuiteEntry(f"{name} (min-norm)", attack)
-    return entry, extra, section, curve_from_norms(norms_t, eps_list)
+    return (
+        entry,
+        extra,
+        distance_section(name, threat.norm, norms),
+        curve_from_norms(norms, eps_list),
+    )
 
 
 def _escalate(runner, state, entries, checks, threat, seed, surrogate, x, y) -> dict:

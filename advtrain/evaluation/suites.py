@@ -8,7 +8,8 @@
   l1 AutoAttack uses 5 restarts of APGD-CE and 5 target classes of APGD-T; Square is
   linf/l2 only and is listed as skipped for l1.
 * ``plus``: AutoAttack+ (the paper's "plus" version): APGD-CE and APGD-DLR with 5
-  restarts, FAB with 5 restarts, Square with 5 restarts, APGD-T and FAB-T (9 targets).
+  restarts, FAB with 5 restarts, Square (5,000 queries), APGD-T and FAB-T (9 targets,
+  one restart each).
 * ``rand``: AutoAttack's version for randomized defences: APGD-CE and APGD-DLR with
   EOT over 20 draws (Athalye et al. 2018).
 * ``full``: ``standard`` plus PGD-100 with 5 restarts, a transfer attack (MI-FGSM,
@@ -101,7 +102,7 @@ def _plus(out: Suite, threat: LpBall, seed: int, eot: dict[str, int]) -> None:
     _add(out, "apgd-ce", "apgd", threat, loss="ce", steps=100, restarts=5, seed=seed, **eot)
     _add(out, "apgd-dlr", "apgd", threat, loss="dlr", steps=100, restarts=5, seed=seed, **eot)
     _add(out, "fab", "fab", threat, steps=100, restarts=5, seed=seed, **eot)
-    _add(out, "square", "square", threat, kind="black", n_queries=5000, restarts=5, seed=seed)
+    _add(out, "square", "square", threat, kind="black", n_queries=5000, seed=seed)
     _add(out, "apgd-t", "apgd_t", threat, n_target_classes=9, steps=100, seed=seed, **eot)
     _add(out, "fab-t", "fab_t", threat, steps=100, n_target_classes=9, seed=seed, **eot)
 
