@@ -89,7 +89,7 @@ def _run_entry(
     first = state.next_chunk * batch_size
     if progress is not None:
         progress.stage(entry.name, len(todo), _robust_fraction(state))
-        progress.advance(min(first, len(todo)))
+        progress.advance(min(first, len(todo)), _robust_fraction(state))
     for start in range(first, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         sel = idx.to(device)
