@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from advtrain.attacks import FGSM, PGD
+from advtrain.errors import ConfigError
 from advtrain.evaluation import build_suite, run_evaluation
 from advtrain.evaluation.distributed import gather_per_example, shard_indices
 from advtrain.evaluation.evaluate import _Runner
@@ -50,18 +51,77 @@ def test_worst_case_bookkeeping(tiny_model):
     assert sum(r["newly_fooled"] for r in rows) == int(fooled.sum())
 
 
+EXPECTED = {
+    "quick": ["pgd-20"],
+    "standard": ["apgd-ce", "apgd-t", "fab-t", "square"],
+    "plus": ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"],
+    "rand": ["apgd-ce", "apgd-dlr"],
+}
+EXPECTED["full"] = [*EXPECTED["standard"], "pgd-100x5", "transfer-mifgsm"]
+
+
 @pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize("norm", NORMS)
 def test_suites_cover_protocol(suite, norm, tiny_model):
+    """Every attack of the protocol runs, in AutoAttack's order; for linf and l2 nothing
+    is skipped (for l1 only Square, which is linf/l2, as AutoAttack's l1 protocol)."""
     built = build_suite(suite, LpBall(norm, 0.5), seed=0, surrogate=tiny_model)
-    names = [e.name for e in built.entries] + [s[0] for s in built.skipped]
-    expected = {"quick": ["pgd-20"], "standard": ["apgd-ce", "apgd-t", "fab-t", "square"]}
-    expected["full"] = [*expected["standard"], "pgd-100x5", "transfer-mifgsm"]
-    assert names == expected[suite] or sorted(names) == sorted(expected[suite])
+    names = [e.name for e in built.entries]
+    skipped = [s[0] for s in built.skipped]
+    if norm == "l1":
+        assert skipped == (["square"] if "square" in EXPECTED[suite] else [])
+        assert names == [n for n in EXPECTED[suite] if n != "square"]
+    else:
+        assert skipped == [] and names == EXPECTED[suite]
     assert all(e.attack.norm == norm for e in built.entries)
     assert all(reason for _, reason in built.skipped)
     with pytest.raises(ValueError, match="unknown suite 'nope'"):
         build_suite("nope", LpBall(norm, 0.5))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_standard_is_autoattack_settings(norm):
+    """AutoAttack's standard settings (Croce & Hein 2020; l1: 5 restarts / 5 targets)."""
+    attacks = {e.name: e.attack for e in build_suite("standard", LpBall(norm, 0.5)).entries}
+    l1 = norm == "l1"
+    assert attacks["apgd-ce"].steps == 100 and attacks["apgd-ce"].restarts == (5 if l1 else 1)
+    assert attacks["apgd-t"].n_target_classes == (5 if l1 else 9)
+    fab = attacks["fab-t"]
+    assert fab.targeted and fab.n_target_classes == 9 and fab.steps == 100 and fab.restarts == 1
+    assert (fab.alpha_max, fab.eta, fab.beta) == (0.1, 1.05, 0.9)
+    if not l1:
+        assert attacks["square"].n_queries == 5000
+    rand = build_suite("rand", LpBall(norm, 0.5)).entries
+    assert all(e.attack.eot_iter == 20 for e in rand)
+
+
+def test_unknown_attack_name_raises():
+    """A suite naming an attack the registry lacks is a bug: it raises, never 'skips'."""
+    from advtrain.evaluation.suites import Suite, _add
+
+    with pytest.raises(ConfigError, match="'no_such_attack'"):
+        _add(Suite(), "x", "no_such_attack", LpBall("linf", 0.1))
+
+
+def test_every_attack_at_the_evaluated_eps_counts(trained_digits_model, digits_test):
+    """The curve's PGD at the evaluated eps and the minimum-norm attack enter the worst
+    case: on the curve's examples the reported robust set is inside each one's."""
+    x, y = digits_test[0][:200], digits_test[1][:200]
+    eps = 0.5  # l2: here the curve's second restart finds what PGD-20 missed
+    ev = run_evaluation(
+        trained_digits_model, x, y, "l2", eps, suite="quick", eps_curve=[0.0, eps],
+        curve_n_examples=200, escalate=False, progress=False,
+    )  # fmt: skip
+    report = ev.report
+    rows = {r["name"]: r for r in report["attacks"]}
+    assert {"pgd-20x2 (curve)", "fmn (min-norm)"} <= set(rows)
+    assert rows["pgd-20x2 (curve)"]["newly_fooled"] > 0  # it found what PGD-20 missed
+    robust = int((ev.fooled_by == ROBUST).sum())
+    at_eps = next(p for p in report["robustness_curve"] if p["eps"] == eps)
+    assert robust <= round(at_eps["robust_accuracy"] * 200)
+    from_norms = next(p for p in report["robustness_curve_min_norm"] if p["eps"] == eps)
+    assert robust <= round(from_norms["robust_accuracy"] * 200)
+    assert report["robust_accuracy"]["value"] == rows["fmn (min-norm)"]["robust_accuracy"]
 
 
 class _Crash(Exception):

@@ -175,3 +175,35 @@ def test_large_eps_check_and_summary():
     summary = masking.summarize([bad, masking.check_single_step(5, 1, 10, "x")])
     assert summary["suspected"] and summary["advice"][0].startswith("large_eps_breaks")
     assert not masking.summarize([masking.check_single_step(5, 1, 10, "x")])["suspected"]
+
+
+def test_failed_check_escalates_and_worst_case_counts(trained_digits_model, digits_test):
+    """Undeclared quantisation fails the gradient checks; the escalation (identity
+    backward through ``preprocess``, DLR, more Square queries) breaks it, the report keeps
+    the plain and the escalated number, and the escalated (worst) one is what counts."""
+    report = _eval(Quantised(trained_digits_model), digits_test)
+    esc = report["escalation"]
+    assert {"input_gradients", "large_eps_breaks"} <= set(esc["failed_checks"])
+    assert esc["ran"][0]["attack"] == "apgd-ce bpda-identity"
+    plain, escalated = esc["plain_robust_accuracy"], esc["escalated_robust_accuracy"]
+    assert escalated["value"] < plain["value"]
+    assert report["robust_accuracy"] == escalated
+    names = [a["name"] for a in report["attacks"]]
+    assert all(r["attack"] in names for r in esc["ran"])
+
+
+def test_probability_outputs_attacked_on_log_outputs(trained_digits_model, digits_test):
+    report = _eval(nn.Sequential(trained_digits_model, nn.Softmax(dim=1)), digits_test)
+    esc = report["escalation"]
+    assert "logits_not_probabilities" in esc["failed_checks"]
+    assert "apgd-ce on log-outputs" in [r["attack"] for r in esc["ran"]]
+    assert report["robust_accuracy"]["value"] <= esc["plain_robust_accuracy"]["value"]
+
+
+def test_probability_check_on_the_outputs_device(tiny_model, tiny_batch):
+    """The reference row of ones is made on the output's device, not the default one."""
+    x, _ = tiny_batch
+    probs = nn.Sequential(tiny_model, nn.Softmax(dim=1))
+    with torch.device("meta"):  # tensors made without a device would land on meta
+        result = masking.check_not_probabilities(probs, x)
+    assert not result["passed"]

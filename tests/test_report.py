@@ -99,6 +99,34 @@ def test_report_files_and_figures(evaluation, trained_digits_model, tmp_path):
     assert report["robust_accuracy"]["value"] <= report["attacks"][0]["robust_accuracy"]
 
 
+def test_report_minimal_distances(evaluation, tmp_path):
+    """report.json gains the per-example minimal distance (FMN) and its median; the curve
+    read off the distances agrees with them at every eps; report.md shows both."""
+    report = evaluation.report
+    dist = report["minimal_distance"]
+    assert dist["attack"] == "fmn" and dist["norm"] == "linf" and dist["n"] == 40
+    values = dist["per_example"]
+    assert len(values) == 40
+    finite = sorted(v for v in values if v is not None)
+    assert all(v >= 0 for v in finite)
+    clean = evaluation.fooled_by[:40] != -2
+    assert [v == 0 for v in values] == [not c for c in clean.tolist()]  # 0: wrong on clean
+    ordered = sorted(values, key=lambda v: math.inf if v is None else v)
+    median = ordered[(len(ordered) - 1) // 2]  # torch's median: the lower middle value
+    assert dist["median"] == (None if median is None else pytest.approx(median))
+    for point in report["robustness_curve_min_norm"]:
+        robust = sum(v is None or v > point["eps"] for v in values)
+        assert point["robust_accuracy"] == pytest.approx(robust / 40)
+    # examples within eps of their minimal distance are counted as fooled (worst case)
+    robust = evaluation.fooled_by[:40] == -1
+    for v, r in zip(values, robust.tolist(), strict=True):
+        if v is not None and v <= 0.1:
+            assert not r
+    md = render_markdown(report)
+    assert "## Minimal adversarial distance (fmn" in md
+    assert json.loads(json.dumps(report))["minimal_distance"] == dist
+
+
 def test_report_logged_to_logger(evaluation, tmp_path):
     logger = CSVLogger(tmp_path, name="csv", version="")
     log_report(logger, evaluation.report, [])

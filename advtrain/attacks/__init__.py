@@ -6,9 +6,12 @@
 
 from advtrain.attacks.apgd import APGD, APGDT
 from advtrain.attacks.base import Attack, attack_context
+from advtrain.attacks.fab import FAB, FABT
 from advtrain.attacks.fgsm import FGSM, FGSMRS
+from advtrain.attacks.fmn import FMN
 from advtrain.attacks.losses import LOSSES
 from advtrain.attacks.mifgsm import MIFGSM
+from advtrain.attacks.minimum_norm import MinimumNormAttack
 from advtrain.attacks.pgd import PGD
 from advtrain.attacks.smoothadv import SmoothAdvPGD
 from advtrain.attacks.square import Square
@@ -25,6 +28,9 @@ ATTACKS: dict[str, type[Attack]] = {
     "mifgsm": MIFGSM,
     "trades_kl": TradesKL,
     "smoothadv_pgd": SmoothAdvPGD,
+    "fab": FAB,
+    "fab_t": FABT,
+    "fmn": FMN,
 }
 
 
@@ -39,12 +45,16 @@ __all__ = [
     "APGD",
     "APGDT",
     "ATTACKS",
+    "FAB",
+    "FABT",
     "FGSM",
     "FGSMRS",
+    "FMN",
     "LOSSES",
     "MIFGSM",
     "PGD",
     "Attack",
+    "MinimumNormAttack",
     "SmoothAdvPGD",
     "Square",
     "TradesKL",

@@ -95,7 +95,7 @@ class Square(Attack):
             raise ConfigError(f"p_init={p_init!r} is invalid; need 0 < p_init <= 1")
         self.n_queries = positive_int(n_queries, "n_queries")
         self.p_init = float(p_init)
-        self.restarts = int(restarts)
+        self.restarts = positive_int(restarts, "restarts")
 
     # -- scores ---------------------------------------------------------------------------
     def margin_and_loss(

@@ -198,6 +198,7 @@ def evaluation_options(cfg: DictConfig) -> dict[str, Any]:
         "certify_method": (cfg.get("certify") or {}).get("method"),
         "state_dir": state_dir(cfg),
         "surrogate": build_surrogate(ev.get("surrogate")),
+        "progress": bool(ev.get("progress", True)),
     }
 
 

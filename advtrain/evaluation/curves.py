@@ -5,6 +5,10 @@ Each point is the robust accuracy under an independent PGD attack (Madry et al. 
 gradient-masking check (Carlini et al. 2019, "On evaluating adversarial robustness"):
 accuracy must not rise with eps, and must fall to about zero once the ball covers
 the data box (``box_eps``: any input is then reachable).
+
+``curve_from_norms`` draws the curve from one run of a minimum-norm attack (FAB, Croce
+& Hein 2020; FMN, Pintor et al. 2021): an example is robust at eps when its minimal
+adversarial distance exceeds eps, so every eps is read off the same per-example norms.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
-from advtrain.attacks import PGD
+from advtrain.attacks import PGD, MinimumNormAttack
 from advtrain.evaluation.gauntlet import ROBUST, GauntletState
+from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.statistics import wilson_interval
 from advtrain.evaluation.suites import SuiteEntry
 from advtrain.threat import LpBall
@@ -50,6 +56,7 @@ def robustness_curve(
     *,
     seed: int = 0,
     eot_iter: int = 1,
+    states: dict[float, GauntletState] | None = None,
 ) -> list[dict]:
     """Robust accuracy at each eps of ``eps_list`` (0 gives clean accuracy).
 
@@ -62,6 +69,8 @@ def robustness_curve(
         eps_list: Radii, in order.
         seed: Attack seed.
         eot_iter: EOT draws for randomized models.
+        states: When given, receives the gauntlet state of every point (by eps), so a
+            caller can fold the attack at its evaluated eps into the worst case.
 
     Returns:
         ``[{"eps", "robust_accuracy", "ci95", "n"}, ...]`` in the order of ``eps_list``.
@@ -73,13 +82,74 @@ def robustness_curve(
         if eps > 0:
             attack = curve_attack(threat.with_eps(float(eps)), seed, eot_iter)
             entries = [SuiteEntry(f"pgd@{eps:.4g}", attack)]
-        k = int((run(entries, x, y).fooled_by == ROBUST).sum())
-        points.append(
-            {
-                "eps": float(eps),
-                "robust_accuracy": k / n,
-                "ci95": list(wilson_interval(k, n)),
-                "n": n,
-            }
-        )
+        state = run(entries, x, y)
+        if states is not None:
+            states[float(eps)] = state
+        points.append(_point(float(eps), int((state.fooled_by == ROBUST).sum()), n))
     return points
+
+
+def _point(eps: float, robust: int, n: int) -> dict:
+    return {
+        "eps": eps,
+        "robust_accuracy": robust / n,
+        "ci95": list(wilson_interval(robust, n)),
+        "n": n,
+    }
+
+
+def curve_from_norms(norms: Tensor, eps_list: list[float]) -> list[dict]:
+    """Robust accuracy at every eps of ``eps_list`` from per-example minimal distances.
+
+    Args:
+        norms: Per-example minimal adversarial l_p distance (0: misclassified clean,
+            ``inf``: no adversarial example found).
+        eps_list: Radii.
+
+    Returns:
+        ``[{"eps", "robust_accuracy", "ci95", "n"}, ...]``: robust means ``norm > eps``.
+    """
+    n = len(norms)
+    return [_point(float(e), int((norms > e).sum()), n) for e in eps_list]
+
+
+def minimal_distances(
+    attack: MinimumNormAttack,
+    model: nn.Module,
+    attack_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    progress: StageProgress | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Per-example minimal adversarial examples and distances (on CPU), in batches.
+
+    The attack differentiates ``attack_model``; success is judged on ``model``, and a
+    distance whose example ``model`` still classifies correctly becomes ``inf``.
+    """
+    found, norms = [], []
+    if progress is not None:
+        progress.stage(f"{attack.name} (min-norm)", len(y))
+    for i in range(0, len(y), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        x_adv, nr = attack.min_norm(attack_model, xb, yb)
+        with torch.no_grad():
+            fooled = model(x_adv).argmax(1) != yb
+        found.append(x_adv.cpu())
+        norms.append(torch.where(fooled, nr, float("inf")).cpu())
+        if progress is not None:
+            progress.advance(len(yb))
+    return torch.cat(found), torch.cat(norms)
+
+
+def distance_section(attack: str, norm: str, norms: Tensor) -> dict:
+    """report.json's ``minimal_distance``: per-example distances (``None``: none found)
+    and their median (torch's lower median; ``None`` when that is not found)."""
+    median = float(norms.median()) if len(norms) else math.inf
+    return {
+        "attack": attack,
+        "norm": norm,
+        "n": len(norms),
+        "median": median if math.isfinite(median) else None,
+        "per_example": [v if math.isfinite(v) else None for v in norms.tolist()],
+    }

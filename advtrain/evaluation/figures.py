@@ -28,11 +28,15 @@ def plot_curve(
     title: str = "",
     box_point: dict | None = None,
     worst_case: float | None = None,
+    norms: list[float | None] | None = None,
+    norms_attack: str = "min-norm",
 ) -> Path:
     """Robust accuracy against eps (with its 95% interval) as a PNG.
 
     ``box_point`` (the accuracy at an eps covering the whole data box) is written as a
-    note rather than plotted, so it does not squash the interesting range.
+    note rather than plotted, so it does not squash the interesting range. ``norms``
+    (per-example minimal distances of a minimum-norm attack, ``None`` where none was
+    found) add the curve read off them: accuracy at every eps at once, a step function.
     """
     pts = sorted(curve, key=lambda p: p["eps"])
     e = np.array([p["eps"] for p in pts])
@@ -42,6 +46,12 @@ def plot_curve(
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
     ax.fill_between(e, lo, hi, alpha=0.25, label="Wilson 95% interval")
     ax.plot(e, acc, marker="o", label="robust accuracy (PGD-20, 2 restarts)")
+    if norms is not None and len(norms):
+        found = np.sort(np.array([v for v in norms if v is not None], dtype=float))
+        grid = np.linspace(0.0, float(e.max()) if len(e) else eps, 200)
+        robust = 100 * (len(norms) - np.searchsorted(found, grid, side="right")) / len(norms)
+        ax.plot(grid, robust, color="C2", drawstyle="steps-post",
+                label=f"from minimal distances ({norms_attack})")  # fmt: skip
     ax.axvline(eps, color="gray", linestyle="--", label=f"evaluated eps = {eps:.4g}")
     if worst_case is not None:
         ax.plot([eps], [100 * worst_case], marker="*", markersize=12, color="C3", linestyle="",
@@ -147,6 +157,8 @@ def write_figures(evaluation, model, out_dir: Path, batch_size: int = 256) -> li
             f"{report['model']} on {report['dataset']} ({tm['norm']})",
             report.get("large_eps_point"),
             report["robust_accuracy"]["value"],
+            (report.get("minimal_distance") or {}).get("per_example"),
+            (report.get("minimal_distance") or {}).get("attack", "min-norm"),
         )
     ]
     idx = pick_examples(evaluation.fooled_by)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.suites import SuiteEntry
 
 CLEAN_WRONG, ROBUST = -2, -1
@@ -76,6 +77,7 @@ def _run_entry(
     state: GauntletState,
     batch_size: int,
     on_chunk: Callable[[GauntletState], None] | None,
+    progress: StageProgress | None = None,
 ) -> None:
     attack_model, model = models
     x, y = data
@@ -84,7 +86,11 @@ def _run_entry(
         state.next_chunk = 0
     todo, device = state.todo, x.device
     t0 = time.perf_counter()
-    for start in range(state.next_chunk * batch_size, len(todo), batch_size):
+    first = state.next_chunk * batch_size
+    if progress is not None:
+        progress.stage(entry.name, len(todo), _robust_fraction(state))
+        progress.advance(min(first, len(todo)), _robust_fraction(state))
+    for start in range(first, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         sel = idx.to(device)
         x_adv, correct = attack_chunk(entry, attack_model, model, x[sel], y[sel])
@@ -92,9 +98,16 @@ def _run_entry(
         state.fooled_by[fooled] = k
         state.x_adv[fooled] = x_adv[~correct].detach().cpu()
         state.next_chunk += 1
+        if progress is not None:
+            progress.advance(len(idx), _robust_fraction(state))
         if on_chunk is not None:
             on_chunk(state)
     state.seconds.append(time.perf_counter() - t0)
+
+
+def _robust_fraction(state: GauntletState) -> float:
+    n = len(state.fooled_by)
+    return int((state.fooled_by == ROBUST).sum()) / n if n else 0.0
 
 
 def run_gauntlet(
@@ -107,6 +120,7 @@ def run_gauntlet(
     attack_model: nn.Module | None = None,
     state: GauntletState | None = None,
     on_chunk: Callable[[GauntletState], None] | None = None,
+    progress: StageProgress | None = None,
 ) -> GauntletState:
     """Run ``entries`` in order on the still-robust examples of ``(x, y)``.
 
@@ -120,6 +134,7 @@ def run_gauntlet(
             of ``model``); defaults to ``model``.
         state: A saved state to continue from (resume); default: start fresh.
         on_chunk: Called with the state after every chunk (for saving).
+        progress: A ``StageProgress`` to draw one bar per attack on (default: none).
 
     Returns:
         The final state: ``fooled_by`` and ``x_adv`` per example, seconds per attack.
@@ -128,7 +143,9 @@ def run_gauntlet(
     attack_model = attack_model if attack_model is not None else model
     while state.attack_index < len(entries):
         k = state.attack_index
-        _run_entry(k, entries[k], (attack_model, model), (x, y), state, batch_size, on_chunk)
+        _run_entry(
+            k, entries[k], (attack_model, model), (x, y), state, batch_size, on_chunk, progress
+        )
         state.attack_index, state.todo, state.next_chunk = k + 1, None, 0
         if on_chunk is not None:
             on_chunk(state)

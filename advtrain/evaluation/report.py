@@ -113,6 +113,40 @@ def _curve_and_sizes(report: dict) -> list[str]:
     return lines
 
 
+def _escalation_and_distance(report: dict) -> list[str]:
+    lines = []
+    esc = report.get("escalation")
+    if esc and esc["ran"]:
+        lines += ["", "## Escalation (attacks the failed masking checks call for)", ""]
+        lines += [
+            f"Plain robust accuracy {_pct(esc['plain_robust_accuracy'])}; escalated "
+            f"{_pct(esc['escalated_robust_accuracy'])} (the worst case, reported above).",
+            "",
+            "| failed check | attack | newly fooled |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {r['check']} | {r['attack']} | {r['newly_fooled']} |" for r in esc["ran"]]
+    dist = report.get("minimal_distance")
+    if dist:
+        median = "none found" if dist["median"] is None else f"{dist['median']:.4g}"
+        lines += [
+            "",
+            f"## Minimal adversarial distance ({dist['attack']}, {dist['norm']}, "
+            f"{dist['n']} examples)",
+            "",
+            f"Median minimal distance: **{median}** (0: misclassified clean). The curve "
+            "below reads the robust accuracy at every eps off the same per-example distances.",
+            "",
+            "| eps | robust accuracy (min-norm) |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {p['eps']:.4g} | {100 * p['robust_accuracy']:.1f}% |"
+            for p in report.get("robustness_curve_min_norm") or []
+        ]
+    return lines
+
+
 def _per_class(report: dict) -> list[str]:
     lines = ["", "## Per class", "", "| class | n | clean | robust |", "|---|---|---|---|"]
     lines += [
@@ -126,7 +160,7 @@ def _per_class(report: dict) -> list[str]:
 def render_markdown(report: dict) -> str:
     """A human-readable summary of a report dict."""
     lines = _summary(report) + _attacks(report) + _masking(report)
-    lines += _curve_and_sizes(report) + _per_class(report)
+    lines += _escalation_and_distance(report) + _curve_and_sizes(report) + _per_class(report)
     return "\n".join(lines) + "\n"
 
 
@@ -150,6 +184,8 @@ def report_metrics(report: dict) -> dict[str, float]:
     }
     for a in report["attacks"]:
         metrics[f"eval/robust_acc_after/{a['name']}"] = a["robust_accuracy"]
+    if (report.get("minimal_distance") or {}).get("median") is not None:
+        metrics["eval/median_min_distance"] = report["minimal_distance"]["median"]
     if report.get("certified_accuracy"):
         metrics["eval/certified_acc"] = report["certified_accuracy"]["value"]
     return metrics

@@ -1,17 +1,22 @@
-"""Benchmark: advtrain's ``standard`` suite against torchattacks' AutoAttack.
+"""Benchmark: advtrain's ``standard`` suite against the original AutoAttack protocol.
 
 Both attack the same MNIST CNN (``advtrain.models.MnistCNN``, trained briefly with PGD
-on MNIST-8k: the first 8,000 images of the official t10k split; evaluated on images
-of the last 2,000) under linf eps=0.3. torchattacks' AutoAttack is built from its
-components with the original settings (Croce & Hein 2020): APGD-CE and APGD-T (9
-targets) and FAB-T (9 targets) with 100 iterations, Square with 5,000 queries
-(``torchattacks.AutoAttack(version="standard")`` would run 10 iterations).
+on MNIST-8k: the first 8,000 images of the official t10k split; evaluated on the first
+``--n`` of the last 2,000) at each ``norm:eps`` setting (default linf 0.3, linf 0.25,
+l2 1.5). The reference is the original AutoAttack standard protocol built from
+torchattacks' components with the original settings (Croce & Hein 2020): APGD-CE,
+APGD-T (9 targets) and FAB-T (9 targets) with 100 iterations, Square with 5,000
+queries, each run on the examples still robust (``torchattacks.AutoAttack(
+version="standard")`` would run 10 iterations).
 
-Runs A and B interleaved (``--repeats`` times each, alternating) in one process and
-prints per-run times, robust accuracies, the medians and their ratio.
+Per setting, A and B run interleaved (``--repeats`` times each, alternating) in one
+process; prints per-run times and robust accuracies stage by stage, the medians and the
+time ratio.
 
-    nice -n 5 uv run python scripts/bench/eval.py --n 500 --repeats 3 --eps 0.3
-    nice -n 5 uv run python scripts/bench/eval.py --data digits --n 100 --eps 0.1
+    OMP_NUM_THREADS=1 nice -n 10 uv run python scripts/bench/eval.py --n 1000
+    OMP_NUM_THREADS=1 nice -n 10 uv run python scripts/bench/eval.py --settings l2:1.5
+    OMP_NUM_THREADS=1 nice -n 10 uv run python scripts/bench/eval.py --data digits --n 100 \
+        --settings linf:0.1
 
 ``--data digits``: the small DigitsCNN of the tests on the 8x8 digits test split, a
 setting where most examples stay robust (so APGD-T, FAB-T and Square do real work).
@@ -31,7 +36,7 @@ from torch import nn
 
 from advtrain.attacks import PGD
 from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
-from advtrain.evaluation.gauntlet import initial_state, run_gauntlet
+from advtrain.evaluation.gauntlet import attack_rows, initial_state, run_gauntlet
 from advtrain.evaluation.suites import build_suite
 from advtrain.models import DigitsCNN, MnistCNN, NormalizedModel
 from advtrain.threat import LpBall
@@ -94,44 +99,60 @@ def train_digits(dm: DigitsDataModule) -> nn.Module:
     return model.eval()
 
 
-def torchattacks_autoattack(
-    model: nn.Module, eps: float, seed: int = 0
-) -> torchattacks.MultiAttack:
-    """torchattacks' standard AutoAttack, with the original 100 iterations."""
-    common = {"norm": "Linf", "eps": eps, "seed": seed, "n_restarts": 1}
-    return torchattacks.MultiAttack(
-        [
-            torchattacks.APGD(model, loss="ce", steps=100, **common),
-            torchattacks.APGDT(model, n_classes=10, steps=100, **common),
-            torchattacks.FAB(model, multi_targeted=True, n_classes=10, steps=100, **common),
-            torchattacks.Square(model, n_queries=5000, **common),
-        ]
-    )
+def reference_stages(model: nn.Module, norm: str, eps: float, seed: int = 0) -> list:
+    """The original AutoAttack standard protocol from torchattacks' components, original
+    settings (Croce & Hein 2020): APGD-CE, APGD-T (9 targets) and FAB-T (9 targets) with
+    100 iterations, Square with 5,000 queries, one restart each."""
+    common = {"norm": {"linf": "Linf", "l2": "L2"}[norm], "eps": eps, "seed": seed, "n_restarts": 1}
+    return [
+        ("apgd-ce", torchattacks.APGD(model, loss="ce", steps=100, **common)),
+        ("apgd-t", torchattacks.APGDT(model, n_classes=10, steps=100, **common)),
+        ("fab-t", torchattacks.FAB(model, multi_targeted=True, n_classes=10, steps=100, **common)),
+        ("square", torchattacks.Square(model, n_queries=5000, **common)),
+    ]
 
 
-def run_torchattacks(model, x, y, eps, batch_size) -> float:
-    attack = torchattacks_autoattack(model, eps)
-    robust = 0
-    for i in range(0, len(y), batch_size):
-        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        x_adv = attack(xb, yb)
-        with torch.no_grad():
-            robust += int((model(x_adv).argmax(1) == yb).sum())
-    return robust / len(y)
+def run_torchattacks(model, x, y, norm, eps, batch_size) -> tuple[float, list]:
+    """Stage by stage on the still-robust examples (AutoAttack's bookkeeping)."""
+    with torch.no_grad():
+        robust = torch.cat(
+            [model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]
+             for i in range(0, len(y), batch_size)]
+        )  # fmt: skip
+    stages = []
+    for name, attack in reference_stages(model, norm, eps):
+        t0 = time.perf_counter()
+        idx = robust.nonzero().squeeze(1)
+        for i in range(0, len(idx), batch_size):
+            sel = idx[i : i + batch_size]
+            x_adv = attack(x[sel], y[sel])
+            with torch.no_grad():
+                robust[sel] = model(x_adv).argmax(1) == y[sel]
+        stages.append((name, float(robust.float().mean()), time.perf_counter() - t0))
+    return float(robust.float().mean()), stages
 
 
-def run_advtrain(model, x, y, eps, batch_size) -> float:
-    suite = build_suite("standard", LpBall("linf", eps), seed=0)
+def run_advtrain(model, x, y, norm, eps, batch_size) -> tuple[float, list]:
+    suite = build_suite("standard", LpBall(norm, eps), seed=0)
     state = run_gauntlet(model, x, y, suite.entries, batch_size=batch_size)
-    return float((state.fooled_by == -1).float().mean())
+    rows = attack_rows(state, suite.entries)
+    stages = [(r["name"], r["robust_accuracy"], r["seconds"]) for r in rows]
+    return float((state.fooled_by == -1).float().mean()), stages
+
+
+def _setting(text: str) -> tuple[str, float]:
+    norm, eps = text.split(":")
+    return norm, float(eps)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=500)
-    parser.add_argument("--eps", type=float, default=0.3)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--settings", type=_setting, nargs="+",
+                        default=[("linf", 0.3), ("linf", 0.25), ("l2", 1.5)],
+                        help="norm:eps pairs, e.g. linf:0.3 l2:1.5")  # fmt: skip
     parser.add_argument("--train-eps", type=float, default=0.1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--data", choices=("mnist", "digits"), default="mnist")
@@ -146,37 +167,30 @@ def main() -> None:
         what = "DigitsCNN(width=16), PGD-trained on digits (train eps 0.1)"
     x, y = dm.test_tensors(limit=args.n)
     clean = float((initial_state(model, x, y, 500).fooled_by == -1).float().mean())
-    print(
-        f"{what}; {len(y)} test images; clean accuracy {clean:.3f}; evaluated at linf "
-        f"eps {args.eps}",
-        flush=True,
-    )
-    names = [e.name for e in build_suite("standard", LpBall("linf", args.eps)).entries]
-    print("advtrain standard suite:", names, flush=True)
-    if args.repeats < 1:
-        return
-    times: dict[str, list[float]] = {"advtrain": [], "torchattacks": []}
-    accs: dict[str, list[float]] = {"advtrain": [], "torchattacks": []}
-    runners = {"advtrain": run_advtrain, "torchattacks": run_torchattacks}
-    for r in range(args.repeats):
-        for name in ("advtrain", "torchattacks") if r % 2 == 0 else ("torchattacks", "advtrain"):
-            t0 = time.perf_counter()
-            acc = runners[name](model, x, y, args.eps, args.batch_size)
-            times[name].append(time.perf_counter() - t0)
-            accs[name].append(acc)
-            print(
-                f"repeat {r} {name:12s}: robust accuracy {acc:.4f}  {times[name][-1]:.1f} s",
-                flush=True,
-            )
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(
-        f"median time advtrain {med['advtrain']:.1f} s, torchattacks {med['torchattacks']:.1f} s, "
-        f"ratio advtrain/torchattacks {med['advtrain'] / med['torchattacks']:.2f}"
-    )
-    print(
-        f"robust accuracy advtrain {statistics.median(accs['advtrain']):.4f}, "
-        f"torchattacks {statistics.median(accs['torchattacks']):.4f} (eps={args.eps}, n={len(y)})"
-    )
+    print(f"{what}; {len(y)} test images; clean accuracy {clean:.3f}", flush=True)
+    runners = {"advtrain": run_advtrain, "reference": run_torchattacks}
+    for norm, eps in args.settings:
+        names = [e.name for e in build_suite("standard", LpBall(norm, eps)).entries]
+        print(f"== {norm} eps {eps}: advtrain standard suite {names}", flush=True)
+        times: dict[str, list[float]] = {"advtrain": [], "reference": []}
+        accs: dict[str, list[float]] = {"advtrain": [], "reference": []}
+        for r in range(args.repeats):
+            order = ("advtrain", "reference") if r % 2 == 0 else ("reference", "advtrain")
+            for name in order:
+                t0 = time.perf_counter()
+                acc, stages = runners[name](model, x, y, norm, eps, args.batch_size)
+                times[name].append(time.perf_counter() - t0)
+                accs[name].append(acc)
+                detail = ", ".join(f"{s} {100 * a:.2f}% {t:.1f}s" for s, a, t in stages)
+                print(f"repeat {r} {name:10s}: robust {100 * acc:.2f}%  {times[name][-1]:.1f} s"
+                      f"  [{detail}]", flush=True)  # fmt: skip
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(
+            f"RESULT {norm} eps={eps} n={len(y)}: advtrain {100 * statistics.median(accs['advtrain']):.2f}% "
+            f"{med['advtrain']:.1f} s, reference {100 * statistics.median(accs['reference']):.2f}% "
+            f"{med['reference']:.1f} s, time ratio {med['advtrain'] / med['reference']:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
