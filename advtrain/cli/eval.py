@@ -42,7 +42,7 @@ from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation import run_evaluation, write_report
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.report import log_report
-from advtrain.evaluation.state import STATE_FILE
+from advtrain.evaluation.state import STATE_FILE, state_files
 from advtrain.evaluation.suites import check_suite
 from advtrain.threat import LpBall
 
@@ -171,7 +171,8 @@ def state_dir(cfg: DictConfig) -> Path:
     path = Path(explicit) if explicit else Path(cfg.paths.output_dir)
     folder = path.parent if path.suffix == ".pt" else path
     if not cfg.eval.get("resume", False):
-        (folder / STATE_FILE).unlink(missing_ok=True)
+        for stale in state_files(folder):  # eval_state.pt and the per-rank files
+            stale.unlink()
     elif explicit and not (folder / STATE_FILE).is_file():
         raise ConfigFileNotFound(f"eval.state_path={explicit!r} holds no {STATE_FILE}")
     return folder
