@@ -102,6 +102,13 @@ def test_eval_on_plain_state_dict(suffix, checkpoint, tmp_path, monkeypatch):
         (["ckpt_path={ckpt}", "eval.norm=l3"], "unknown norm 'l3'"),
         (["ckpt_path={ckpt}", "eval.eps=-0.1"], "eps"),
         (["ckpt_path={ckpt}", "eval.suite=nope"], "unknown suite 'nope'"),
+        (["ckpt_path={ckpt}", "eval.device=tpu"], "eval.device='tpu' is invalid"),
+        (["ckpt_path={ckpt}", f"eval.device=cuda:{torch.cuda.device_count()}"], "CUDA GPU"),
+        *(
+            [(["ckpt_path={ckpt}", "eval.device=cuda"], "but 0 are visible")]
+            if not torch.cuda.is_available()
+            else []
+        ),
     ],
 )
 def test_bad_inputs_one_clear_line(args, message, checkpoint, tmp_path, monkeypatch, capsys):
@@ -150,3 +157,22 @@ def test_surrogate_from_checkpoint_or_config(checkpoint, tmp_path):
     from_cfg = build_surrogate(OmegaConf.create(spec))
     assert torch.allclose(from_cfg(x), from_ckpt[1](x))
     assert build_surrogate(None) is None
+
+
+def _without_times(report: dict) -> dict:
+    """The report with every wall-clock entry removed (all else must be identical)."""
+    out = {k: v for k, v in report.items() if k != "seconds"}
+    out["attacks"] = [{k: v for k, v in a.items() if k != "seconds"} for a in report["attacks"]]
+    return out
+
+
+def test_eval_device_cpu_gives_the_same_report(checkpoint, tmp_path, monkeypatch):
+    """``eval.device=cpu`` is today's report; ``auto`` picks CUDA only when there is one."""
+    base = [f"ckpt_path={checkpoint}", "eval.figures=false", *FAST]
+    reports = []
+    for device in ("cpu", "auto"):
+        assert run_cli([*base, f"eval.device={device}"], tmp_path / device, monkeypatch) == 0
+        reports.append(json.loads((tmp_path / device / "report.json").read_text()))
+    if not torch.cuda.is_available():
+        assert _without_times(reports[0]) == _without_times(reports[1])
+    assert reports[0]["robust_accuracy"]["value"] <= reports[0]["clean_accuracy"]["value"]

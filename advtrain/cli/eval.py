@@ -7,7 +7,9 @@ Examples::
     advtrain-eval model=mnist_cnn data=mnist weights_path=model.safetensors eval.eps=0.3
 
     advtrain-eval ckpt_path=... eval.suite=full eval.surrogate=other.ckpt certify.method=crown
+    advtrain-eval ckpt_path=... eval.device=cuda:1        # auto (default) | cpu | cuda | cuda:N
     advtrain-eval ckpt_path=... eval.devices=2            # shard over 2 CPU processes (gloo)
+    advtrain-eval ckpt_path=... eval.device=cuda eval.devices=4   # 4 GPUs, one process each (nccl)
     advtrain-eval ckpt_path=... hydra.run.dir=DIR eval.resume=true   # continue a run
 
 Writes ``report.json`` (the contract in DESIGN.md), ``report.md``, the figures
@@ -134,10 +136,32 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
     return model.eval(), data_cfg, model_name
 
 
+def eval_device(spec: Any, devices: int = 1) -> torch.device:
+    """The device of ``eval.device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or
+    ``cuda:N``; one line if CUDA (or GPU N, or ``devices`` GPUs) is not there."""
+    text = str(spec if spec is not None else "auto").strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = text.partition(":")
+    if kind == "cpu" and not index:
+        return torch.device("cpu")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"eval.device={spec!r} is invalid; use auto, cpu, cuda or cuda:N")
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    need = int(index) + 1 if index else devices
+    if have < need or (index and devices > 1):
+        raise ConfigError(
+            f"eval.device={spec!r} with eval.devices={devices} needs {need} CUDA GPU(s) "
+            f"(one per process, cuda:0..) but {have} are visible; use eval.device=cpu or auto"
+        )
+    return torch.device(text if index else "cuda:0")
+
+
 def check_eval_config(cfg: DictConfig) -> None:
-    """Fail early, with one line, on a bad norm, eps, suite or example count."""
+    """Fail early, with one line, on a bad norm, eps, suite, device or example count."""
     ev = cfg.eval
     LpBall(ev.norm, ev.eps)
+    eval_device(ev.get("device"), int(ev.get("devices", 1)))
     check_suite(ev.suite)
     if ev.n_examples is not None and int(ev.n_examples) < 1:
         raise ConfigError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
@@ -203,12 +227,17 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if int(cfg.eval.get("devices", 1)) > 1 and not dist.is_initialized():
         return spawn_eval(cfg)
     torch.manual_seed(cfg.seed)
+    device = rank_device(eval_device(cfg.eval.get("device")))
     model, data_cfg, model_name = resolve_model_and_data(cfg)
     datamodule = instantiate(data_cfg)
     x, y = datamodule.test_tensors(limit=cfg.eval.n_examples)
+    options = evaluation_options(cfg)
+    if options["surrogate"] is not None:
+        options["surrogate"] = options["surrogate"].to(device)
     result = run_evaluation(
-        model, x, y, dataset=datamodule.name, model_name=model_name, **evaluation_options(cfg)
-    )
+        model.to(device), x.to(device), y.to(device), dataset=datamodule.name,
+        model_name=model_name, **options,
+    )  # fmt: skip
     report = result.report
     if dist.is_initialized() and dist.get_rank() != 0:
         return report
@@ -246,17 +275,30 @@ def print_summary(report: dict, json_path: Path) -> None:
         print(f"advtrain-eval: BUG: {sandwich['detail']}", file=sys.stderr)
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """This process's device: ``cuda:RANK`` for CUDA over several processes."""
+    if device.type == "cuda" and dist.is_initialized() and dist.get_world_size() > 1:
+        return torch.device("cuda", dist.get_rank())
+    return device
+
+
 def _spawned(rank: int, world_size: int, init_file: str, cfg_yaml: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+    cfg = OmegaConf.create(cfg_yaml)
+    backend = "gloo"
+    if eval_device(cfg.eval.get("device"), world_size).type == "cuda":
+        torch.cuda.set_device(rank)  # one GPU per process; NCCL gathers on it
+        backend = "nccl"
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)  # fmt: skip
     try:
-        run_eval(OmegaConf.create(cfg_yaml))
+        run_eval(cfg)
     finally:
         dist.destroy_process_group()
 
 
 def spawn_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Run the evaluation in ``eval.devices`` CPU processes (gloo), sharding examples."""
+    """Run the evaluation in ``eval.devices`` processes, sharding examples: one per CPU
+    process (gloo) or one per GPU (nccl, ``cuda:0..N-1``) as ``eval.device`` says."""
     import tempfile
 
     import torch.multiprocessing as mp

@@ -75,7 +75,7 @@ def check_not_probabilities(model: nn.Module, x: Tensor) -> dict:
     """Outputs must be logits: not non-negative rows that sum to one."""
     with torch.no_grad():
         out = model(x).float()
-    rows_sum_one = torch.allclose(out.sum(1), torch.ones(len(out)), atol=1e-3)
+    rows_sum_one = torch.allclose(out.sum(1), out.new_ones(len(out)), atol=1e-3)
     probs = bool((out >= 0).all()) and bool((out <= 1).all()) and rows_sum_one
     detail = "outputs are in [0, 1] and sum to 1 per example" if probs else "outputs are logits"
     return _result("logits_not_probabilities", not probs, detail)
