@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -30,7 +31,8 @@ from advtrain.evaluation.suites import SUITES
 from advtrain.objectives import OBJECTIVES
 from advtrain.regularizers import REGULARIZERS
 
-CPU = torch.device("cpu")
+# the device of model and data: the CPU here; scripts/bench/gpu_check.py sets CUDA
+CPU = torch.device(os.environ.get("ADVTRAIN_TEST_DEVICE", "cpu"))
 # small budgets, passed to whichever constructor takes them (a new attack gets them too)
 BUDGETS = {"steps": 3, "n_queries": 20, "n_target_classes": 2, "n_restarts": 1, "restarts": 1}
 
@@ -66,7 +68,7 @@ def meta_default() -> Iterator[None]:
 
 def _on_cpu(*tensors: Tensor) -> None:
     for t in tensors:
-        assert t.device == CPU, f"a result is on {t.device}, not on the inputs' device"
+        assert t.device.type == CPU.type, f"a result is on {t.device}, not on the inputs' device"
 
 
 def _budgeted(cls: type, **kwargs) -> object:

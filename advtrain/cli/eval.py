@@ -5,6 +5,9 @@ Examples::
     advtrain-eval ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt
     advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick
     advtrain-eval model=mnist_cnn data=mnist weights_path=model.safetensors eval.eps=0.3
+    advtrain-eval model=robustbench model.name=Carmon2019Unlabeled data=cifar10 \
+        weights_path=Carmon2019Unlabeled.pt eval.eps=8/255 eval.export=robustbench
+    advtrain-eval model=onnx data=digits weights_path=net.onnx
 
     advtrain-eval ckpt_path=... eval.suite=full eval.surrogate=other.ckpt certify.method=crown
     advtrain-eval ckpt_path=... eval.device=cuda:1        # auto (default) | cpu | cuda | cuda:N
@@ -42,10 +45,12 @@ from advtrain.cli.common import (
 )
 from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation import run_evaluation, write_report
+from advtrain.evaluation.export import check_export, write_model_info
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.report import log_report
 from advtrain.evaluation.state import STATE_FILE, state_files
 from advtrain.evaluation.suites import check_suite
+from advtrain.models.robustbench import ZOO, clean_accuracy_warning
 from advtrain.threat import LpBall
 
 
@@ -125,6 +130,9 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
             raise ConfigError(
                 "weights_path needs model=<name> and data=<name> (the architecture and data set)"
             )
+        if "path" in model_cfg:  # model=robustbench | onnx: the model reads weights_path itself
+            model = instantiate(model_cfg)
+            return model.eval(), data_cfg, str(model_cfg.get("name") or Path(cfg.weights_path).name)
         state, source = load_state_dict_file(cfg.weights_path), cfg.weights_path
     else:
         raise ConfigError(
@@ -163,6 +171,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     LpBall(ev.norm, ev.eps)
     eval_device(ev.get("device"), int(ev.get("devices", 1)))
     check_suite(ev.suite)
+    check_export(ev.get("export"), ev.suite)
     if ev.n_examples is not None and int(ev.n_examples) < 1:
         raise ConfigError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
     if int(ev.get("devices", 1)) < 1:
@@ -244,10 +253,28 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.paths.output_dir)
     figures = write_figures(result, model, out) if cfg.eval.get("figures", True) else []
     json_path, _ = write_report(report, out)
+    publish(cfg, report, out)
     for logger in instantiate_loggers(cfg.get("logger")):
         log_report(logger, report, figures)
     print_summary(report, json_path)
     return report
+
+
+def publish(cfg: DictConfig, report: dict, out: Path) -> None:
+    """RobustBench's clean-accuracy check for its zoo models, and ``eval.export``."""
+    model_cfg = cfg.get("model") or {}
+    zoo_name = (
+        model_cfg.get("name") if "load_robustbench" in str(model_cfg.get("_target_")) else None
+    )
+    if zoo_name:
+        warning = clean_accuracy_warning(zoo_name, report["clean_accuracy"], report["n_examples"])
+        if warning:
+            print(f"advtrain-eval: warning: {warning}", file=sys.stderr)
+    if cfg.eval.get("export") == "robustbench":
+        arch = model_cfg.get("architecture_name") or (ZOO[zoo_name].architecture
+                                                      if zoo_name in ZOO else None)  # fmt: skip
+        path = write_model_info(report, out, str(zoo_name or report["model"]), arch)
+        print(f"RobustBench model_info: {path}")
 
 
 def instantiate_loggers(cfg: Any) -> list[Any]:
