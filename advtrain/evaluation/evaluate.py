@@ -174,7 +174,8 @@ def _evaluate_eval_mode(
     settings = {"norm": threat.norm, "eps": threat.eps, "suite": suite, "seed": seed, "eot": eot,
                 "attacks": [e.name for e in built.entries]}  # fmt: skip
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
-    state = runner(built.entries, x, y, state_path, fingerprint(settings, x, y, model))
+    key = fingerprint(settings, x, y, model) if state_path is not None else None
+    state = runner(built.entries, x, y, state_path, key)
     clean = (state.fooled_by != CLEAN_WRONG).to(device)
     rows, single_step = _fgsm_check(runner, state, built, threat, seed, x, y)
 

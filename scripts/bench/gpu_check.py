@@ -173,7 +173,8 @@ def training_section(args, device) -> list[dict]:
         if variant["compile"] and not args.compile:
             continue
         plain, adv = [], []
-        for r in range(args.repeats):
+        repeats = 1 if variant["compile"] else args.repeats  # each run compiles afresh
+        for r in range(repeats):
             order = ("plain", "advtrain") if r % 2 == 0 else ("advtrain", "plain")
             for who in order:
                 if who == "plain":
@@ -258,11 +259,11 @@ def device_section(args, device) -> dict:
 def table(results: dict) -> str:
     lines = ["| check | figure | target |", "|---|---|---|"]
     for row in results["training"]:
-        lines.append(f"| PGD-10 training {row['variant']} | plain {row['plain_img_s']:,.0f} img/s, "
-                     f"advtrain {row['advtrain_img_s']:,.0f} img/s, ratio {row['ratio']:.3f} | "
+        lines.append(f"| PGD-10 training {row['variant']} | plain {row['plain_img_s']:,.1f} img/s, "
+                     f"advtrain {row['advtrain_img_s']:,.1f} img/s, ratio {row['ratio']:.3f} | "
                      f"{row['target']} |")  # fmt: skip
     f = results["fgsm_rs"]
-    lines.append(f"| FGSM-RS bf16+cl | {f['img_s']:,.0f} img/s; 15 CIFAR-10 epochs "
+    lines.append(f"| FGSM-RS bf16+cl | {f['img_s']:,.1f} img/s; 15 CIFAR-10 epochs "
                  f"{f['projected_15_epochs_min']:.1f} min (published {f['published_min']:.0f}) | "
                  f"{f['target_min']} min |")  # fmt: skip
     e = results["evaluation"]
@@ -281,11 +282,17 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU: proves it runs)")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "gpu_check.json"))
+    parser.add_argument("--eval-n", type=int, default=None, help="images of (3); default 1000")
+    parser.add_argument("--repeats", type=int, default=None, help="rounds of (1); default 3")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
     args = parser.parse_args()
     sizes = ({"batch": 2, "warmup": 1, "steps": 1, "fgsm_steps": 2, "repeats": 1, "eval_n": 4,
               "eval_batch": 4, "compile": False} if args.smoke else
              {"batch": 128, "warmup": 5, "steps": 25, "fgsm_steps": 60, "repeats": 3,
               "eval_n": 1000, "eval_batch": 500, "compile": True})  # fmt: skip
+    sizes["eval_n"] = args.eval_n or sizes["eval_n"]
+    sizes["repeats"] = args.repeats or sizes["repeats"]
+    sizes["compile"] = sizes["compile"] and not args.no_compile
     vars(args).update(sizes)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
