@@ -102,6 +102,7 @@ def test_foreign_or_unknown_models_are_one_line(tmp_path):
         architecture("vgg16")
 
 
+@pytest.mark.slow  # WRN-28-10 / 34-10 and ResNet-50 forward passes
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_every_zoo_architecture_builds(name):
     model = architecture(ZOO[name].architecture)
@@ -109,6 +110,7 @@ def test_every_zoo_architecture_builds(name):
         assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 10)
 
 
+@pytest.mark.slow  # builds WRN-70-16 (267M parameters)
 def test_zoo_names_the_architectures_that_matter():
     assert ZOO["Carmon2019Unlabeled"].architecture == "wrn-28-10"
     assert {e.architecture for e in ZOO.values()} >= {"wrn-28-10", "wrn-34-10", "preact-resnet18"}
