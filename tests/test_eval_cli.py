@@ -102,6 +102,13 @@ def test_eval_on_plain_state_dict(suffix, checkpoint, tmp_path, monkeypatch):
         (["ckpt_path={ckpt}", "eval.norm=l3"], "unknown norm 'l3'"),
         (["ckpt_path={ckpt}", "eval.eps=-0.1"], "eps"),
         (["ckpt_path={ckpt}", "eval.suite=nope"], "unknown suite 'nope'"),
+        (["ckpt_path={ckpt}", "eval.device=tpu"], "eval.device='tpu' is invalid"),
+        (["ckpt_path={ckpt}", f"eval.device=cuda:{torch.cuda.device_count()}"], "CUDA GPU"),
+        *(
+            [(["ckpt_path={ckpt}", "eval.device=cuda"], "but 0 are visible")]
+            if not torch.cuda.is_available()
+            else []
+        ),
     ],
 )
 def test_bad_inputs_one_clear_line(args, message, checkpoint, tmp_path, monkeypatch, capsys):
@@ -150,3 +157,88 @@ def test_surrogate_from_checkpoint_or_config(checkpoint, tmp_path):
     from_cfg = build_surrogate(OmegaConf.create(spec))
     assert torch.allclose(from_cfg(x), from_ckpt[1](x))
     assert build_surrogate(None) is None
+
+
+def _without_times(report: dict) -> dict:
+    """The report with every wall-clock entry removed (all else must be identical)."""
+    out = {k: v for k, v in report.items() if k != "seconds"}
+    out["attacks"] = [{k: v for k, v in a.items() if k != "seconds"} for a in report["attacks"]]
+    return out
+
+
+def test_eval_device_cpu_gives_the_same_report(checkpoint, tmp_path, monkeypatch):
+    """``eval.device=cpu`` is today's report; ``auto`` picks CUDA only when there is one."""
+    base = [f"ckpt_path={checkpoint}", "eval.figures=false", *FAST]
+    reports = []
+    for device in ("cpu", "auto"):
+        assert run_cli([*base, f"eval.device={device}"], tmp_path / device, monkeypatch) == 0
+        reports.append(json.loads((tmp_path / device / "report.json").read_text()))
+    if not torch.cuda.is_available():
+        assert _without_times(reports[0]) == _without_times(reports[1])
+    assert reports[0]["robust_accuracy"]["value"] <= reports[0]["clean_accuracy"]["value"]
+
+
+def test_onnx_export_gives_the_same_report(checkpoint, tmp_path, monkeypatch):
+    """A model exported to ONNX from a trained digits checkpoint evaluates to the same
+    report through ``model=onnx`` as through its checkpoint (issue 12)."""
+    from advtrain.cli.common import build_model
+    from advtrain.cli.eval import load_checkpoint, load_into
+
+    state, run_cfg = load_checkpoint(str(checkpoint))
+    model = build_model(run_cfg.model, run_cfg.data, True)
+    load_into(model, state, str(checkpoint), "model")
+    onnx_path = tmp_path / "net.onnx"
+    torch.onnx.export(
+        model.eval(), (torch.rand(2, 1, 8, 8),), str(onnx_path), dynamo=False,
+        input_names=["x"], output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+    )  # fmt: skip
+    base = ["eval.figures=false", *FAST]
+    assert run_cli([f"ckpt_path={checkpoint}", *base], tmp_path / "ckpt", monkeypatch) == 0
+    args = ["model=onnx", "data=digits", f"weights_path={onnx_path}", *base]
+    assert run_cli(args, tmp_path / "onnx", monkeypatch) == 0
+    ckpt, onnx = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("ckpt", "onnx"))
+    for key in ("clean_accuracy", "robust_accuracy", "per_class", "n_examples"):
+        assert onnx[key] == ckpt[key], key
+    assert [a["robust_accuracy"] for a in onnx["attacks"]] == [
+        a["robust_accuracy"] for a in ckpt["attacks"]
+    ]
+
+
+@pytest.mark.slow  # the standard suite on a PreActResNet-18
+def test_robustbench_checkpoint_through_the_cli_with_export(tmp_path, monkeypatch, capsys):
+    """``model=robustbench`` loads a RobustBench-format file; ``eval.export=robustbench``
+    writes model_info; a clean accuracy far below the published one is warned about."""
+    from advtrain.models.robustbench import architecture
+
+    torch.manual_seed(0)
+    backbone = architecture("preact-resnet18")
+    state = {"state_dict": {f"module.{k}": v for k, v in _preact_rb_names(backbone).items()}}
+    torch.save(state, tmp_path / "Wong2020Fast.pt")
+    args = [
+        "model=robustbench", "model.name=Wong2020Fast", f"weights_path={tmp_path / 'Wong2020Fast.pt'}",
+        "data=synthetic", "data.shape=[3,32,32]", "data.n_test=4", "eval.n_examples=4",
+        "eval.eps=8/255", "eval.suite=standard", "eval.export=robustbench", "eval.figures=false",
+        "eval.eps_curve=[0]", "eval.curve_n_examples=2",
+    ]  # fmt: skip
+    assert run_cli(args, tmp_path / "run", monkeypatch) == 0
+    info_path = tmp_path / "run" / "model_info" / "synthetic" / "Linf" / "Wong2020Fast.json"
+    info = json.loads(info_path.read_text())
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert info["eps"] == "8/255" and info["architecture"] == "preact-resnet18"
+    assert info["autoattack_acc"] == f"{100 * report['robust_accuracy']['value']:.2f}"
+    assert "far below RobustBench's published 83.34%" in capsys.readouterr().err
+
+
+def _preact_rb_names(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """advtrain's PreActResNet-18 tensors under RobustBench's names (layerK.J, shortcut.0)."""
+    import re
+
+    out = {}
+    for key, value in model.state_dict().items():
+        m = re.match(r"layers\.(\d+)\.(.*)", key)
+        if m:
+            rest = m[2].replace("shortcut.", "shortcut.0.")
+            key = f"layer{int(m[1]) // 2 + 1}.{int(m[1]) % 2}.{rest}"
+        out[key] = value
+    return out

@@ -133,23 +133,23 @@ def test_resume_after_crash_matches_uninterrupted(tiny_model, tmp_path):
     x = torch.rand(30, 1, 8, 8, generator=g)
     y = predict(tiny_model, x, 64)
     full = run_gauntlet(tiny_model, x, y, _entries(0.02), batch_size=4)
-    key = fingerprint({"a": 1}, x, y)
+    key = fingerprint({"a": 1}, x, y, tiny_model)
     path = tmp_path / "eval_state.pt"
 
     def save_then_crash(state):
         save_state(path, state, key)
-        if state.attack_index == 1 and state.next_chunk == 1:  # inside the second attack
+        if state.attack_index == 1 and state.attacked[:, 1].any():  # inside the second attack
             raise _Crash
 
     with pytest.raises(_Crash):
         run_gauntlet(tiny_model, x, y, _entries(0.02), batch_size=4, on_chunk=save_then_crash)
     saved = load_state(path, key)
-    assert saved.attack_index == 1 and saved.next_chunk == 1 and len(saved.todo) > 4
+    assert saved.attack_index == 1 and int(saved.attacked[:, 1].sum()) == 4
     resumed = run_gauntlet(tiny_model, x, y, _entries(0.02), batch_size=4, state=saved)
     assert torch.equal(resumed.fooled_by, full.fooled_by)
     assert torch.equal(resumed.x_adv, full.x_adv)
     with pytest.raises(ValueError, match="other settings"):
-        load_state(path, fingerprint({"a": 2}, x, y))
+        load_state(path, fingerprint({"a": 2}, x, y, tiny_model))
 
 
 def test_evaluate_resumes_from_state_dir(tiny_model, tmp_path):

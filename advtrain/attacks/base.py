@@ -11,7 +11,11 @@ An attack maximises a loss over a threat model (``LpBall``). Subclasses implemen
   the attack and restored afterwards, so no parameter ever receives a ``.grad``;
 * gradients are enabled even inside ``torch.no_grad``/``torch.inference_mode`` (as in
   Lightning's validation and test loops);
-* the result is detached, inside the eps-ball around ``x`` and inside the data box.
+* the result is detached, inside the eps-ball around ``x`` and inside the data box;
+* mixed precision: under bf16 autocast (``trainer.precision=bf16-mixed``) the model's
+  forward and backward passes run in bf16 while the inputs, the objective, the input
+  gradients and the projection stay in float32; fp16 autocast (``16-mixed``) is refused
+  with one line (its unscaled input gradients underflow), as are half-precision inputs.
 """
 
 from __future__ import annotations
@@ -64,6 +68,21 @@ def attack_context(model: nn.Module, model_mode: str = "eval") -> Iterator[None]
             with torch.no_grad():
                 for b, saved in buffers:
                     b.copy_(saved)
+
+
+def check_precision(x: Tensor) -> None:
+    """Refuse what the attacks do not support: fp16 autocast and fp16/bf16 inputs."""
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.float16:
+        raise ConfigError(
+            "fp16 autocast (trainer.precision=16-mixed) is not supported for attacks: input "
+            "gradients underflow without a scale; use trainer.precision=bf16-mixed or 32-true"
+        )
+    if x.dtype in (torch.float16, torch.bfloat16):
+        raise ConfigError(
+            f"attack inputs are {x.dtype} (trainer.precision=*-true); the eps-ball needs "
+            "float32 inputs: use trainer.precision=bf16-mixed or 32-true"
+        )
 
 
 class Attack(ABC):
@@ -151,6 +170,7 @@ class Attack(ABC):
         self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None
     ) -> Tensor:
         """Return adversarial examples for ``(x, y)`` against ``model`` (detached)."""
+        check_precision(x)
         if self.check_inputs:
             self.threat.check_inputs(x)
         if self.threat.eps == 0:
@@ -184,7 +204,10 @@ class Attack(ABC):
         return torch.Generator(device=device).manual_seed(int(self.seed))
 
     def objective(self, logits: Tensor, y: Tensor, target: Tensor | None, **kw: Tensor) -> Tensor:
-        """Per-example value to *maximise*: the loss, or minus the loss to the target."""
+        """Per-example value to *maximise*: the loss, or minus the loss to the target
+        (in float32, also when the logits come from a bf16 autocast forward pass)."""
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
         if self.targeted:
             assert target is not None
             return -self.loss_fn(logits, target, **kw)
@@ -254,4 +277,4 @@ def step_size(value: float | str | None, eps: float, default_ratio: float) -> fl
     return as_float(value, "step_size")
 
 
-__all__ = ["LOSSES", "MODEL_MODES", "Attack", "attack_context", "step_size"]
+__all__ = ["LOSSES", "MODEL_MODES", "Attack", "attack_context", "check_precision", "step_size"]

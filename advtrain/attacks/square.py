@@ -46,12 +46,12 @@ def p_selection(p_init: float, it: int, n_queries: int) -> float:
     return p_init / 512
 
 
-def _eta(s: int) -> Tensor:
+def _eta(s: int, like: Tensor) -> Tensor:
     """A pseudo-gaussian ``s x s`` pattern: concentric rectangles, two halves of opposite
     sign (Andriushchenko et al. 2020, l2 version), unit l2 norm."""
 
     def rectangles(a: int, b: int) -> Tensor:
-        delta = torch.zeros(a, b)
+        delta = like.new_zeros(a, b)
         ca, cb = a // 2, b // 2
         for k in range(max(ca, cb) + 1):
             delta[max(ca - k, 0) : min(ca + k + 1, a), max(cb - k, 0) : min(cb + k + 1, b)] += (
@@ -59,7 +59,7 @@ def _eta(s: int) -> Tensor:
             )
         return delta / delta.norm().clamp_min(1e-12)
 
-    out = torch.zeros(s, s)
+    out = like.new_zeros(s, s)
     out[: s // 2] = rectangles(s // 2, s)
     out[s // 2 :] = -rectangles(s - s // 2, s)
     return out / out.norm().clamp_min(1e-12)
@@ -224,12 +224,12 @@ class Square(Attack):
     @staticmethod
     def _int(high: int, generator) -> int:
         """A uniform integer in ``[0, high]``."""
-        device = generator.device if generator is not None else None
+        device = generator.device if generator is not None else torch.device("cpu")
         return int(torch.randint(0, high + 1, (1,), generator=generator, device=device).item())
 
     def _pattern(self, s: int, like: Tensor, generator) -> Tensor:
         """``_eta(s)``, transposed with probability 1/2 (as in the paper's code)."""
-        pattern = _eta(s).to(like)
+        pattern = _eta(s, like)
         return pattern.T.contiguous() if self._int(1, generator) else pattern
 
 

@@ -106,7 +106,7 @@ def certify(
     if len(x):
         threat.check_inputs(x)
     model = _converted(model, dtype)
-    device = next(iter(model.parameters()), torch.zeros(())).device
+    device = next(iter(model.parameters()), x).device
     x, y = x.detach().to(device=device, dtype=dtype), y.to(device)
     certified, radius = _run(model, x, y, threat, method, batch_size)
     return {
@@ -134,7 +134,7 @@ def _run(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, method: str,
             xb, yb = x[start : start + batch_size], y[start : start + batch_size]
             low = margin_bounds(model, xb, yb, threat.norm, threat.eps, method, threat.bounds)
             parts.append((low > 0).all(1))
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool), None
+    return torch.cat(parts) if parts else y.new_zeros(0, dtype=torch.bool), None
 
 
 def _converted(model: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -42,8 +42,8 @@ def dense_segments(net: Network) -> list[tuple[np.ndarray, np.ndarray]]:
     for k in range(len(net.segments)):
         shape = net.out_shape(k)
         n = math.prod(shape)
-        like = torch.zeros((), dtype=torch.float64)
-        rows = identity_rows(shape, torch.arange(n), like)[:, :n]
+        like = torch.zeros((), dtype=torch.float64, device="cpu")  # scipy solves on the CPU
+        rows = identity_rows(shape, torch.arange(n, device="cpu"), like)[:, :n]
         w, b = net.backward_segment(k, rows, rows.new_zeros(1, n))
         layers.append((w.reshape(n, -1).detach().numpy(), b.reshape(n).detach().numpy()))
     return layers
@@ -122,7 +122,7 @@ def min_margin(
         eps: linf radius in pixel units.
     """
     model = _float64(model)
-    x = x.detach().to(torch.float64)
+    x, y = x.detach().to("cpu", torch.float64), y.cpu()  # scipy's MILP runs on the CPU
     net = parse(model, x.shape[1:])
     with torch.no_grad():
         layers = dense_segments(net)
@@ -145,7 +145,9 @@ def min_margin(
         points.append(torch.from_numpy(best[1][: x[i].numel()]).view_as(x[i]))
         others.append(best[2] + int(best[2] >= int(y[i])))
     return MarginResult(
-        torch.tensor(values, dtype=torch.float64), torch.stack(points), torch.tensor(others)
+        torch.tensor(values, dtype=torch.float64, device="cpu"),
+        torch.stack(points),
+        torch.tensor(others, dtype=torch.long, device="cpu"),
     )
 
 
@@ -174,10 +176,10 @@ def exact_radius(
                 (mid, high) if float(min_margin(model, xi, yi, mid).value[0]) > 0 else (low, mid)
             )
         radii.append(high)
-    return torch.tensor(radii, dtype=torch.float64)
+    return torch.tensor(radii, dtype=torch.float64, device=x.device)
 
 
 def _float64(model: nn.Module) -> nn.Module:
     import copy
 
-    return copy.deepcopy(model).to(torch.float64).eval()
+    return copy.deepcopy(model).to("cpu", torch.float64).eval()

@@ -5,9 +5,14 @@ Examples::
     advtrain-eval ckpt_path=outputs/train/runs/<run>/checkpoints/best.ckpt
     advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick
     advtrain-eval model=mnist_cnn data=mnist weights_path=model.safetensors eval.eps=0.3
+    advtrain-eval model=robustbench model.name=Carmon2019Unlabeled data=cifar10 \
+        weights_path=Carmon2019Unlabeled.pt eval.eps=8/255 eval.export=robustbench
+    advtrain-eval model=onnx data=digits weights_path=net.onnx
 
     advtrain-eval ckpt_path=... eval.suite=full eval.surrogate=other.ckpt certify.method=crown
+    advtrain-eval ckpt_path=... eval.device=cuda:1        # auto (default) | cpu | cuda | cuda:N
     advtrain-eval ckpt_path=... eval.devices=2            # shard over 2 CPU processes (gloo)
+    advtrain-eval ckpt_path=... eval.device=cuda eval.devices=4   # 4 GPUs, one process each (nccl)
     advtrain-eval ckpt_path=... hydra.run.dir=DIR eval.resume=true   # continue a run
 
 Writes ``report.json`` (the contract in DESIGN.md), ``report.md``, the figures
@@ -40,6 +45,7 @@ from advtrain.cli.common import (
 )
 from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation import run_evaluation, write_report
+from advtrain.evaluation.export import check_export, write_model_info
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.report import log_report
 from advtrain.evaluation.smoothing_report import (
@@ -47,8 +53,9 @@ from advtrain.evaluation.smoothing_report import (
     check_smoothing_config,
     write_smoothing_markdown,
 )
-from advtrain.evaluation.state import STATE_FILE
+from advtrain.evaluation.state import STATE_FILE, state_files
 from advtrain.evaluation.suites import check_suite
+from advtrain.models.robustbench import ZOO, clean_accuracy_warning
 from advtrain.threat import LpBall
 
 
@@ -128,6 +135,9 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
             raise ConfigError(
                 "weights_path needs model=<name> and data=<name> (the architecture and data set)"
             )
+        if "path" in model_cfg:  # model=robustbench | onnx: the model reads weights_path itself
+            model = instantiate(model_cfg)
+            return model.eval(), data_cfg, str(model_cfg.get("name") or Path(cfg.weights_path).name)
         state, source = load_state_dict_file(cfg.weights_path), cfg.weights_path
     else:
         raise ConfigError(
@@ -139,11 +149,34 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
     return model.eval(), data_cfg, model_name
 
 
+def eval_device(spec: Any, devices: int = 1) -> torch.device:
+    """The device of ``eval.device``: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or
+    ``cuda:N``; one line if CUDA (or GPU N, or ``devices`` GPUs) is not there."""
+    text = str(spec if spec is not None else "auto").strip().lower()
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = text.partition(":")
+    if kind == "cpu" and not index:
+        return torch.device("cpu")
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise ConfigError(f"eval.device={spec!r} is invalid; use auto, cpu, cuda or cuda:N")
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    need = int(index) + 1 if index else devices
+    if have < need or (index and devices > 1):
+        raise ConfigError(
+            f"eval.device={spec!r} with eval.devices={devices} needs {need} CUDA GPU(s) "
+            f"(one per process, cuda:0..) but {have} are visible; use eval.device=cpu or auto"
+        )
+    return torch.device(text if index else "cuda:0")
+
+
 def check_eval_config(cfg: DictConfig) -> None:
-    """Fail early, with one line, on a bad norm, eps, suite or example count."""
+    """Fail early, with one line, on a bad norm, eps, suite, device or example count."""
     ev = cfg.eval
     LpBall(ev.norm, ev.eps)
+    eval_device(ev.get("device"), int(ev.get("devices", 1)))
     check_suite(ev.suite)
+    check_export(ev.get("export"), ev.suite)
     if ev.n_examples is not None and int(ev.n_examples) < 1:
         raise ConfigError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
     if int(ev.get("devices", 1)) < 1:
@@ -176,7 +209,8 @@ def state_dir(cfg: DictConfig) -> Path:
     path = Path(explicit) if explicit else Path(cfg.paths.output_dir)
     folder = path.parent if path.suffix == ".pt" else path
     if not cfg.eval.get("resume", False):
-        (folder / STATE_FILE).unlink(missing_ok=True)
+        for stale in state_files(folder):  # eval_state.pt and the per-rank files
+            stale.unlink()
     elif explicit and not (folder / STATE_FILE).is_file():
         raise ConfigFileNotFound(f"eval.state_path={explicit!r} holds no {STATE_FILE}")
     return folder
@@ -208,6 +242,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if int(cfg.eval.get("devices", 1)) > 1 and not dist.is_initialized():
         return spawn_eval(cfg)
     torch.manual_seed(cfg.seed)
+    device = rank_device(eval_device(cfg.eval.get("device")))
     model, data_cfg, model_name = resolve_model_and_data(cfg)
     datamodule = instantiate(data_cfg)
     x, y = datamodule.test_tensors(limit=cfg.eval.n_examples)
@@ -216,6 +251,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     if smoothing:
         check_smoothing_config(cfg)
         options["certify_method"] = None
+    if options["surrogate"] is not None:
+        options["surrogate"] = options["surrogate"].to(device)
+    model, x, y = model.to(device), x.to(device), y.to(device)
     result = run_evaluation(model, x, y, dataset=datamodule.name, model_name=model_name, **options)
     report = result.report
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -227,10 +265,28 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     json_path, md_path = write_report(report, out)
     if smoothing:
         write_smoothing_markdown(report, md_path)
+    publish(cfg, report, out)
     for logger in instantiate_loggers(cfg.get("logger")):
         log_report(logger, report, figures)
     print_summary(report, json_path)
     return report
+
+
+def publish(cfg: DictConfig, report: dict, out: Path) -> None:
+    """RobustBench's clean-accuracy check for its zoo models, and ``eval.export``."""
+    model_cfg = cfg.get("model") or {}
+    zoo_name = (
+        model_cfg.get("name") if "load_robustbench" in str(model_cfg.get("_target_")) else None
+    )
+    if zoo_name:
+        warning = clean_accuracy_warning(zoo_name, report["clean_accuracy"], report["n_examples"])
+        if warning:
+            print(f"advtrain-eval: warning: {warning}", file=sys.stderr)
+    if cfg.eval.get("export") == "robustbench":
+        arch = model_cfg.get("architecture_name") or (ZOO[zoo_name].architecture
+                                                      if zoo_name in ZOO else None)  # fmt: skip
+        path = write_model_info(report, out, str(zoo_name or report["model"]), arch)
+        print(f"RobustBench model_info: {path}")
 
 
 def instantiate_loggers(cfg: Any) -> list[Any]:
@@ -258,17 +314,30 @@ def print_summary(report: dict, json_path: Path) -> None:
         print(f"advtrain-eval: BUG: {sandwich['detail']}", file=sys.stderr)
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """This process's device: ``cuda:RANK`` for CUDA over several processes."""
+    if device.type == "cuda" and dist.is_initialized() and dist.get_world_size() > 1:
+        return torch.device("cuda", dist.get_rank())
+    return device
+
+
 def _spawned(rank: int, world_size: int, init_file: str, cfg_yaml: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+    cfg = OmegaConf.create(cfg_yaml)
+    backend = "gloo"
+    if eval_device(cfg.eval.get("device"), world_size).type == "cuda":
+        torch.cuda.set_device(rank)  # one GPU per process; NCCL gathers on it
+        backend = "nccl"
+    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)  # fmt: skip
     try:
-        run_eval(OmegaConf.create(cfg_yaml))
+        run_eval(cfg)
     finally:
         dist.destroy_process_group()
 
 
 def spawn_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Run the evaluation in ``eval.devices`` CPU processes (gloo), sharding examples."""
+    """Run the evaluation in ``eval.devices`` processes, sharding examples: one per CPU
+    process (gloo) or one per GPU (nccl, ``cuda:0..N-1``) as ``eval.device`` says."""
     import tempfile
 
     import torch.multiprocessing as mp

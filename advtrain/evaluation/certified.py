@@ -59,7 +59,7 @@ def certified_section(
             f"certify.method={method!r} needs advtrain.certification, which is not installed"
         ) from None
     result = certify(model, x, y, norm=threat.norm, eps=threat.eps, method=method)
-    certified = torch.as_tensor(result["certified"], dtype=torch.bool)
+    certified = torch.tensor(result["certified"], dtype=torch.bool, device="cpu")
     check = sandwich(certified, robust, clean)
     if not check["ok"]:
         print(f"\n!!! advtrain-eval: {check['detail']} !!!\n", file=sys.stderr)

@@ -3,7 +3,8 @@
 Each rank evaluates the examples ``rank, rank + world, ...`` and the per-example
 results are gathered with ``all_gather`` together with their indices, so every rank
 ends with the full per-example record (the order does not depend on the world size).
-Works with any backend (gloo on CPU, nccl on GPU).
+Works with any backend: collectives run on the backend's device (``backend_device``:
+the process's CUDA device for NCCL, which refuses CPU tensors; the CPU for gloo).
 """
 
 from __future__ import annotations
@@ -20,9 +21,16 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def backend_device() -> torch.device:
+    """Where the process group's collectives run: this process's GPU for NCCL, else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def shard_indices(n: int, rank: int, world_size: int) -> Tensor:
     """The example indices of ``rank`` (strided, so classes spread over ranks)."""
-    return torch.arange(rank, n, world_size)
+    return torch.arange(rank, n, world_size, device="cpu")
 
 
 def gather_per_example(values: Tensor, indices: Tensor, n: int) -> Tensor:
@@ -38,7 +46,7 @@ def gather_per_example(values: Tensor, indices: Tensor, n: int) -> Tensor:
         out = values.new_empty((n, *values.shape[1:]))
         out[indices] = values
         return out
-    device = values.device if dist.get_backend() != "gloo" else torch.device("cpu")
+    device = backend_device()
     size = -(-n // world_size)  # every shard has at most ceil(n / world) examples
     pad_v = values.new_zeros((size, *values.shape[1:])).to(device)
     pad_i = torch.full((size,), -1, dtype=torch.long, device=device)
@@ -59,6 +67,6 @@ def max_over_ranks(values: list[float]) -> list[float]:
     """Element-wise maximum of a list of floats over ranks (wall time of each attack)."""
     if world()[1] == 1 or not values:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=backend_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t.tolist()

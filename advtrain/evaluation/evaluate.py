@@ -72,7 +72,7 @@ class _Runner:
 
     def __call__(
         self, entries: list[SuiteEntry], x: Tensor, y: Tensor, state_path: Path | None = None,
-        key: str = "",
+        key: dict | None = None,
     ) -> GauntletState:  # fmt: skip
         rank, world_size = world()
         idx = shard_indices(len(y), rank, world_size)
@@ -89,7 +89,7 @@ class _Runner:
         device = x.device
         fooled_by = gather_per_example(local.fooled_by.to(device), idx.to(device), len(y)).cpu()
         x_adv = gather_per_example(local.x_adv.to(device), idx.to(device), len(y)).cpu()
-        return GauntletState(fooled_by, x_adv, len(entries), None, 0, max_over_ranks(local.seconds))
+        return GauntletState(fooled_by, x_adv, len(entries), seconds=max_over_ranks(local.seconds))
 
 
 def _merge_extra(
@@ -258,9 +258,11 @@ def _evaluate_eval_mode(
     eot = int(eot_iter) if randomized else 1
     runner = _Runner(model, attack_view(model), batch_size, bars)
     built = build_suite(suite, threat, seed=seed, eot_iter=eot, surrogate=surrogate)
-    settings = {"norm": threat.norm, "eps": threat.eps, "suite": suite, "seed": seed, "eot": eot}
+    settings = {"norm": threat.norm, "eps": threat.eps, "suite": suite, "seed": seed, "eot": eot,
+                "attacks": [e.name for e in built.entries]}  # fmt: skip
     state_path = Path(state_dir) / STATE_FILE if state_dir is not None else None
-    state = runner(built.entries, x, y, state_path, fingerprint(settings, x, y))
+    key = fingerprint(settings, x, y, model) if state_path is not None else None
+    state = runner(built.entries, x, y, state_path, key)
     clean = (state.fooled_by != CLEAN_WRONG).to(device)
     entries = list(built.entries)
     single_step = _fgsm_check(runner, state, entries, threat, seed, x, y)

@@ -7,9 +7,11 @@ go first and the expensive ones see few points.
 
 The per-example record is ``fooled_by``: ``-2`` misclassified clean, ``-1`` robust,
 ``k >= 0`` first fooled by attack ``k``; ``x_adv`` holds the adversarial example that
-fooled it (the clean input otherwise). Work is done in chunks of ``batch_size``
-examples; after each chunk ``on_chunk`` receives the state, so a caller can save it
-and resume (see ``advtrain.evaluation.state``).
+fooled it (the clean input otherwise); ``attacked[i, k]`` records that attack ``k`` ran
+on example ``i``. Work is done in chunks of ``batch_size`` examples; after each chunk
+``on_chunk`` receives the state, so a caller can save it and resume at any batch size
+(see ``advtrain.evaluation.state``): attack ``k`` runs on the examples still robust that
+it has not attacked yet.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ CLEAN_WRONG, ROBUST = -2, -1
 
 @dataclass
 class GauntletState:
-    """Everything needed to continue a gauntlet: per-example results and progress."""
+    """Everything needed to continue a gauntlet: per-example results and progress
+    (``attacked``: bool, examples x attacks, which examples each attack has done)."""
 
     fooled_by: Tensor
     x_adv: Tensor
     attack_index: int = 0
-    todo: Tensor | None = None
-    next_chunk: int = 0
+    attacked: Tensor | None = None
     seconds: list[float] = field(default_factory=list)
 
     @property
@@ -81,23 +83,18 @@ def _run_entry(
 ) -> None:
     attack_model, model = models
     x, y = data
-    if state.todo is None:
-        state.todo = state.robust.nonzero().squeeze(1)
-        state.next_chunk = 0
-    todo, device = state.todo, x.device
+    todo, device = (state.robust & ~state.attacked[:, k]).nonzero().squeeze(1), x.device
     t0 = time.perf_counter()
-    first = state.next_chunk * batch_size
     if progress is not None:
         progress.stage(entry.name, len(todo), _robust_fraction(state))
-        progress.advance(min(first, len(todo)), _robust_fraction(state))
-    for start in range(first, len(todo), batch_size):
+    for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         sel = idx.to(device)
         x_adv, correct = attack_chunk(entry, attack_model, model, x[sel], y[sel])
         fooled = idx[~correct.cpu()]
         state.fooled_by[fooled] = k
         state.x_adv[fooled] = x_adv[~correct].detach().cpu()
-        state.next_chunk += 1
+        state.attacked[idx, k] = True
         if progress is not None:
             progress.advance(len(idx), _robust_fraction(state))
         if on_chunk is not None:
@@ -141,12 +138,14 @@ def run_gauntlet(
     """
     state = state if state is not None else initial_state(model, x, y, batch_size)
     attack_model = attack_model if attack_model is not None else model
+    if state.attacked is None:
+        state.attacked = state.fooled_by.new_zeros((len(y), len(entries)), dtype=torch.bool)
     while state.attack_index < len(entries):
         k = state.attack_index
         _run_entry(
             k, entries[k], (attack_model, model), (x, y), state, batch_size, on_chunk, progress
         )
-        state.attack_index, state.todo, state.next_chunk = k + 1, None, 0
+        state.attack_index = k + 1
         if on_chunk is not None:
             on_chunk(state)
     return state

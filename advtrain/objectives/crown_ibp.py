@@ -135,6 +135,6 @@ class CrownIBP(Objective):
             "logits": logits,
             "robust_loss": robust_loss.detach(),
             "verified_acc": (lower > 0).all(1).float().mean(),
-            "eps": torch.tensor(self.eps),
-            "kappa": torch.tensor(self.kappa),
+            "eps": loss.new_tensor(self.eps),
+            "kappa": loss.new_tensor(self.kappa),
         }
