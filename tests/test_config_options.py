@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -35,8 +36,6 @@ SHORT = [
 FEWER = {"steps": 2, "n_queries": 20, "restarts": 1, "n_target_classes": 2}
 # options that need a teacher checkpoint (the user must give one)
 NEEDS_TEACHER = {("attack", "teacher_kl"), ("objective", "ard"), ("objective", "rslad")}
-# accelerator options: this machine has no GPU, so they compose and are checked, not built
-GPU_TRAINERS = {"gpu", "ddp", "ddp_multinode"}
 
 
 def _teacher(tmp_path: Path, group: str, option: str) -> list[str]:
@@ -80,13 +79,34 @@ def test_every_objective_builds(option: str, tmp_path: Path) -> None:
 def test_every_model_builds_and_fits_its_data(option: str, tmp_path: Path) -> None:
     from advtrain.cli.common import build_model
 
-    cfg = compose_train([f"model={option}"], tmp_path)
-    model = build_model(cfg.model, cfg.data, True).eval()
     shape = {"digits_cnn": (1, 8, 8), "digits_cnn16": (1, 8, 8), "mlp": (1, 8, 8)}
     shape = shape.get(option, (1, 28, 28) if "mnist" in option else (3, 32, 32))
+    cfg = compose_train([f"model={option}", *_weights_file(option, shape, tmp_path)], tmp_path)
+    model = build_model(cfg.model, cfg.data, True).eval()
     with torch.no_grad():
         out = model(torch.rand(2, *shape))
     assert out.shape == (2, 10)
+
+
+def _weights_file(option: str, shape: tuple[int, ...], tmp_path: Path) -> list[str]:
+    """Model options that load a file the user gives (``weights_path``): the test writes one."""
+    if option == "onnx":
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(shape)), 10))
+        path = tmp_path / "net.onnx"
+        torch.onnx.export(net, (torch.rand(1, *shape),), str(path), dynamo=False)
+        return [f"+weights_path={path}"]
+    if option == "robustbench":  # a small zoo architecture, RobustBench's key layout
+        from advtrain.models.robustbench import architecture
+
+        path = tmp_path / "rb.pt"
+        state = architecture("preact-resnet18").state_dict()
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+        return [
+            f"+weights_path={path}",
+            "model.name=custom",
+            "model.architecture_name=preact-resnet18",
+        ]
+    return []
 
 
 @pytest.mark.parametrize("option", options("data"))
@@ -144,8 +164,9 @@ def test_every_trainer_builds(option: str, tmp_path: Path) -> None:
     import lightning as L
 
     cfg = compose_train([f"trainer={option}"], tmp_path)
-    if option in GPU_TRAINERS:
-        assert cfg.trainer.accelerator == "gpu"
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        # no GPU on this machine: the option composes, its devices/precision are checked
+        assert cfg.trainer.devices in (1, "auto") and "precision" in cfg.trainer
         return
     trainer = instantiate(cfg.trainer, logger=False)
     assert isinstance(trainer, L.Trainer) and trainer.max_epochs == cfg.trainer.max_epochs

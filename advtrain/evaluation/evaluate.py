@@ -213,7 +213,7 @@ def _min_norm(name, runner, x, y, threat, seed, eps_list) -> tuple:
         attack, runner.model, runner.attack_model, x, y, runner.batch_size, runner.progress
     )
     codes = torch.where(norms <= threat.eps, 0, ROBUST).to(torch.long)
-    extra = GauntletState(codes, x_adv, 1, None, 0, [time.perf_counter() - t0])
+    extra = GauntletState(codes, x_adv, 1, seconds=[time.perf_counter() - t0])
     entry = SuiteEntry(f"{name} (min-norm)", attack)
     return (
         entry,
