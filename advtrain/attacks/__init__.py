@@ -9,6 +9,7 @@ from advtrain.attacks.base import Attack, attack_context
 from advtrain.attacks.fgsm import FGSM, FGSMRS
 from advtrain.attacks.losses import LOSSES
 from advtrain.attacks.mifgsm import MIFGSM
+from advtrain.attacks.nfgsm import NFGSM
 from advtrain.attacks.pgd import PGD
 from advtrain.attacks.square import Square
 from advtrain.attacks.trades_kl import TradesKL
@@ -17,6 +18,7 @@ from advtrain.errors import ConfigError
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
     "fgsm_rs": FGSMRS,
+    "n_fgsm": NFGSM,
     "pgd": PGD,
     "apgd": APGD,
     "apgd_t": APGDT,
@@ -41,6 +43,7 @@ __all__ = [
     "FGSMRS",
     "LOSSES",
     "MIFGSM",
+    "NFGSM",
     "PGD",
     "Attack",
     "Square",
