@@ -6,6 +6,7 @@ operator-norm code (power iteration on a layer's real operator, FFT singular val
 """
 
 from advtrain.regularizers.base import Regularizer
+from advtrain.regularizers.grad_align import GradAlign
 from advtrain.regularizers.input_gradient import InputGradient
 from advtrain.regularizers.l1_sparsity import L1Sparsity
 from advtrain.regularizers.sparsity_report import SparsityReport, sparsity_stats
@@ -15,10 +16,12 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "spectral": SpectralNorm,
     "l1": L1Sparsity,
     "input_grad": InputGradient,
+    "grad_align": GradAlign,
 }
 
 __all__ = [
     "REGULARIZERS",
+    "GradAlign",
     "InputGradient",
     "L1Sparsity",
     "Regularizer",
