@@ -16,6 +16,13 @@ CHEAP = ["model.width=4", "eval_attack.steps=1", "data.eval_batch_size=32", "log
 RUNS = {
     "attack_n_fgsm": ["attack=n_fgsm"],
     "regularizer_grad_align": ["+regularizer@regularizers.grad_align=grad_align"],
+    "callbacks_awp_madry": ["attack=pgd", "callbacks=awp", "callbacks.awp.warmup_epochs=0"],
+    "callbacks_awp_trades": [
+        "attack=trades_kl",
+        "objective=trades",
+        "callbacks=awp",
+        "callbacks.awp.warmup_epochs=0",
+    ],
 }
 
 
