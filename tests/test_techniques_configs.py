@@ -23,6 +23,8 @@ RUNS = {
         "callbacks=awp",
         "callbacks.awp.warmup_epochs=0",
     ],
+    "callbacks_swa": ["callbacks=swa", "callbacks.swa.swa_epoch_start=1"],
+    "objective_label_smoothing": ["objective.label_smoothing=0.1"],
 }
 
 
