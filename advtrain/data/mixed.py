@@ -118,12 +118,14 @@ class MixedLoader:
         chunks, have, k = [], 0, first
         while have < start + need:
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + 7_919 * k + 1)
-            order = torch.randperm(m, generator=g)[: per_pass * s.world_size]
+            order = torch.randperm(m, generator=g, device="cpu")[: per_pass * s.world_size]
             chunks.append(order[s.rank :: s.world_size])
             have += per_pass
             k += 1
         return (
-            torch.cat(chunks)[start : start + need] if chunks else torch.zeros(0, dtype=torch.long)
+            torch.cat(chunks)[start : start + need]
+            if chunks
+            else torch.zeros(0, dtype=torch.long, device="cpu")
         )
 
     @staticmethod
@@ -131,9 +133,10 @@ class MixedLoader:
         padding, flip = augment
         if not (padding or flip):
             return x
-        shifts = torch.randint(0, 2 * padding + 1, (len(x), 2), generator=g).to(x.device)
-        flips = (torch.rand(len(x), generator=g) < 0.5).to(x.device)
-        return random_crop_flip(x, padding, flip, shifts, flips)
+        # host-side draws (the generator is a CPU one), moved to the batch's device
+        shifts = torch.randint(0, 2 * padding + 1, (len(x), 2), generator=g, device="cpu")
+        flips = torch.rand(len(x), generator=g, device="cpu") < 0.5
+        return random_crop_flip(x, padding, flip, shifts.to(x.device), flips.to(x.device))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         real_order = self.sampler.indices()

@@ -244,14 +244,23 @@ def collapsed(group: list[Run], points: float = 0.05) -> bool:
     return min(finals) < max(finals) - points
 
 
-def time_to(group: list[Run], target: float) -> float | None:
-    """Mean cumulative training time at the first epoch where the seed-mean robust
-    accuracy reaches ``target`` (None: never)."""
-    n_epochs = len(group[0].robust)
-    for e in range(n_epochs):
+def median_epoch(group: list[Run]) -> float:
+    """The median epoch time over every seed and epoch of a method (robust to load spikes)."""
+    return statistics.median(s for r in group for s in r.seconds)
+
+
+def epochs_to(group: list[Run], target: float) -> int | None:
+    """Epochs until the seed-mean robust accuracy first reaches ``target`` (None: never)."""
+    for e in range(len(group[0].robust)):
         if statistics.mean(r.robust[e] for r in group) >= target:
-            return statistics.mean(sum(r.seconds[: e + 1]) for r in group)
+            return e + 1
     return None
+
+
+def time_to(group: list[Run], target: float) -> float | None:
+    """Mean cumulative training wall time at that epoch (None: never)."""
+    e = epochs_to(group, target)
+    return None if e is None else statistics.mean(sum(r.seconds[:e]) for r in group)
 
 
 def t_interval(values: list[float]) -> tuple[float, float, float]:
@@ -289,20 +298,29 @@ def analyse(runs: list[Run], n_eval: int) -> dict[str, Any]:
         # the curve's own suite: Madry's final (epoch-suite) robust accuracy minus 2 points
         goal = statistics.mean(r.robust[-1] for r in madry) - 0.02
         madry_time = statistics.mean(sum(r.seconds) for r in madry)
-        times = {
-            m: time_to(groups[m], goal)
-            for m in SINGLE_STEP
-            if m in groups and not collapsed(groups[m])
+        madry_median = median_epoch(madry) * len(madry[0].seconds)
+        stable_single = [m for m in SINGLE_STEP if m in groups and not collapsed(groups[m])]
+        times = {m: time_to(groups[m], goal) for m in stable_single}
+        # the same with every epoch costed at its method's median epoch time
+        median_times = {
+            m: None if (e := epochs_to(groups[m], goal)) is None else e * median_epoch(groups[m])
+            for m in stable_single
         }
-        reached = {m: t for m, t in times.items() if t is not None}
+        reached = {m: t for m, t in median_times.items() if t is not None}
         fastest = min(reached, key=reached.get) if reached else None
-        ratio = reached[fastest] / madry_time if fastest else None
+        ratio = reached[fastest] / madry_median if fastest else None
         targets["speed"] = {
             "goal_robust": goal,
             "madry_seconds": madry_time,
+            "madry_seconds_median_epochs": madry_median,
             "seconds_to_goal": times,
+            "seconds_to_goal_median_epochs": median_times,
+            "median_epoch_seconds": {m: median_epoch(g) for m, g in groups.items()},
             "fastest": fastest,
             "ratio": ratio,
+            "ratio_raw_wall": None
+            if fastest is None or times[fastest] is None
+            else times[fastest] / madry_time,
             "met": ratio is not None and ratio <= 0.35,
         }
     if "trades" in groups and "trades_awp" in groups:
@@ -347,22 +365,73 @@ def table(analysis: dict[str, Any]) -> str:
 
 
 def figure(runs: list[Run], task: Task, path: Path) -> None:
+    """Robust accuracy (epoch suite) against cumulative training wall time (left, log
+    scale) and against epochs (right), one curve per seed."""
     colors = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, ax_e) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
     for method, group in by_method(runs).items():
         for i, r in enumerate(group):
-            t = [0.0] + [sum(r.seconds[: e + 1]) for e in range(len(r.seconds))]
-            ax.plot(t[1:], [100 * v for v in r.robust], marker="o", ms=3, lw=1.2, alpha=0.8,
-                    color=colors[method], label=method if i == 0 else None)  # fmt: skip
+            t = [sum(r.seconds[: e + 1]) for e in range(len(r.seconds))]
+            acc = [100 * v for v in r.robust]
+            style = {"marker": "o", "ms": 3, "lw": 1.2, "alpha": 0.8, "color": colors[method]}
+            ax.plot(t, acc, label=method if i == 0 else None, **style)
+            ax_e.plot(range(1, len(acc) + 1), acc, **style)
     ax.set_xscale("log")
-    ax.set_xlabel("cumulative training time (s, log scale)")
+    ax.set_xlabel("cumulative training wall time (s, log scale)")
     ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(f"{task.name}, linf eps {task.eps}: robust accuracy vs training time (per seed)")
-    ax.grid(alpha=0.3)
+    ax.set_title(f"{task.name}, linf eps {task.eps}: robust accuracy vs training time")
+    ax_e.set_xlabel("epoch")
+    ax_e.set_title("the same against epochs")
+    for a in (ax, ax_e):
+        a.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_outputs(record: dict[str, Any], runs: list[Run], task: Task, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    figure(runs, task, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(table(record) + "\n")
+    print(table(record))
+    print(json.dumps(record["targets"], indent=2))
+    print(f"wrote {out}.json/.md/.png")
+
+
+def merge(args: argparse.Namespace) -> None:
+    """One record from several (runs of disjoint seeds), analysed together."""
+    records = [json.loads(Path(p).read_text()) for p in args.merge]
+    runs = [
+        Run(
+            r["method"],
+            r["seed"],
+            None,
+            None,
+            None,
+            None,
+            {},
+            r["seconds"],
+            r["robust"],  # type: ignore[arg-type]
+            r["clean"],
+            r["final"],
+        )
+        for rec in records
+        for r in rec["runs"]
+    ]
+    first = records[0]
+    n_final = first["args"].get("final_n_eval") or first["n_eval"]
+    task = Task(first["task"], *(torch.empty(0),) * 4, [], [], small_mnist_cnn, first["eps"],
+                0, first["model"])  # fmt: skip
+    record = {
+        **{k: first[k] for k in ("task", "eps", "model", "n_train", "n_eval", "args")},
+        "commands": [rec["command"] for rec in records],
+        "wall_seconds": [rec["wall_seconds"] for rec in records],
+        "runs": [run for rec in records for run in rec["runs"]],
+        **analyse(runs, n_final),
+    }
+    write_outputs(record, runs, task, Path(f"{args.out}_{first['task']}"))
 
 
 def main() -> None:
@@ -383,7 +452,13 @@ def main() -> None:
     parser.add_argument("--free-m", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench_trainx"))
+    parser.add_argument(
+        "--merge", nargs="+", default=None, help="merge saved JSON records (e.g. one per seed)"
+    )
     args = parser.parse_args()
+    if args.merge:
+        merge(args)
+        return
     torch.set_num_threads(args.threads)
     task = load_task(args.task, args.n_eval)
     n_eval = len(task.y_eval)
@@ -428,12 +503,7 @@ def main() -> None:
         ],
         **analysis,
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    figure(runs, task, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(table(analysis) + "\n")
-    print(table(analysis))
-    print(json.dumps(analysis["targets"], indent=2))
-    print(f"wrote {out}.json/.md/.png")
+    write_outputs(record, runs, task, out)
 
 
 if __name__ == "__main__":
