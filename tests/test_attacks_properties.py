@@ -13,7 +13,6 @@ from torch import nn
 
 from advtrain.attacks import ATTACKS
 from advtrain.attacks.base import MODEL_MODES
-from advtrain.threat import LpBall
 
 # small budgets so the property tests stay fast; attacks not listed use their defaults
 FAST = {
@@ -26,6 +25,8 @@ FAST = {
 }
 EPS = {"linf": (0.01, 0.3), "l2": (0.05, 2.0), "l1": (0.1, 6.0)}
 CASES = [(name, norm) for name in sorted(ATTACKS) for norm in ATTACKS[name].norms]
+# attacks whose result leaves the eps-ball by definition, and the radius (in eps) they declare
+LARGER_BALL = {"n_fgsm": 3.0}
 
 
 def make(name: str, norm: str, eps: float, **kw) -> object:
@@ -76,13 +77,22 @@ def test_inside_ball_and_box_no_param_grad_mode_restored(
     attack = make(name, norm, eps, **kw)
     x_adv = attack(model, x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
-    assert LpBall(norm, eps).contains(x, x_adv).all()
+    assert attack.output_ball().contains(x, x_adv).all()
     assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
     assert not x_adv.requires_grad
     assert all(p.grad is None for p in model.parameters())
     assert all(p.requires_grad for p in model.parameters())
     assert all(m.training == training for m in model.modules())
     assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name,norm", CASES)
+def test_declared_ball(name, norm):
+    """Every attack stays in the threat model's ball unless it declares a larger one."""
+    eps = EPS[norm][1] / 2
+    ball = make(name, norm, eps).output_ball()
+    assert ball.norm == norm and ball.bounds == (0.0, 1.0)
+    assert ball.eps == pytest.approx(LARGER_BALL.get(name, 1.0) * eps)
 
 
 @pytest.mark.parametrize("name,norm", CASES)
@@ -104,7 +114,7 @@ def test_changes_the_input_and_works_under_inference_mode(name, norm):
     with torch.inference_mode():
         x_adv = make(name, norm, EPS[norm][1], seed=0)(model, x, y)
     assert (x_adv - x).abs().amax() > 0
-    assert LpBall(norm, EPS[norm][1]).contains(x, x_adv).all()
+    assert make(name, norm, EPS[norm][1]).output_ball().contains(x, x_adv).all()
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))

@@ -51,7 +51,7 @@ def test_top_level_configs_compose(name: str, tmp_path: Path) -> None:
 
 def synthetic_overrides(cfg: DictConfig) -> list[str]:
     """Swap the experiment's data set for synthetic data of the same image shape."""
-    data_name = cfg.data._target_.rsplit(".", 1)[-1]
+    data_name = cfg.data.get("real", cfg.data)._target_.rsplit(".", 1)[-1]  # mixed: its real set
     shape = next(
         (
             s
@@ -64,8 +64,11 @@ def synthetic_overrides(cfg: DictConfig) -> list[str]:
     fewer_steps = [
         f"{key}.steps=1" for key in ("attack", "eval_attack") if "steps" in (cfg.get(key) or {})
     ]
+    # wide ResNets (WRN-34-10, WRN-28-10 recipes) at WRN-10-1 size: the same code, CPU-sized
+    smaller = [f"model.{k}={v}" for k, v in (("depth", 10), ("widen", 1)) if k in cfg.model]
     return [
         *fewer_steps,
+        *smaller,
         "data=synthetic",
         f"data.shape=[{','.join(map(str, shape))}]",
         f"data.num_classes={n_classes}",

@@ -12,6 +12,7 @@ from advtrain.attacks.fmn import FMN
 from advtrain.attacks.losses import LOSSES
 from advtrain.attacks.mifgsm import MIFGSM
 from advtrain.attacks.minimum_norm import MinimumNormAttack
+from advtrain.attacks.nfgsm import NFGSM
 from advtrain.attacks.pgd import PGD
 from advtrain.attacks.smoothadv import SmoothAdvPGD
 from advtrain.attacks.square import Square
@@ -21,6 +22,7 @@ from advtrain.errors import ConfigError
 ATTACKS: dict[str, type[Attack]] = {
     "fgsm": FGSM,
     "fgsm_rs": FGSMRS,
+    "n_fgsm": NFGSM,
     "pgd": PGD,
     "apgd": APGD,
     "apgd_t": APGDT,
@@ -52,6 +54,7 @@ __all__ = [
     "FMN",
     "LOSSES",
     "MIFGSM",
+    "NFGSM",
     "PGD",
     "Attack",
     "MinimumNormAttack",

@@ -11,7 +11,8 @@ An attack maximises a loss over a threat model (``LpBall``). Subclasses implemen
   the attack and restored afterwards, so no parameter ever receives a ``.grad``;
 * gradients are enabled even inside ``torch.no_grad``/``torch.inference_mode`` (as in
   Lightning's validation and test loops);
-* the result is detached, inside the eps-ball around ``x`` and inside the data box;
+* the result is detached, inside the eps-ball around ``x`` (or the larger ball an attack
+  declares with ``output_ball``, as N-FGSM does) and inside the data box;
 * mixed precision: under bf16 autocast (``trainer.precision=bf16-mixed``) the model's
   forward and backward passes run in bf16 while the inputs, the objective, the input
   gradients and the projection stay in float32; fp16 autocast (``16-mixed``) is refused
@@ -182,8 +183,13 @@ class Attack(ABC):
             if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
             x_adv = self.perturb(model, x, y, target=target, generator=generator)
-            x_adv = self.threat.project(x, x_adv.detach())
+            x_adv = self.output_ball().project(x, x_adv.detach())
         return x_adv
+
+    def output_ball(self) -> LpBall:
+        """The ball every result lies in (the result is projected onto it): the threat
+        model, except for training attacks that leave it by definition (N-FGSM)."""
+        return self.threat
 
     @abstractmethod
     def perturb(

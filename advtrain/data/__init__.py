@@ -3,6 +3,7 @@
 from advtrain.data.base import ClassificationDataModule
 from advtrain.data.digits import DigitsDataModule
 from advtrain.data.idx_files import MNISTIdxSplitDataModule, read_idx
+from advtrain.data.mixed import MixedDataModule, MixedLoader, load_npz
 from advtrain.data.synthetic import SyntheticDataModule
 from advtrain.data.torchvision_sets import (
     CIFAR10DataModule,
@@ -32,7 +33,10 @@ __all__ = [
     "FashionMNISTDataModule",
     "MNISTDataModule",
     "MNISTIdxSplitDataModule",
+    "MixedDataModule",
+    "MixedLoader",
     "SVHNDataModule",
     "SyntheticDataModule",
+    "load_npz",
     "read_idx",
 ]

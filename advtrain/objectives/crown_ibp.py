@@ -22,7 +22,6 @@ BatchNorm layers are bounded with their running statistics.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain._numbers import as_float
@@ -55,6 +54,8 @@ class CrownIBP(Objective):
         warmup_steps: Clean training steps before the ramp.
         ramp_steps: Steps over which eps grows linearly to ``eps`` (0: no schedule).
         bounds: The data box.
+        label_smoothing: Label smoothing of the clean and the robust (worst-case logits)
+            cross-entropy (see ``Objective``).
     """
 
     name = "crown_ibp"
@@ -71,8 +72,9 @@ class CrownIBP(Objective):
         warmup_steps: int = 0,
         ramp_steps: int = 0,
         bounds: tuple[float, float] = (0.0, 1.0),
+        label_smoothing: float | str = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(label_smoothing)
         self.final_eps = as_float(eps, "eps")
         if self.final_eps < 0:
             raise ConfigError(f"eps={self.final_eps!r} is invalid; eps must be >= 0")
@@ -125,10 +127,10 @@ class CrownIBP(Objective):
             self._update_schedule()
             self.step += 1
         logits = model(x)
-        clean_loss = F.cross_entropy(logits, y)
+        clean_loss = self.cross_entropy(logits, y)
         lower = self.margin_lower_bounds(model, x, y, self.eps, self.beta)
         worst = torch.cat([lower.new_zeros(len(y), 1), -lower], dim=1)
-        robust_loss = F.cross_entropy(worst, worst.new_zeros(len(y), dtype=torch.long))
+        robust_loss = self.cross_entropy(worst, worst.new_zeros(len(y), dtype=torch.long))
         loss = self.kappa * clean_loss + (1 - self.kappa) * robust_loss
         return {
             "loss": loss,

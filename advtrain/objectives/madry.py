@@ -7,17 +7,20 @@ attack's (any l_p ball).
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.objectives.base import Objective
 
 
 class Madry(Objective):
-    """Adversarial cross-entropy."""
+    """Adversarial cross-entropy.
+
+    Args:
+        label_smoothing: Label smoothing of the cross-entropy (see ``Objective``).
+    """
 
     name = "madry"
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x_adv)
-        return {"loss": F.cross_entropy(logits, y), "logits": logits}
+        return {"loss": self.cross_entropy(logits, y), "logits": logits}

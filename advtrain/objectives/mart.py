@@ -28,15 +28,15 @@ def log_one_minus_softmax(logits: Tensor, k: Tensor) -> Tensor:
     return others - logits.logsumexp(dim=1)
 
 
-def boosted_cross_entropy(logits_adv: Tensor, y: Tensor) -> Tensor:
-    """Per-example ``-log p_y - log(1 - max_{k != y} p_k)`` (MART's BCE)."""
+def boosted_cross_entropy(logits_adv: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Per-example ``-log p_y - log(1 - max_{k != y} p_k)`` (MART's BCE); with label
+    smoothing the first term is the smoothed cross-entropy."""
     logits_adv = logits_adv.float()
     runner_up = logits_adv.masked_fill(
         F.one_hot(y, logits_adv.shape[1]).bool(), float("-inf")
     ).argmax(dim=1)
-    return F.cross_entropy(logits_adv, y, reduction="none") - log_one_minus_softmax(
-        logits_adv, runner_up
-    )
+    ce = F.cross_entropy(logits_adv, y, reduction="none", label_smoothing=label_smoothing)
+    return ce - log_one_minus_softmax(logits_adv, runner_up)
 
 
 class MART(Objective):
@@ -44,19 +44,20 @@ class MART(Objective):
 
     Args:
         beta: Weight (>= 0) of the misclassification-weighted KL term; 6 in the paper.
+        label_smoothing: Label smoothing of the BCE's cross-entropy (see ``Objective``).
     """
 
     name = "mart"
     attack_loss = "ce"
 
-    def __init__(self, beta: float | str = 6.0) -> None:
-        super().__init__()
+    def __init__(self, beta: float | str = 6.0, label_smoothing: float | str = 0.0) -> None:
+        super().__init__(label_smoothing)
         self.beta = non_negative(beta, "beta")
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x)
         logits_adv = model(x_adv)
-        bce = boosted_cross_entropy(logits_adv, y).mean()
+        bce = boosted_cross_entropy(logits_adv, y, self.label_smoothing).mean()
         p_true = torch.softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
         robust = (kl_per_example(logits, logits_adv) * (1.0 - p_true)).mean()
         loss = bce + self.beta * robust

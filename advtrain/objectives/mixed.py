@@ -8,7 +8,6 @@ model: the attack's.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain._numbers import as_float
@@ -21,12 +20,13 @@ class Mixed(Objective):
 
     Args:
         adv_weight: Weight ``w`` in [0, 1] of the adversarial term.
+        label_smoothing: Label smoothing of both cross-entropies (see ``Objective``).
     """
 
     name = "mixed"
 
-    def __init__(self, adv_weight: float | str = 0.5) -> None:
-        super().__init__()
+    def __init__(self, adv_weight: float | str = 0.5, label_smoothing: float | str = 0.0) -> None:
+        super().__init__(label_smoothing)
         self.adv_weight = as_float(adv_weight, "adv_weight")
         if not 0.0 <= self.adv_weight <= 1.0:
             raise ConfigError(f"adv_weight={adv_weight!r} is invalid; need a number in [0, 1]")
@@ -34,8 +34,8 @@ class Mixed(Objective):
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x)
         logits_adv = model(x_adv)
-        clean = F.cross_entropy(logits, y)
-        adv = F.cross_entropy(logits_adv, y)
+        clean = self.cross_entropy(logits, y)
+        adv = self.cross_entropy(logits_adv, y)
         loss = (1.0 - self.adv_weight) * clean + self.adv_weight * adv
         return {
             "loss": loss,

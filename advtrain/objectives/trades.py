@@ -30,20 +30,21 @@ class TRADES(Objective):
 
     Args:
         beta: Trade-off weight (>= 0); 6 in the paper.
+        label_smoothing: Label smoothing of the clean cross-entropy (see ``Objective``).
     """
 
     name = "trades"
     attack_loss = "kl"
     requires_attack_loss = True
 
-    def __init__(self, beta: float | str = 6.0) -> None:
-        super().__init__()
+    def __init__(self, beta: float | str = 6.0, label_smoothing: float | str = 0.0) -> None:
+        super().__init__(label_smoothing)
         self.beta = non_negative(beta, "beta")
 
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = model(x)
         logits_adv = model(x_adv)
-        natural = F.cross_entropy(logits, y)
+        natural = self.cross_entropy(logits, y)
         robust = kl_per_example(logits, logits_adv).mean()
         loss = natural + self.beta * robust
         return {

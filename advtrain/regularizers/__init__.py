@@ -7,6 +7,7 @@ operator-norm code (power iteration on a layer's real operator, FFT singular val
 
 from advtrain.regularizers.base import Regularizer
 from advtrain.regularizers.consistency import Consistency
+from advtrain.regularizers.grad_align import GradAlign
 from advtrain.regularizers.input_gradient import InputGradient
 from advtrain.regularizers.l1_sparsity import L1Sparsity
 from advtrain.regularizers.sparsity_report import SparsityReport, sparsity_stats
@@ -17,11 +18,13 @@ REGULARIZERS: dict[str, type[Regularizer]] = {
     "l1": L1Sparsity,
     "input_grad": InputGradient,
     "consistency": Consistency,
+    "grad_align": GradAlign,
 }
 
 __all__ = [
     "REGULARIZERS",
     "Consistency",
+    "GradAlign",
     "InputGradient",
     "L1Sparsity",
     "Regularizer",
