@@ -29,7 +29,6 @@ from advtrain.certification.vnncomp import (
     Instance,
     check_instance,
     counterexample_valid,
-    format_counterexample,
     read_consensus,
     read_instances,
     score,
@@ -47,8 +46,8 @@ def _positive(cfg: DictConfig, key: str) -> float:
     return float(value)
 
 
-def run_instance(cfg: DictConfig, inst: Instance) -> tuple[Verdict, str]:
-    """Verify one instance within ``min(inst.timeout, cfg.timeout)``; the result file's text."""
+def run_instance(cfg: DictConfig, inst: Instance) -> Verdict:
+    """Verify one instance within ``min(inst.timeout, cfg.timeout)`` seconds."""
     prop = check_instance(inst)
     model, shape = onnx_sequential(inst.onnx)
     n_in = 1
@@ -64,17 +63,14 @@ def run_instance(cfg: DictConfig, inst: Instance) -> tuple[Verdict, str]:
     )  # fmt: skip
     if verdict.seconds > timeout and verdict.status == "holds":
         verdict.status = "timeout"  # VNN-COMP: an answer after the timeout does not count
-    text = verdict.status + "\n"
-    if verdict.status == "violated":
-        text += format_counterexample(verdict.x, verdict.y)
-    return verdict, text
+    return verdict
 
 
 def _single(cfg: DictConfig, out: Path) -> str:
     inst = Instance(Path(cfg.onnx), Path(cfg.vnnlib), _positive(cfg, "timeout"))
-    verdict, text = run_instance(cfg, inst)
+    verdict = run_instance(cfg, inst)
     path = Path(cfg.result_file) if cfg.result_file else out / "result.txt"
-    path.write_text(text)
+    write_result(path, verdict.status, verdict.x, verdict.y)
     print(verdict.status)
     return verdict.status
 
@@ -105,7 +101,7 @@ def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
         writer.writerow(RESULTS_HEADER)
         task = bar.add_task("verify", total=len(insts))
         for inst in insts:
-            verdict, text = run_instance(cfg, inst)
+            verdict = run_instance(cfg, inst)
             name = f"{inst.onnx.stem}_{inst.vnnlib.stem}"
             write_result(cex_dir / f"{name}.txt", verdict.status, verdict.x, verdict.y)
             ok = verdict.status == "violated" and counterexample_valid(
