@@ -30,9 +30,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advtrain.certification.crown import crown_intermediate
+from advtrain.certification.crown import crown_final, crown_intermediate
 from advtrain.certification.domain import InputDomain
-from advtrain.certification.ibp import Interval, final_from_intervals
+from advtrain.certification.ibp import (
+    Interval,
+    final_from_intervals,
+    identity_rows,
+    interval_segment,
+)
 from advtrain.certification.network import Network
 
 #: ``(a, bias) -> min over the input set of a . x + bias`` (``InputDomain.lower`` or a box).
@@ -66,20 +71,24 @@ def adaptive_alpha(bounds: list[Interval], m: int) -> list[Tensor]:
 
 
 def backward_bound(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval],
-                   relax: Relaxation, record: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
+                   relax: Relaxation, record: bool = False, start: int | None = None,
+                   ) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
     """One backward pass: lower bounds ``[D, m]`` of ``spec @ f(x)`` over the box.
 
     Args:
         lower: Bounds a linear function of the input over the input set.
+        start: The segment whose output ``spec`` applies to (default: the last one);
+            ``bounds`` and ``relax`` cover the ReLUs before it.
 
     Returns:
         The bound, the input coefficients ``[D, m, *in]`` (their box minimiser is the
         relaxation's worst input) and, with ``record``, the coefficients on each ReLU's
         output (``[D, m, *shape_j]``, for branching), first layer first.
     """
-    a, bias = net.backward_segment(net.n_relu, spec, spec.new_zeros(spec.shape[:2]))
+    start = net.n_relu if start is None else start
+    a, bias = net.backward_segment(start, spec, spec.new_zeros(spec.shape[:2]))
     recorded = []
-    for j in range(net.n_relu - 1, -1, -1):
+    for j in range(start - 1, -1, -1):
         lo, hi = bounds[j]
         if record:
             recorded.append(a)
@@ -99,7 +108,8 @@ def backward_bound(net: Network, lower: Lower, spec: Tensor, bounds: list[Interv
 
 
 def optimize(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], relax: Relaxation,
-             iters: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05) -> tuple[Tensor, Relaxation]:  # fmt: skip
+             iters: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
+             start: int | None = None) -> tuple[Tensor, Relaxation]:  # fmt: skip
     """Projected gradient ascent on the slopes (and betas): the best bound ``[D, m]`` per row
     and the parameters that reached it. Gradients are taken with ``torch.autograd.grad``
     on the parameters only (the network's weights never get ``.grad``)."""
@@ -119,9 +129,8 @@ def optimize(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], r
     best_beta = None if beta is None else [t.detach().clone() for t in beta]
     with torch.enable_grad():
         for step in range(iters + 1):
-            bound = backward_bound(net, lower, spec, bounds, Relaxation(alpha, beta, relax.signs))[
-                0
-            ]
+            now = Relaxation(alpha, beta, relax.signs)
+            bound = backward_bound(net, lower, spec, bounds, now, start=start)[0]
             value = bound.detach()
             if best is None:
                 best = value.clone()
@@ -152,18 +161,51 @@ def _keep(store: list[Tensor], current: list[Tensor], better: Tensor) -> None:
         s.copy_(torch.where(mask, c.detach(), s))
 
 
+def alpha_intermediate(net: Network, domain: InputDomain, iters: int = 20,
+                       crown: list[Interval] | None = None) -> list[Interval]:  # fmt: skip
+    """Pre-activation bounds of every ReLU, each layer by CROWN and then alpha-CROWN.
+
+    For each hidden layer after the first, the lower and upper bounds of the neurons that
+    CROWN leaves unstable (in any example of the batch) are optimised over their own
+    slopes of the earlier layers, and intersected with CROWN's (so never looser).
+    """
+    bounds = crown if crown is not None else crown_intermediate(net, domain)
+    out = bounds[:1]
+    for k in range(1, net.n_relu):
+        lo, hi = bounds[k]
+        ilo, ihi = interval_segment(net, k, out[-1][0].clamp_min(0), out[-1][1].clamp_min(0))
+        lo, hi = torch.maximum(lo, ilo), torch.minimum(hi, ihi)
+        flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
+        index = ((flat_lo < 0) & (flat_hi > 0)).any(0).nonzero().squeeze(1)
+        if len(index):
+            rows = identity_rows(net.out_shape(k), index, lo)
+            relax = Relaxation(adaptive_alpha(out, rows.shape[1]))
+            best, _ = optimize(net, domain.lower, rows, out, relax, iters, start=k)
+            n = len(index)
+            flat_lo, flat_hi = flat_lo.clone(), flat_hi.clone()
+            flat_lo[:, index] = torch.maximum(flat_lo[:, index], best[:, :n])
+            flat_hi[:, index] = torch.minimum(flat_hi[:, index], -best[:, n:])
+        out.append((flat_lo.view_as(lo), flat_hi.view_as(hi)))
+    return out
+
+
 def alpha_crown_bounds(net: Network, domain: InputDomain, spec: Tensor, iters: int = 20) -> Tensor:
     """alpha-CROWN lower bounds ``[B, m]`` of ``spec @ f(x)`` over an l_p domain.
 
-    Intermediate bounds are CROWN's (intersected with IBP); the final bound is the best
-    over the optimisation (which starts at CROWN's adaptive slopes) and at least the IBP
-    bound from the same intervals, so it is never looser than ``crown_bounds``.
+    Intermediate bounds are CROWN's (intersected with IBP) tightened by alpha-CROWN
+    (``alpha_intermediate``); the final bound is the best over the optimisation (which
+    starts at CROWN's adaptive slopes). CROWN's bound is not monotone in the
+    intermediate intervals, so the result is also at least ``crown_bounds`` (CROWN and IBP
+    from CROWN's own intervals): never looser than CROWN by construction.
     """
-    bounds = crown_intermediate(net, domain)
-    ibp = final_from_intervals(net, domain, spec, bounds)
+    crown = crown_intermediate(net, domain)
+    floor = torch.maximum(
+        crown_final(net, domain, spec, crown), final_from_intervals(net, domain, spec, crown)
+    )
     if net.n_relu == 0:
-        return ibp
-    m = spec.shape[1]
-    relax = Relaxation(adaptive_alpha(bounds, m))
+        return floor
+    bounds = alpha_intermediate(net, domain, iters, crown)
+    ibp = final_from_intervals(net, domain, spec, bounds)
+    relax = Relaxation(adaptive_alpha(bounds, spec.shape[1]))
     best, _ = optimize(net, domain.lower, spec, bounds, relax, iters)
-    return torch.maximum(best, ibp)
+    return torch.maximum(torch.maximum(best, ibp), floor)

@@ -24,13 +24,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from advtrain.certification.alpha_crown import Relaxation, adaptive_alpha, optimize
+from advtrain.certification.alpha_crown import (
+    Relaxation,
+    adaptive_alpha,
+    alpha_intermediate,
+    optimize,
+)
 from advtrain.certification.bab import bab
-from advtrain.certification.crown import crown_intermediate
 from advtrain.certification.domain import InputDomain
 from advtrain.certification.falsify import pgd_box
 from advtrain.certification.network import parse
-from advtrain.certification.vnnlib import Property
+from advtrain.certification.vnnlib import Conjunction, Property
 
 Reference = Callable[[Tensor], Tensor]
 
@@ -104,7 +108,7 @@ def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
         x, value = pgd_box(model, prop, shape, restarts, steps)
         if value <= 0 and check(x.view(1, -1)) is not None:
             return done("violated", phase="attack")
-        root = crown_intermediate(net, InputDomain.box(lo, hi))
+        root = alpha_intermediate(net, InputDomain.box(lo, hi), iters=20)
         rows = torch.cat([c.A for c in prop.disjuncts]).unsqueeze(0)
         relax = Relaxation(adaptive_alpha(root, rows.shape[1]))
         lower = InputDomain.box(lo, hi).lower
@@ -126,3 +130,32 @@ def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
             if res.status != "holds":
                 return done(res.status, phase="bab", **stats)
     return done("holds", phase="bab" if open_rows else "alpha-crown", **stats)
+
+
+def margin_property(x0: Tensor, y: int, num_classes: int, eps: float,
+                    bounds: tuple[float, float]) -> Property:  # fmt: skip
+    """Local robustness as a VNNLIB property: the linf ball cap the data box, unsafe when
+    some ``f_j >= f_y`` (one disjunct per ``j != y``, row ``e_y - e_j``)."""
+    eye = torch.eye(num_classes, dtype=x0.dtype, device=x0.device)
+    flat = x0.flatten()
+    lo, hi = (flat - eps).clamp(*bounds), (flat + eps).clamp(*bounds)
+    rows = [
+        Conjunction((eye[y] - eye[j])[None], x0.new_zeros(1)) for j in range(num_classes) if j != y
+    ]
+    return Property(lo, hi, rows)
+
+
+def bab_certified(model: nn.Module, x: Tensor, y: Tensor, eps: float,
+                  bounds: tuple[float, float], timeout: float) -> Tensor:  # fmt: skip
+    """``[B]``: whether branch and bound proves each example robust (``holds``)."""
+    out = []
+    shape = tuple(x.shape[1:])
+    with torch.no_grad():
+        num_classes = model(x[:1]).shape[1]
+    for xi, yi in zip(x, y):
+        prop = margin_property(xi, int(yi), num_classes, eps, bounds)
+        verdict = verify_property(
+            model, shape, prop, lambda z: model(z.view(len(z), *shape).to(x.dtype)), timeout
+        )
+        out.append(verdict.status == "holds")
+    return torch.tensor(out, dtype=torch.bool, device=x.device)
