@@ -165,7 +165,7 @@ class _Search:
 
 def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[Interval],
         alpha: list[Tensor], deadline: float, confirm: Confirm, batch: int = 256,
-        iters: int = 10, max_domains: int = 200_000) -> BabResult:  # fmt: skip
+        iters: int = 10, max_domains: int = 60_000) -> BabResult:  # fmt: skip
     """Decide ``exists x in box: all(spec f(x) + offset <= 0)``, or run out of time.
 
     Args:
