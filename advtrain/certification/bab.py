@@ -36,8 +36,10 @@ from advtrain.certification.alpha_crown import (
     split_bounds,
 )
 from advtrain.certification.domain import box_lower
+from advtrain.certification.falsify import pgd_box
 from advtrain.certification.ibp import Interval
 from advtrain.certification.network import Network
+from advtrain.certification.vnnlib import Conjunction, Property
 
 #: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
 Confirm = Callable[[Tensor], Tensor | None]
@@ -120,12 +122,15 @@ class _Search:
     """State of one branch-and-bound run."""
 
     def __init__(self, net: Network, box: Interval, spec: Tensor, offset: Tensor,
-                 root: list[Interval], confirm: Confirm, iters: int) -> None:  # fmt: skip
+                 root: list[Interval], confirm: Confirm, iters: int, topk: int,
+                 pgd_starts: int = 8) -> None:  # fmt: skip
         self.net, self.box, self.spec, self.offset = net, box, spec, offset
-        self.root, self.confirm, self.iters = root, confirm, iters
+        self.root, self.confirm, self.iters, self.topk = root, confirm, iters, topk
+        self.pgd_starts = pgd_starts
         self.shapes = [lo[0].numel() for lo, _ in root]
         self.lower = lambda a, bias: box_lower(a, bias, *box)
         self.found: Tensor | None = None
+        self.prop = Property(box[0].flatten(), box[1].flatten(), [Conjunction(spec[0], offset)])
 
     def bound(self, doms: _Domains) -> _Domains:
         """Optimise the children's bounds; look at each bound's worst input."""
@@ -136,10 +141,19 @@ class _Search:
         with torch.no_grad():
             _, a, _ = backward_bound(self.net, self.lower, spec, bounds, relax)
             lo, hi = self.box
-            worst = torch.where(a > 0, lo.unsqueeze(1), hi.unsqueeze(1)).flatten(0, 1)
-            self.try_points(worst)
+            worst = torch.where(a > 0, lo.unsqueeze(1), hi.unsqueeze(1))
+            self.try_points(worst.flatten(0, 1))
         value = (best + self.offset).amax(-1)
+        if self.found is None and self.pgd_starts:
+            self.attack(worst[value.argsort()[: self.pgd_starts]].flatten(0, 1))
         return _Domains(value, doms.signs, relax.alpha, relax.beta)
+
+    def attack(self, starts: Tensor) -> None:
+        """Short PGD runs from the worst domains' worst inputs (Wang et al. 2021)."""
+        shape = tuple(self.box[0].shape[1:])
+        x, v = pgd_box(self.net.forward, self.prop, shape, 0, 10, starts.flatten(1))
+        if v <= 0:
+            self.found = self.confirm(x.view(1, -1))
 
     def try_points(self, x: Tensor) -> None:
         with torch.no_grad():
@@ -150,22 +164,48 @@ class _Search:
             self.found = self.confirm(x[bad].flatten(1))
 
     def branch(self, parents: _Domains) -> tuple[_Domains, int]:
-        """Children of the parents that can be split; returns them and the count set aside."""
+        """Children of the parents that can be split; returns them and the count set aside.
+
+        Filtered smart branching (FSB; De Palma et al. 2021, the ``kfsb`` of alpha-beta-
+        CROWN): the ``topk`` ReLUs by BaBSR score are each tried with one bound pass on
+        both children (the parent's slopes and betas, no optimisation), and the split
+        whose worse child has the best bound wins.
+        """
         bounds = split_bounds(self.root, parents.signs)
         spec = self.spec.expand(len(parents), -1, -1)
         relax = Relaxation(parents.alpha, parents.beta, parents.signs)
         with torch.no_grad():
             coefs = backward_bound(self.net, self.lower, spec, bounds, relax, record=True)[2]
             scores = babsr_scores(coefs, bounds, parents.signs)
-        best, choice = scores.max(1)
-        ok = best > -torch.inf
-        parents = parents.take(ok.nonzero().squeeze(1))
-        return _split(parents, choice[ok], self.shapes), int((~ok).sum())
+        ok = scores.amax(1) > -torch.inf
+        keep = ok.nonzero().squeeze(1)
+        parents, scores = parents.take(keep), scores[keep]
+        if not len(parents):
+            return parents, int((~ok).sum())
+        top_score, top = scores.topk(min(self.topk, scores.shape[1]), dim=1)
+        choice = self.filter(parents, top, top_score) if top.shape[1] > 1 else top[:, 0]
+        return _split(parents, choice, self.shapes), int((~ok).sum())
+
+    def filter(self, parents: _Domains, top: Tensor, top_score: Tensor) -> Tensor:
+        """The candidate of each parent (``top``: ``[D, k]``) with the best worse child."""
+        d, k = top.shape
+        trial = _Domains.cat([parents] * k)
+        kids = _split(trial, top.T.reshape(-1), self.shapes)
+        bounds = split_bounds(self.root, kids.signs)
+        spec = self.spec.expand(len(kids), -1, -1)
+        relax = Relaxation(kids.alpha, kids.beta, kids.signs)
+        with torch.no_grad():
+            value = backward_bound(self.net, self.lower, spec, bounds, relax)[0] + self.offset
+        value = value.amax(-1).view(2, k, d)  # [active/inactive, candidate, parent]
+        worse = value.amin(0).T.clone()  # [D, k]
+        worse[top_score == -torch.inf] = -torch.inf
+        pick = worse.argmax(1)
+        return top.gather(1, pick[:, None]).squeeze(1)
 
 
 def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[Interval],
         alpha: list[Tensor], deadline: float, confirm: Confirm, batch: int = 256,
-        iters: int = 10, max_domains: int = 60_000) -> BabResult:  # fmt: skip
+        iters: int = 10, topk: int = 4, max_domains: int = 60_000) -> BabResult:  # fmt: skip
     """Decide ``exists x in box: all(spec f(x) + offset <= 0)``, or run out of time.
 
     Args:
@@ -177,8 +217,9 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         confirm: Checks candidate points on the original network.
         batch: Domains split per bound call (twice as many children are bounded).
         iters: Optimisation steps per bound call.
+        topk: Branching candidates tried per domain (1: plain BaBSR).
     """
-    search = _Search(net, box, spec, offset, root, confirm, iters)
+    search = _Search(net, box, spec, offset, root, confirm, iters, topk)
     signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
     beta = [torch.zeros_like(a) for a in alpha]
     queue = search.bound(_Domains(spec.new_full((1,), -1.0), signs, alpha, beta))

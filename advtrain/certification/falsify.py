@@ -6,7 +6,8 @@ before and during branch and bound): minimise the property's *violation value*
 exactly when ``f(x)`` lies in the unsafe set, by signed-gradient steps (Madry et al. 2018)
 projected onto the box ``lo <= x <= hi`` (the property's own input set, which need not be
 centred on a data point, hence not ``advtrain.attacks``' eps-ball attacks). Restarts start
-at uniform points, the box centre and any given points. A point found here is only a
+at uniform points, the box centre and any given points; each restart descends on one
+disjunct (a targeted attack, round robin), the first on the minimum over all. A point found here is only a
 *candidate*: the caller confirms it on the original network.
 """
 
@@ -18,10 +19,14 @@ from torch import Tensor, nn
 from advtrain.certification.vnnlib import Property
 
 
+def disjunct_values(prop: Property, y: Tensor) -> Tensor:
+    """``[N, D]``: ``max_row (A y + b)`` of each disjunct; ``<= 0`` where it is satisfied."""
+    return torch.stack([(y.to(c.A.dtype) @ c.A.T + c.b).amax(-1) for c in prop.disjuncts], -1)
+
+
 def violation(prop: Property, y: Tensor) -> Tensor:
     """``[N]``: ``min_disjunct max_row (A y + b)``; ``<= 0`` iff ``y`` is unsafe."""
-    values = [(y.to(c.A.dtype) @ c.A.T + c.b).amax(-1) for c in prop.disjuncts]
-    return torch.stack(values, -1).amin(-1)
+    return disjunct_values(prop, y).amin(-1)
 
 
 def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: int = 32,
@@ -44,12 +49,17 @@ def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: 
         points.append(torch.minimum(torch.maximum(starts.to(lo.dtype), lo), hi))
     x = torch.cat(points)
     width = hi - lo
+    # start i descends on disjunct i mod D (targeted), start 0 on their minimum
+    target = torch.arange(len(x), device=lo.device) % len(prop.disjuncts)
     best_x, best_v = x[0].clone(), torch.tensor(float("inf"), dtype=lo.dtype)
     for step in range(steps + 1):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            v = violation(prop, model(x.view(len(x), *shape)))
-            (grad,) = torch.autograd.grad(v.sum(), x)
+            values = disjunct_values(prop, model(x.view(len(x), *shape)))
+            v = values.amin(-1)
+            goal = values.gather(1, target[:, None]).squeeze(1)
+            goal = torch.cat([v[:1], goal[1:]])
+            (grad,) = torch.autograd.grad(goal.sum(), x)
         i = int(v.argmin())
         if v[i] < best_v:
             best_v, best_x = v[i].detach().clone(), x[i].detach().clone()

@@ -85,7 +85,7 @@ class _Checker:
 
 def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
                     reference: Reference, timeout: float = 60.0, *, restarts: int = 64,
-                    steps: int = 60, batch: int = 256, iters: int = 10) -> Verdict:  # fmt: skip
+                    steps: int = 60, batch: int = 256, iters: int = 10, topk: int = 4) -> Verdict:  # fmt: skip
     """Decide ``prop`` on ``model`` (a float64 network ``parse`` supports) within ``timeout`` s.
 
     Args:
@@ -122,10 +122,10 @@ def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
             at += len(c.b)
             if not bool((best[sl] > 0).any()):
                 open_rows.append((float(best[sl].max()), c, sl))
-        for _, c, sl in sorted(open_rows, key=lambda t: -t[0]):
+        for _, c, sl in sorted(open_rows, key=lambda t: t[0]):  # likeliest violated first
             alpha = [a[:, sl] for a in relax.alpha]
             res = bab(net, (lo, hi), c.A.unsqueeze(0), c.b, root, alpha, deadline, check,
-                      batch=batch, iters=iters)  # fmt: skip
+                      batch=batch, iters=iters, topk=topk)  # fmt: skip
             stats["domains"] += res.domains
             if res.status != "holds":
                 return done(res.status, phase="bab", **stats)
