@@ -4,7 +4,12 @@
 * ``crown``: backward linear relaxation (Zhang et al. 2018), never looser than IBP;
 * ``lipschitz``: the margin certificate of Tsuzuku, Sato, Sugiyama 2018 with a global
   Lipschitz bound (product of layer operator norms); also returns certified radii;
-* ``milp``: exact verification (Tjeng et al. 2019), linf only, small networks only.
+* ``milp``: exact verification (Tjeng et al. 2019), linf only, small networks only;
+* ``alpha-crown``: CROWN with optimised relaxation slopes (Xu et al. 2021), never looser
+  than CROWN;
+* ``bab``: complete verification, branch and bound with beta-CROWN (Wang et al. 2021),
+  linf only; an example is certified when the answer is ``holds`` (a timeout or a
+  counterexample confirmed on the model leaves it uncertified).
 
 Threat model: an l_p ball (linf, l2, l1) of radius eps (pixel units) intersected with the
 data box. An example is certified when a lower bound of ``f_y(x) - f_j(x)`` is positive for
@@ -22,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.certification.alpha_crown import alpha_crown_bounds
 from advtrain.certification.crown import crown_bounds
 from advtrain.certification.domain import InputDomain, margin_spec
 from advtrain.certification.ibp import ibp_bounds
@@ -29,10 +35,11 @@ from advtrain.certification.lipschitz import lipschitz_radius
 from advtrain.certification.milp import min_margin
 from advtrain.certification.network import parse
 from advtrain.certification.smoothing import certify_smoothed
+from advtrain.certification.verify import bab_certified
 from advtrain.errors import ConfigError
 from advtrain.threat import LpBall
 
-METHODS = ("ibp", "crown", "lipschitz", "milp")
+METHODS = ("ibp", "crown", "lipschitz", "milp", "alpha-crown", "bab")
 
 
 def margin_bounds(model: nn.Module, x: Tensor, y: Tensor, norm: str = "linf", eps: float = 0.1,
@@ -40,7 +47,8 @@ def margin_bounds(model: nn.Module, x: Tensor, y: Tensor, norm: str = "linf", ep
     """Lower bounds ``[B, K-1]`` of ``f_y(x') - f_j(x')`` over the ball, ``j != y`` in order.
 
     Args:
-        method: ``"ibp"``, ``"crown"`` or ``"crown-ibp"`` (CROWN with IBP intermediate bounds).
+        method: ``"ibp"``, ``"crown"``, ``"crown-ibp"`` (CROWN with IBP intermediate
+            bounds) or ``"alpha-crown"`` (not differentiable).
         Differentiable in the model's parameters (used by certified training).
     """
     net = parse(model, x.shape[1:])
@@ -50,7 +58,11 @@ def margin_bounds(model: nn.Module, x: Tensor, y: Tensor, norm: str = "linf", ep
         return ibp_bounds(net, domain, spec)
     if method in ("crown", "crown-ibp"):
         return crown_bounds(net, domain, spec, "crown" if method == "crown" else "ibp")
-    raise ConfigError(f"unknown bound method {method!r}; allowed: ibp, crown, crown-ibp")
+    if method == "alpha-crown":
+        return alpha_crown_bounds(net, domain, spec)
+    raise ConfigError(
+        f"unknown bound method {method!r}; allowed: ibp, crown, crown-ibp, alpha-crown"
+    )
 
 
 def certify(
@@ -64,6 +76,7 @@ def certify(
     bounds: tuple[float, float] = (0.0, 1.0),
     batch_size: int = 64,
     dtype: torch.dtype = torch.float64,
+    timeout: float = 60.0,
     **smoothing: Any,
 ) -> dict:
     """Certify each example against every perturbation in the l_p ball.
@@ -74,10 +87,13 @@ def certify(
         x: Inputs ``[B, *shape]`` inside ``bounds``; ``y``: labels ``[B]``.
         norm: ``"linf"``, ``"l2"`` or ``"l1"`` (``milp``: linf only).
         eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
-        method: ``"ibp"``, ``"crown"``, ``"lipschitz"`` or ``"milp"``.
+        method: ``"ibp"``, ``"crown"``, ``"alpha-crown"``, ``"lipschitz"``, ``"milp"``
+            (exact, tiny nets), ``"bab"`` (complete: beta-CROWN branch and bound) or
+            ``"smoothing"`` (see below).
         bounds: The data box.
         batch_size: Examples per bound computation (CROWN's memory grows with it).
         dtype: Precision of the bound computation (a copy of the model is converted).
+        timeout: ``bab`` only: seconds per example.
 
     Returns:
         ``{"method", "norm", "eps", "certified": [bool], "certified_accuracy": float,
@@ -97,18 +113,22 @@ def certify(
     if smoothing:
         raise ConfigError(f"method {method!r} takes no options {sorted(smoothing)}")
     if method not in METHODS:
-        raise ConfigError(f"unknown certification method {method!r}; allowed: {', '.join(METHODS)}")
+        allowed = ", ".join((*METHODS, "smoothing"))
+        raise ConfigError(f"unknown certification method {method!r}; allowed: {allowed}")
     threat = LpBall(norm, eps, bounds)
     if len(x) != len(y):
         raise ConfigError(f"x has {len(x)} examples but y has {len(y)}; they must match")
-    if method == "milp" and threat.norm != "linf":
-        raise ConfigError(f"method 'milp' supports norm 'linf' only; got norm={threat.norm!r}")
+    if method in ("milp", "bab") and threat.norm != "linf":
+        raise ConfigError(f"method {method!r} supports norm 'linf' only; got norm={threat.norm!r}")
     if len(x):
         threat.check_inputs(x)
     model = _converted(model, dtype)
     device = next(iter(model.parameters()), x).device
     x, y = x.detach().to(device=device, dtype=dtype), y.to(device)
-    certified, radius = _run(model, x, y, threat, method, batch_size)
+    if method == "bab":
+        certified, radius = bab_certified(model, x, y, threat.eps, threat.bounds, timeout), None
+    else:
+        certified, radius = _run(model, x, y, threat, method, batch_size)
     return {
         "method": method,
         "norm": threat.norm,

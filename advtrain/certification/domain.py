@@ -64,6 +64,14 @@ class InputDomain:
         self.lo = (x0 - eps).clamp(*bounds)
         self.hi = (x0 + eps).clamp(*bounds)
 
+    @classmethod
+    def box(cls, lo: Tensor, hi: Tensor) -> InputDomain:
+        """The box ``[lo, hi]`` itself (a VNNLIB input set): linf around its centre."""
+        dom = cls((lo + hi) / 2, "linf", 0.0, (-float("inf"), float("inf")))
+        dom.lo, dom.hi = lo, hi
+        dom.eps = float((hi - lo).max()) / 2 if lo.numel() else 0.0
+        return dom
+
     def lower(self, a: Tensor, bias: Tensor) -> Tensor:
         """Lower bound of ``a . x + bias`` over the domain.
 

@@ -25,7 +25,7 @@ from advtrain.models.normalize import Normalize
 
 SUPPORTED = (
     "Linear, Conv2d (zero padding), ReLU, Flatten, BatchNorm1d/2d, AvgPool2d, "
-    "AdaptiveAvgPool2d, Normalize, Identity, Dropout, nested nn.Sequential"
+    "AdaptiveAvgPool2d, Normalize, Elementwise, Identity, Dropout, nested nn.Sequential"
 )
 
 LinearFn = Callable[[Tensor], Tensor]
@@ -198,6 +198,26 @@ def _normalize(mod: Normalize, shape: tuple[int, ...]) -> Affine:
     return _diag("Normalize", inv, -mod.mean.squeeze(0) * inv, shape)
 
 
+class Elementwise(nn.Module):
+    """``x * scale + shift`` with constant tensors broadcast against one example.
+
+    The form ONNX graphs give their input normalisation (Sub, Div, Mul, Add by constants).
+    """
+
+    def __init__(self, scale: Tensor, shift: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+
+def _elementwise(mod: Elementwise, shape: tuple[int, ...]) -> Affine:
+    scale = torch.broadcast_to(mod.scale, shape).contiguous()
+    return _diag("Elementwise", scale, mod.shift, shape)
+
+
 def _leaves(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, nn.Sequential):
         return [leaf for child in model for leaf in _leaves(child)]
@@ -219,6 +239,8 @@ def _to_affine(mod: nn.Module, shape: tuple[int, ...], index: int, like: Tensor)
         return _pool(mod, shape, like)
     if isinstance(mod, Normalize):
         return _normalize(mod, shape)
+    if isinstance(mod, Elementwise):
+        return _elementwise(mod, shape)
     raise ConfigError(
         f"layer {index} ({type(mod).__name__}) is not supported by bound propagation; supported: {SUPPORTED}"
     )

@@ -1,0 +1,211 @@
+"""alpha-CROWN and beta-CROWN: linear bounds with optimised relaxations and split constraints.
+
+alpha-CROWN (Xu, Zhang, Wang, Wang, Jana, Lin, Hsieh 2021, "Fast and complete: enabling
+complete neural network verification with rapid and massively parallel incomplete
+verifiers"): CROWN's lower ReLU relaxation ``relu(z) >= alpha z`` is sound for every
+``alpha`` in ``[0, 1]``, so the bound is a function of the slopes, one per unstable neuron
+and per output row, maximised by projected gradient ascent (Adam, then clamping to
+``[0, 1]``), warm-started from CROWN's adaptive slopes (Zhang et al. 2018).
+
+beta-CROWN (Wang, Zhang, Xu, Lin, Jana, Hsieh, Kolter 2021, "Beta-CROWN: efficient bound
+propagation with per-neuron split constraints for complete and incomplete neural network
+robustness verification"): in a branch-and-bound sub-domain some ReLUs are split,
+``s_i z_i >= 0`` with ``s_i = +1`` (active) or ``-1`` (inactive). For any ``beta >= 0``,
+``min c.f(x) >= min [c.f(x) - sum_i beta_i s_i z_i(x)]`` over the relaxation, since the
+added term is ``<= 0`` wherever the splits hold; the term enters the backward pass as
+``-beta s`` on the coefficients of each pre-activation and ``beta`` is optimised with the
+slopes. A split neuron's pre-activation interval is also cut at 0, so its relaxation is exact.
+
+Threat model: a box of inputs (an linf ball intersected with the data box, or a VNNLIB
+box). Intermediate bounds are fixed (CROWN's at the root, cut by the splits), as in the
+"fixed intermediate bounds" branch-and-bound of Wang et al. 2021. Every bound returned is
+the best one seen during the optimisation, so it is never looser than the starting point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from advtrain.certification.crown import crown_final, crown_intermediate
+from advtrain.certification.domain import InputDomain
+from advtrain.certification.ibp import (
+    Interval,
+    final_from_intervals,
+    identity_rows,
+    interval_segment,
+)
+from advtrain.certification.network import Network
+
+#: ``(a, bias) -> min over the input set of a . x + bias`` (``InputDomain.lower`` or a box).
+Lower = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Relaxation:
+    """Per-domain parameters: slopes ``alpha[j]`` ``[D, m, *shape_j]`` in ``[0, 1]`` and,
+    for split sub-domains, ``beta[j]`` (``>= 0``) with split signs ``signs[j]`` ``[D, *shape_j]``."""
+
+    alpha: list[Tensor]
+    beta: list[Tensor] | None = None
+    signs: list[Tensor] | None = None
+
+
+def split_bounds(root: list[Interval], signs: list[Tensor]) -> list[Interval]:
+    """Intermediate intervals of sub-domains: the root's, cut at 0 where a neuron is split."""
+    out = []
+    for (lo, hi), s in zip(root, signs):
+        out.append(
+            (torch.where(s > 0, lo.clamp_min(0), lo), torch.where(s < 0, hi.clamp_max(0), hi))
+        )
+    return out
+
+
+def adaptive_alpha(bounds: list[Interval], m: int) -> list[Tensor]:
+    """CROWN's adaptive slopes (1 where ``u >= -l``, else 0), one copy per output row."""
+    return [(hi >= -lo).to(lo.dtype).unsqueeze(1).expand(-1, m, *lo.shape[1:]).clone()
+            for lo, hi in bounds]  # fmt: skip
+
+
+def backward_bound(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval],
+                   relax: Relaxation, record: bool = False, start: int | None = None,
+                   ) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
+    """One backward pass: lower bounds ``[D, m]`` of ``spec @ f(x)`` over the box.
+
+    Args:
+        lower: Bounds a linear function of the input over the input set.
+        start: The segment whose output ``spec`` applies to (default: the last one);
+            ``bounds`` and ``relax`` cover the ReLUs before it.
+
+    Returns:
+        The bound, the input coefficients ``[D, m, *in]`` (their box minimiser is the
+        relaxation's worst input) and, with ``record``, the coefficients on each ReLU's
+        output (``[D, m, *shape_j]``, for branching), first layer first.
+    """
+    start = net.n_relu if start is None else start
+    a, bias = net.backward_segment(start, spec, spec.new_zeros(spec.shape[:2]))
+    recorded = []
+    for j in range(start - 1, -1, -1):
+        lo, hi = bounds[j]
+        if record:
+            recorded.append(a)
+        unstable = (lo < 0) & (hi > 0)
+        active = (lo >= 0).to(lo.dtype)
+        width = torch.where(unstable, hi - lo, torch.ones_like(hi))
+        slope = torch.where(unstable, hi / width, active).unsqueeze(1)
+        intercept = torch.where(unstable, -hi * lo / width, torch.zeros_like(lo)).unsqueeze(1)
+        low_slope = torch.where(unstable.unsqueeze(1), relax.alpha[j], active.unsqueeze(1))
+        pos, neg = a.clamp(min=0), a.clamp(max=0)
+        bias = bias + (neg * intercept).flatten(2).sum(-1)
+        a = pos * low_slope + neg * slope
+        if relax.beta is not None:
+            a = a - relax.beta[j] * relax.signs[j].unsqueeze(1).to(a.dtype)
+        a, bias = net.backward_segment(j, a, bias)
+    return lower(a, bias), a, recorded[::-1]
+
+
+def optimize(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], relax: Relaxation,
+             iters: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
+             start: int | None = None) -> tuple[Tensor, Relaxation]:  # fmt: skip
+    """Projected gradient ascent on the slopes (and betas): the best bound ``[D, m]`` per row
+    and the parameters that reached it. Gradients are taken with ``torch.autograd.grad``
+    on the parameters only (the network's weights never get ``.grad``)."""
+    alpha = [t.detach().clone().requires_grad_(True) for t in relax.alpha]
+    beta = (
+        None
+        if relax.beta is None
+        else [t.detach().clone().requires_grad_(True) for t in relax.beta]
+    )
+    params = alpha + (beta or [])
+    groups = [{"params": alpha, "lr": lr_alpha}] + (
+        [{"params": beta, "lr": lr_beta}] if beta else []
+    )
+    opt = torch.optim.Adam(groups)
+    best = None
+    best_alpha = [t.detach().clone() for t in alpha]
+    best_beta = None if beta is None else [t.detach().clone() for t in beta]
+    with torch.enable_grad():
+        for step in range(iters + 1):
+            now = Relaxation(alpha, beta, relax.signs)
+            bound = backward_bound(net, lower, spec, bounds, now, start=start)[0]
+            value = bound.detach()
+            if best is None:
+                best = value.clone()
+            else:
+                better = value > best
+                best = torch.where(better, value, best)
+                _keep(best_alpha, alpha, better)
+                if beta is not None:
+                    _keep(best_beta, beta, better)
+            if step == iters:
+                break
+            grads = torch.autograd.grad(-bound.sum(), params)
+            for p, g in zip(params, grads):
+                p.grad = g
+            opt.step()
+            with torch.no_grad():
+                for t in alpha:
+                    t.clamp_(0, 1)
+                for t in beta or []:
+                    t.clamp_(min=0)
+    return best, Relaxation(best_alpha, best_beta, relax.signs)
+
+
+def _keep(store: list[Tensor], current: list[Tensor], better: Tensor) -> None:
+    """Copy ``current`` into ``store`` where ``better`` (``[D, m]``) holds."""
+    for s, c in zip(store, current):
+        mask = better.view(*better.shape, *([1] * (c.dim() - 2)))
+        s.copy_(torch.where(mask, c.detach(), s))
+
+
+def alpha_intermediate(net: Network, domain: InputDomain, iters: int = 20,
+                       crown: list[Interval] | None = None) -> list[Interval]:  # fmt: skip
+    """Pre-activation bounds of every ReLU, each layer by CROWN and then alpha-CROWN.
+
+    For each hidden layer after the first, the lower and upper bounds of the neurons that
+    CROWN leaves unstable (in any example of the batch) are optimised over their own
+    slopes of the earlier layers, and intersected with CROWN's (so never looser).
+    """
+    bounds = crown if crown is not None else crown_intermediate(net, domain)
+    out = bounds[:1]
+    for k in range(1, net.n_relu):
+        lo, hi = bounds[k]
+        ilo, ihi = interval_segment(net, k, out[-1][0].clamp_min(0), out[-1][1].clamp_min(0))
+        lo, hi = torch.maximum(lo, ilo), torch.minimum(hi, ihi)
+        flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
+        index = ((flat_lo < 0) & (flat_hi > 0)).any(0).nonzero().squeeze(1)
+        if len(index):
+            rows = identity_rows(net.out_shape(k), index, lo)
+            relax = Relaxation(adaptive_alpha(out, rows.shape[1]))
+            best, _ = optimize(net, domain.lower, rows, out, relax, iters, start=k)
+            n = len(index)
+            flat_lo, flat_hi = flat_lo.clone(), flat_hi.clone()
+            flat_lo[:, index] = torch.maximum(flat_lo[:, index], best[:, :n])
+            flat_hi[:, index] = torch.minimum(flat_hi[:, index], -best[:, n:])
+        out.append((flat_lo.view_as(lo), flat_hi.view_as(hi)))
+    return out
+
+
+def alpha_crown_bounds(net: Network, domain: InputDomain, spec: Tensor, iters: int = 20) -> Tensor:
+    """alpha-CROWN lower bounds ``[B, m]`` of ``spec @ f(x)`` over an l_p domain.
+
+    Intermediate bounds are CROWN's (intersected with IBP) tightened by alpha-CROWN
+    (``alpha_intermediate``); the final bound is the best over the optimisation (which
+    starts at CROWN's adaptive slopes). CROWN's bound is not monotone in the
+    intermediate intervals, so the result is also at least ``crown_bounds`` (CROWN and IBP
+    from CROWN's own intervals): never looser than CROWN by construction.
+    """
+    crown = crown_intermediate(net, domain)
+    floor = torch.maximum(
+        crown_final(net, domain, spec, crown), final_from_intervals(net, domain, spec, crown)
+    )
+    if net.n_relu == 0:
+        return floor
+    bounds = alpha_intermediate(net, domain, iters, crown)
+    ibp = final_from_intervals(net, domain, spec, bounds)
+    relax = Relaxation(adaptive_alpha(bounds, spec.shape[1]))
+    best, _ = optimize(net, domain.lower, spec, bounds, relax, iters)
+    return torch.maximum(torch.maximum(best, ibp), floor)

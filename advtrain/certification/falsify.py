@@ -1,0 +1,71 @@
+"""Counterexample search for a VNNLIB property: projected gradient descent on the input box.
+
+The attack side of a complete verifier (Xu et al. 2021 and Wang et al. 2021 run PGD
+before and during branch and bound): minimise the property's *violation value*
+``v(x) = min over disjuncts of max over their rows of (A f(x) + b)``, which is ``<= 0``
+exactly when ``f(x)`` lies in the unsafe set, by signed-gradient steps (Madry et al. 2018)
+projected onto the box ``lo <= x <= hi`` (the property's own input set, which need not be
+centred on a data point, hence not ``advtrain.attacks``' eps-ball attacks). Restarts start
+at uniform points, the box centre and any given points; each restart descends on one
+disjunct (a targeted attack, round robin), the first on the minimum over all. A point found here is only a
+*candidate*: the caller confirms it on the original network.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.certification.vnnlib import Property
+
+
+def disjunct_values(prop: Property, y: Tensor) -> Tensor:
+    """``[N, D]``: ``max_row (A y + b)`` of each disjunct; ``<= 0`` where it is satisfied."""
+    return torch.stack([(y.to(c.A.dtype) @ c.A.T + c.b).amax(-1) for c in prop.disjuncts], -1)
+
+
+def violation(prop: Property, y: Tensor) -> Tensor:
+    """``[N]``: ``min_disjunct max_row (A y + b)``; ``<= 0`` iff ``y`` is unsafe."""
+    return disjunct_values(prop, y).amin(-1)
+
+
+def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: int = 32,
+            steps: int = 50, starts: Tensor | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The best point found and its violation value (``[*shape]``, scalar).
+
+    Args:
+        model: The network on inputs ``[N, *shape]``.
+        prop: The property (its flat box and unsafe set).
+        restarts: Uniform random starts (plus the centre and ``starts``).
+        steps: Signed-gradient steps per start, with a step size decaying from a quarter
+            of the box width to a hundredth of it.
+        starts: Extra flat starting points ``[S, n]`` (e.g. a relaxation's worst inputs).
+    """
+    lo, hi = prop.lo, prop.hi
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rand = torch.rand(restarts, len(lo), generator=gen, dtype=lo.dtype).to(lo.device)
+    points = [((lo + hi) / 2)[None], lo + rand * (hi - lo)]
+    if starts is not None:
+        points.append(torch.minimum(torch.maximum(starts.to(lo.dtype), lo), hi))
+    x = torch.cat(points)
+    width = hi - lo
+    # start i descends on disjunct i mod D (targeted), start 0 on their minimum
+    target = torch.arange(len(x), device=lo.device) % len(prop.disjuncts)
+    best_x, best_v = x[0].clone(), torch.tensor(float("inf"), dtype=lo.dtype)
+    for step in range(steps + 1):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            values = disjunct_values(prop, model(x.view(len(x), *shape)))
+            v = values.amin(-1)
+            goal = values.gather(1, target[:, None]).squeeze(1)
+            goal = torch.cat([v[:1], goal[1:]])
+            (grad,) = torch.autograd.grad(goal.sum(), x)
+        i = int(v.argmin())
+        if v[i] < best_v:
+            best_v, best_x = v[i].detach().clone(), x[i].detach().clone()
+        if best_v <= 0 or step == steps:
+            break
+        size = 0.25 * (0.04 ** (step / max(steps - 1, 1)))
+        with torch.no_grad():
+            x = torch.minimum(torch.maximum(x - size * width * grad.sign(), lo), hi)
+    return best_x.view(shape), best_v

@@ -1,0 +1,171 @@
+"""ONNX feed-forward ReLU networks as the ``nn.Sequential`` the bound propagation parses.
+
+VNN-COMP networks (e.g. the 2021 ``mnistfc`` benchmark) are chains of Flatten / Reshape /
+Gemm / MatMul / Add / Sub / Div / Mul / Conv / Relu nodes. ``onnx_sequential`` walks the
+graph in order, following the one non-constant tensor, and turns every node into a torch
+layer: Gemm and MatMul (+ a constant Add, folded into the bias) become ``nn.Linear``, Conv
+``nn.Conv2d``, Sub / Div / Mul / Add by constants ``Elementwise``, Flatten and flattening
+Reshapes ``nn.Flatten``. The result is exactly the graph's function, so
+``advtrain.certification.network.parse`` bounds it and the attacks can run it; the graph
+itself (run by onnxruntime, ``advtrain.models.onnx.onnx_forward``) stays the independent
+check of a counterexample. Anything else (branches, other operators) raises one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from advtrain.certification.network import Elementwise
+from advtrain.errors import ConfigError
+from advtrain.models.onnx import load_onnx_graph, onnx_input_shape
+
+SUPPORTED_NODES = "Flatten, Reshape (flattening), Gemm, MatMul, Add, Sub, Div, Mul, Conv, Relu"
+
+
+def _attrs(node) -> dict:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _const(t: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.array(t, dtype=np.float64))
+
+
+def _example_const(c: Tensor, rank: int) -> Tensor:
+    """A constant broadcast against one example of rank ``rank`` (leading 1-axes dropped)."""
+    while c.dim() > rank and c.shape[0] == 1:
+        c = c[0]
+    if c.dim() > rank:
+        raise ConfigError(f"a constant of shape {tuple(c.shape)} varies along the batch axis")
+    return c
+
+
+class _Builder:
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.layers: list[nn.Module] = []
+        self.shape = shape
+
+    def add(self, layer: nn.Module) -> None:
+        self.layers.append(layer)
+        probe = torch.zeros(1, *self.shape, dtype=torch.float64)
+        self.shape = tuple(layer.to(torch.float64)(probe).shape[1:])
+
+    def linear(self, w: Tensor, b: Tensor | None) -> None:
+        if len(self.shape) != 1 or self.shape[0] != w.shape[1]:
+            raise ConfigError(
+                f"a {tuple(w.shape)} matrix cannot multiply inputs of shape {self.shape}"
+            )
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=True).to(torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            lin.bias.copy_(b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype))
+        self.add(lin)
+
+    def elementwise(self, scale: Tensor | float, shift: Tensor | float) -> None:
+        rank = len(self.shape)
+        scale_t = _example_const(torch.as_tensor(scale, dtype=torch.float64), rank)
+        shift_t = _example_const(torch.as_tensor(shift, dtype=torch.float64), rank)
+        self.add(Elementwise(scale_t, shift_t))
+
+    def add_const(self, c: Tensor) -> None:
+        last = self.layers[-1] if self.layers else None
+        flat = c.flatten()
+        if isinstance(last, nn.Linear) and flat.numel() == last.out_features:
+            with torch.no_grad():
+                last.bias.add_(flat)
+            return
+        if isinstance(last, nn.Conv2d) and flat.numel() == last.out_channels and c.dim() >= 3:
+            with torch.no_grad():
+                last.bias.add_(flat)
+            return
+        self.elementwise(1.0, c)
+
+
+def _conv(attrs: dict, w: Tensor, b: Tensor | None) -> nn.Conv2d:
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    if pads[:2] != pads[2:]:
+        raise ConfigError(f"Conv pads {pads} are asymmetric; only symmetric padding is supported")
+    groups = int(attrs.get("group", 1))
+    conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
+                     stride=tuple(attrs.get("strides", [1, 1])), padding=tuple(pads[:2]),
+                     dilation=tuple(attrs.get("dilations", [1, 1])), groups=groups)  # fmt: skip
+    conv = conv.to(torch.float64)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        conv.bias.copy_(b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype))
+    return conv
+
+
+def _node(b: _Builder, node, args: list, flipped: bool) -> None:
+    """Append the layers of one node; ``args`` are its constant inputs (the data one removed)."""
+    op, attrs = node.op_type, _attrs(node)
+    if op == "Relu":
+        b.add(nn.ReLU())
+    elif op in ("Flatten", "Reshape"):
+        target = [int(v) for v in args[0]] if op == "Reshape" else None
+        if (op == "Flatten" and attrs.get("axis", 1) != 1) or (
+            target is not None
+            and (len(target) != 2 or target[1] not in (-1, int(np.prod(b.shape))))
+        ):
+            raise ConfigError(f"{op} node {node.name!r} does not flatten to [batch, -1]")
+        if len(b.shape) > 1:
+            b.add(nn.Flatten())
+    elif op == "Gemm":
+        if attrs.get("transA", 0):
+            raise ConfigError(f"Gemm node {node.name!r} with transA=1 is not supported")
+        w = _const(args[0]) * attrs.get("alpha", 1.0)
+        w = w if attrs.get("transB", 0) else w.T
+        bias = _const(args[1]).flatten() * attrs.get("beta", 1.0) if len(args) > 1 else None
+        b.linear(w, bias)
+    elif op == "MatMul" and not flipped:
+        b.linear(_const(args[0]).T, None)
+    elif op == "Conv":
+        b.add(_conv(attrs, _const(args[0]), _const(args[1]) if len(args) > 1 else None))
+    elif op == "Add":
+        b.add_const(_const(args[0]))
+    elif op == "Sub":
+        c = _const(args[0])
+        b.elementwise(-1.0, c) if flipped else b.elementwise(1.0, -c)
+    elif op == "Mul":
+        b.elementwise(_const(args[0]), 0.0)
+    elif op == "Div" and not flipped:
+        b.elementwise(1.0 / _const(args[0]), 0.0)
+    elif op not in ("Identity", "Dropout"):
+        raise ConfigError(
+            f"ONNX node {node.name!r} ({op}) is not supported; supported: {SUPPORTED_NODES}"
+        )
+
+
+def onnx_sequential(path: str | Path) -> tuple[nn.Sequential, tuple[int, ...]]:
+    """The ONNX network at ``path`` as a float64 ``nn.Sequential`` and its per-example input shape.
+
+    Raises:
+        ConfigError: A missing or invalid file, a graph that is not a chain, or an
+            unsupported node (one line naming it).
+    """
+    import onnx.numpy_helper as nh
+
+    graph = load_onnx_graph(path)
+    consts = {t.name: nh.to_array(t) for t in graph.graph.initializer}
+    shape = onnx_input_shape(graph)
+    current = next(i.name for i in graph.graph.input if i.name not in consts)
+    builder = _Builder(shape)
+    for node in graph.graph.node:
+        if node.op_type == "Constant":
+            consts[node.output[0]] = nh.to_array(_attrs(node)["value"])
+            continue
+        data = [i for i in node.input if i and i not in consts]
+        if data != [current]:
+            raise ConfigError(f"ONNX node {node.name!r} ({node.op_type}) is not part of a chain")
+        args = [consts[i] for i in node.input if i and i in consts]
+        _node(builder, node, args, flipped=node.input[0] != current)
+        current = node.output[0]
+    model = nn.Sequential(*builder.layers).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, shape

@@ -1,0 +1,165 @@
+"""``advtrain-verify``: complete verification of ONNX + VNNLIB properties (VNN-COMP).
+
+``advtrain-verify onnx=net.onnx vnnlib=prop.vnnlib timeout=120`` prints the VNN-COMP 2021
+result line (``holds`` / ``violated`` / ``timeout``) and writes the result file with the
+counterexample. ``advtrain-verify instances=instances.csv timeout=60`` runs a benchmark
+(each instance's own timeout, capped by ``timeout``), appends each answer to a results CSV
+in VNN-COMP's layout as it goes, checks every counterexample again from the written file
+with onnxruntime, scores the run by VNN-COMP 2021's rule against the published consensus
+(when a ``results.csv`` is next to the instances) and writes ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from advtrain.certification.onnx_net import onnx_sequential
+from advtrain.certification.verify import Verdict, verify_property
+from advtrain.certification.vnncomp import (
+    RESULTS_HEADER,
+    Instance,
+    check_instance,
+    counterexample_valid,
+    read_consensus,
+    read_instances,
+    score,
+    write_result,
+)
+from advtrain.cli.common import config_dir, one_line_errors, write_json_atomic
+from advtrain.errors import ConfigError
+from advtrain.models.onnx import onnx_forward
+
+
+def _positive(cfg: DictConfig, key: str) -> float:
+    value = cfg.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}={value!r} is invalid; it must be a positive number of seconds")
+    return float(value)
+
+
+def run_instance(cfg: DictConfig, inst: Instance) -> Verdict:
+    """Verify one instance within ``min(inst.timeout, cfg.timeout)`` seconds."""
+    prop = check_instance(inst)
+    model, shape = onnx_sequential(inst.onnx)
+    n_in = 1
+    for s in shape:
+        n_in *= s
+    if n_in != len(prop.lo):
+        raise ConfigError(f"{inst.vnnlib} has {len(prop.lo)} inputs but {inst.onnx} takes {n_in}")
+    timeout = min(inst.timeout, _positive(cfg, "timeout"))
+    verdict = verify_property(
+        model, shape, prop, lambda x: onnx_forward(inst.onnx, x), timeout,
+        restarts=int(cfg.attack.restarts), steps=int(cfg.attack.steps),
+        batch=int(cfg.bab.batch), iters=int(cfg.bab.iters),
+    )  # fmt: skip
+    if verdict.seconds > timeout:
+        verdict.status = "timeout"  # VNN-COMP: an answer after the timeout does not count
+    return verdict
+
+
+def _single(cfg: DictConfig, out: Path) -> str:
+    inst = Instance(Path(cfg.onnx), Path(cfg.vnnlib), _positive(cfg, "timeout"))
+    verdict = run_instance(cfg, inst)
+    path = Path(cfg.result_file) if cfg.result_file else out / "result.txt"
+    write_result(path, verdict.status, verdict.x, verdict.y)
+    print(verdict.status)
+    return verdict.status
+
+
+def _progress(total: int):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)  # fmt: skip
+
+
+def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
+    insts = read_instances(cfg.instances)
+    consensus_path = (
+        Path(cfg.consensus) if cfg.consensus else Path(cfg.instances).parent / "results.csv"
+    )
+    expected = read_consensus(consensus_path) if consensus_path.is_file() else {}
+    results = Path(cfg.results_csv) if cfg.results_csv else out / "results.csv"
+    cex_dir = results.parent / "counterexamples"
+    cex_dir.mkdir(parents=True, exist_ok=True)
+    counts: Counter = Counter()
+    per_net: dict[str, Counter] = {}
+    points, start = 0, time.monotonic()
+    with results.open("w", newline="") as f, _progress(len(insts)) as bar:
+        writer = csv.writer(f)
+        writer.writerow(RESULTS_HEADER)
+        task = bar.add_task("verify", total=len(insts))
+        for inst in insts:
+            verdict = run_instance(cfg, inst)
+            name = f"{inst.onnx.stem}_{inst.vnnlib.stem}"
+            write_result(cex_dir / f"{name}.txt", verdict.status, verdict.x, verdict.y)
+            ok = verdict.status == "violated" and counterexample_valid(
+                inst.onnx, check_instance(inst), (cex_dir / f"{name}.txt").read_text()
+            )
+            want = expected.get((inst.onnx.name, inst.vnnlib.name))
+            pts, judged = score(verdict.status, ok, want)
+            points += pts
+            for c in (counts, per_net.setdefault(inst.onnx.name, Counter())):
+                c[verdict.status] += 1
+                c[judged] += 1
+                c["points"] += pts
+            writer.writerow([Path(cfg.instances).parent.name, inst.onnx, inst.vnnlib, "0.000",
+                             verdict.status, f"{verdict.seconds:.3f}"])  # fmt: skip
+            f.flush()
+            bar.update(task, advance=1, description=f"{name}: {verdict.status}")
+    summary = _summary(counts, points, time.monotonic() - start, len(insts))
+    summary["per_net"] = {k: _summary(v, v["points"], None, None) for k, v in per_net.items()}
+    summary["results_csv"] = str(results)
+    write_json_atomic(summary, out / "summary.json")
+    print(" ".join(f"{k}={v}" for k, v in summary.items() if k != "per_net"))
+    return summary
+
+
+def _summary(c: Counter, points: int, seconds: float | None, total: int | None) -> dict[str, Any]:
+    s = {"solved": c["holds"] + c["violated"], "holds": c["holds"], "violated": c["violated"],
+         "timeouts": c["timeout"], "wrong": c["wrong"], "unconfirmed": c["unconfirmed"],
+         "score": points}  # fmt: skip
+    if total is not None:
+        s["instances"] = total
+    if seconds is not None:
+        s["seconds"] = round(seconds, 1)
+    return s
+
+
+def run_verify(cfg: DictConfig) -> Any:
+    """Dispatch on ``instances`` (a benchmark) or ``onnx`` + ``vnnlib`` (one instance)."""
+    torch.set_num_threads(int(cfg.threads))
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.instances:
+        return _benchmark(cfg, out)
+    if not cfg.onnx or not cfg.vnnlib:
+        raise ConfigError("give onnx=<net.onnx> vnnlib=<prop.vnnlib>, or instances=<instances.csv>")
+    return _single(cfg, out)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="verify")
+@one_line_errors("advtrain-verify")
+def _hydra_main(cfg: DictConfig) -> Any:
+    return run_verify(cfg)
+
+
+@one_line_errors("advtrain-verify")
+def main() -> Any:
+    """Console entry point."""
+    return _hydra_main()
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

@@ -1,0 +1,133 @@
+"""Branch and bound is sound and complete on small ReLU networks: the exact MILP is the
+oracle. ``bab`` never says holds where the MILP finds a counterexample, never says
+violated without a counterexample that the network confirms, and agrees with the MILP
+where both finish; sub-domain bounds (beta-CROWN) stay below the exact sub-domain minimum."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from advtrain.certification import certify, min_margin, parse
+from advtrain.certification.alpha_crown import Relaxation, adaptive_alpha, optimize, split_bounds
+from advtrain.certification.bab import bab
+from advtrain.certification.crown import crown_intermediate
+from advtrain.certification.domain import InputDomain
+from advtrain.certification.verify import margin_property, verify_property
+from tests.test_bounds_soundness import random_inputs, random_network
+from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
+
+
+def _wide(seed: int) -> nn.Module:
+    """A net with more unstable ReLUs than the soundness nets (so BaB must branch)."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 12), nn.ReLU(), nn.Linear(12, 12),
+                          nn.ReLU(), nn.Linear(12, 3)).double()  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.7)
+    return model.eval()
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.02, 0.08, 0.2]), wide=st.booleans())
+def test_bab_agrees_with_milp(seed: int, eps: float, wide: bool) -> None:
+    model = _wide(seed) if wide else random_network(seed)
+    x = random_inputs(seed, 3)
+    y = model(x).argmax(1)
+    exact = min_margin(model, x, y, eps).value
+    shape = tuple(x.shape[1:])
+    for xi, yi, e in zip(x, y, exact.tolist()):
+        prop = margin_property(xi, int(yi), 3, eps, (0.0, 1.0))
+        verdict = verify_property(model, shape, prop, lambda z: model(z.view(-1, *shape)), 30.0)
+        if verdict.status == "holds":
+            assert e > 0, f"holds but the MILP finds margin {e}"
+        if verdict.status == "violated":
+            assert bool(prop.in_box(verdict.x[None])[0])
+            out = model(verdict.x.view(1, *shape))
+            assert bool(prop.violated_by(out)[0])
+            assert torch.allclose(out[0], verdict.y)
+            assert e <= 1e-9
+        if abs(e) > 1e-6:  # away from the boundary both must finish, and agree
+            assert verdict.status == ("holds" if e > 0 else "violated")
+
+
+def test_certify_bab_matches_milp_and_beats_crown() -> None:
+    """certify(method="bab") certifies exactly the MILP-robust examples (none near 0)."""
+    total_bab = total_crown = 0
+    for seed in range(3):
+        model, x = _wide(seed), random_inputs(seed, 6)
+        y = model(x).argmax(1)
+        exact = min_margin(model, x, y, 0.08).value
+        res = certify(model, x, y, "linf", 0.08, "bab", timeout=30.0)["certified"]
+        crown = certify(model, x, y, "linf", 0.08, "crown")["certified"]
+        for e, b in zip(exact.tolist(), res):
+            if abs(e) > 1e-6:
+                assert b == (e > 0)
+        total_bab, total_crown = total_bab + sum(res), total_crown + sum(crown)
+        assert all(b or not c for b, c in zip(res, crown))
+    assert total_bab > total_crown  # branching proves what CROWN alone cannot
+
+
+def _sub_domain_minimum(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, c: torch.Tensor,
+                        layer: int, neuron: int, sign: int, n: int = 20000) -> float:  # fmt: skip
+    """A dense sample's minimum of ``c . f(x)`` over the box points obeying one split."""
+    g = torch.Generator().manual_seed(0)
+    pts = lo + torch.rand(n, *lo.shape[1:], generator=g, dtype=lo.dtype) * (hi - lo)
+    net = parse(model, lo.shape[1:])
+    z = net.forward_segment(0, pts)
+    for k in range(1, layer + 1):
+        z = net.forward_segment(k, torch.relu(z))
+    keep = sign * z.flatten(1)[:, neuron] >= 0
+    if not keep.any():
+        return math.inf
+    with torch.no_grad():
+        return float((model(pts[keep]) @ c).min())
+
+
+def test_beta_crown_bound_is_below_every_point_of_the_sub_domain() -> None:
+    """With a split and optimised betas the bound stays below the sub-domain's values."""
+    for seed in range(4):
+        model, x = _wide(seed), random_inputs(seed, 1)
+        net = parse(model, x.shape[1:])
+        dom = InputDomain(x, "linf", 0.2)
+        root = crown_intermediate(net, dom)
+        c = torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64)
+        lo1, hi1 = root[1]
+        unstable = ((lo1 < 0) & (hi1 > 0)).flatten().nonzero().flatten()
+        if not len(unstable):
+            continue
+        neuron = int(unstable[0])
+        for sign in (1, -1):
+            signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
+            signs[1].view(-1)[neuron] = sign
+            bounds = split_bounds(root, signs)
+            alpha = adaptive_alpha(bounds, 1)
+            relax = Relaxation(alpha, [torch.zeros_like(a) for a in alpha], signs)
+            best, _ = optimize(net, dom.lower, c.view(1, 1, 3), bounds, relax, iters=30)
+            sample = _sub_domain_minimum(model, dom.lo, dom.hi, c, 1, neuron, sign)
+            assert float(best) <= sample + 1e-9
+
+
+def test_bab_times_out_instead_of_guessing() -> None:
+    """A deadline in the past and a hard root: the answer is timeout, never holds."""
+    model, x = _wide(3), random_inputs(3, 1)
+    net = parse(model, x.shape[1:])
+    dom = InputDomain(x, "linf", 0.3)
+    root = crown_intermediate(net, dom)
+    y = int(model(x).argmax(1))
+    exact = min_margin(model, x, torch.tensor([y]), 0.3)
+    j = int(exact.other[0])  # the worst class: the row's exact minimum is exact.value
+    spec = torch.zeros(1, 1, 3, dtype=torch.float64)
+    spec[0, 0, y], spec[0, 0, j] = 1.0, -1.0
+    alpha = adaptive_alpha(root, 1)
+    res = bab(net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root, alpha, time.monotonic() - 1,
+              lambda xs: None)  # fmt: skip
+    assert res.status in ("timeout", "holds")
+    if res.status == "holds":  # only if the root bound itself is positive
+        assert float(exact.value[0]) > 0

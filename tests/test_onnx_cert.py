@@ -1,0 +1,97 @@
+"""ONNX networks in the bound propagation (issue 12): the converter reproduces the graph
+(checked against onnxruntime), and a small trained model exported to ONNX gets the same
+certified accuracy through certify() as the torch model it came from."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from advtrain.certification import certify, parse
+from advtrain.certification.onnx_net import onnx_sequential
+from advtrain.data.device_loader import dataset_tensors
+from advtrain.data.digits import DigitsDataModule
+from advtrain.errors import ConfigError
+from advtrain.models.onnx import onnx_forward
+from tests.verify_helpers import export_onnx, one_thread  # noqa: F401  (autouse fixture)
+
+
+def _trained_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """An MLP trained briefly on the 8x8 digits, and 40 test examples."""
+    data = DigitsDataModule()
+    x, y = dataset_tensors(data.train_dataset(False))
+    xt, yt = dataset_tensors(data.test_dataset())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x.float()), y).backward()
+        opt.step()
+    return model.eval(), xt[:40].float(), yt[:40]
+
+
+def test_onnx_export_certifies_like_the_torch_model(tmp_path) -> None:
+    model, x, y = _trained_mlp()
+    path = export_onnx(model, tuple(x.shape[1:]), tmp_path / "mlp.onnx")
+    onnx_model, shape = onnx_sequential(path)
+    assert shape == tuple(x.shape[1:])
+    assert torch.allclose(onnx_model(x.double()).float(), onnx_forward(path, x), atol=1e-5)
+    for eps in (0.01, 0.03):
+        a = certify(model, x, y, "linf", eps, "crown")
+        b = certify(onnx_model, x, y, "linf", eps, "crown")
+        assert a["certified"] == b["certified"]
+        assert a["certified_accuracy"] == b["certified_accuracy"]
+    assert certify(model, x, y, "linf", 0.01, "crown")["certified_accuracy"] > 0
+
+
+def _graph(nodes, inits, in_shape, out_dim, path):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *in_shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_dim])],
+        [numpy_helper.from_array(v.numpy(), k) for k, v in inits.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, str(path))
+    return path
+
+
+def test_converter_handles_sub_div_matmul_add_conv_reshape(tmp_path) -> None:
+    """A hand-written graph with every node kind the VNN-COMP nets use; checked by onnxruntime."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    inits = {"mean": torch.tensor([0.1]).view(1, 1, 1), "std": torch.tensor([0.3]).view(1, 1, 1),
+             "cw": r(2, 1, 2, 2), "cb": r(2), "shape": torch.tensor([1, -1]),
+             "w1": r(18, 6), "b1": r(6), "w2": r(4, 6), "b2": r(4)}  # fmt: skip
+    inits["shape"] = inits["shape"].long()
+    nodes = [
+        helper.make_node("Sub", ["x", "mean"], ["s"]),
+        helper.make_node("Div", ["s", "std"], ["d"]),
+        helper.make_node(
+            "Conv", ["d", "cw", "cb"], ["c"], kernel_shape=[2, 2], pads=[1, 1, 1, 1], strides=[2, 2]
+        ),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Reshape", ["r", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "w1"], ["m"]),
+        helper.make_node("Add", ["m", "b1"], ["a"]),
+        helper.make_node("Relu", ["a"], ["r2"]),
+        helper.make_node("Gemm", ["r2", "w2", "b2"], ["y"], transB=1),
+    ]
+    path = _graph(nodes, inits, (1, 5, 5), 4, tmp_path / "g.onnx")
+    model, shape = onnx_sequential(path)
+    x = torch.rand(6, *shape, dtype=torch.float64)
+    assert torch.allclose(model(x).float(), onnx_forward(path, x), atol=1e-5)
+    net = parse(model, shape)
+    assert torch.allclose(net.forward(x), model(x))
+    assert net.n_relu == 2
+
+
+def test_unsupported_node_is_one_line(tmp_path) -> None:
+    nodes = [helper.make_node("Sigmoid", ["x"], ["y"])]
+    path = _graph(nodes, {}, (3,), 3, tmp_path / "s.onnx")
+    with pytest.raises(ConfigError, match="Sigmoid") as info:
+        onnx_sequential(path)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,42 @@
+"""Shared pieces of the verification tests: one torch thread, small ONNX / VNNLIB files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny networks run fastest on one thread (and a busy machine punishes two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
+    """``model`` (float32 copy) as an ONNX file with a dynamic batch axis."""
+    model = model.float().eval()
+    torch.onnx.export(model, torch.zeros(1, *shape), str(path), input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                      dynamo=False)  # fmt: skip
+    return path
+
+
+def robustness_vnnlib(x0: torch.Tensor, label: int, num_classes: int, eps: float) -> str:
+    """A VNN-COMP ``mnistfc``-style property: the box around ``x0``, unsafe if some
+    ``Y_j >= Y_label``."""
+    flat = x0.flatten().tolist()
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(flat))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
+    for i, v in enumerate(flat):
+        lines.append(f"(assert (<= X_{i} {min(v + eps, 1.0)!r}))")
+        lines.append(f"(assert (>= X_{i} {max(v - eps, 0.0)!r}))")
+    ors = "\n".join(f"    (and (>= Y_{j} Y_{label}))" for j in range(num_classes) if j != label)
+    lines.append(f"(assert (or\n{ors}\n))")
+    return "\n".join(lines) + "\n"
