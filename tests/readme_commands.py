@@ -89,8 +89,13 @@ def run_in_process(argv: list[str], cwd: Path) -> int:
 
     from advtrain.cli import eval as eval_cli
     from advtrain.cli import train as train_cli
+    from advtrain.cli import verify as verify_cli
 
-    mains = {"advtrain-train": train_cli.main, "advtrain-eval": eval_cli.main}
+    mains = {
+        "advtrain-train": train_cli.main,
+        "advtrain-eval": eval_cli.main,
+        "advtrain-verify": verify_cli.main,
+    }
     GlobalHydra.instance().clear()
     old_cwd, old_argv = Path.cwd(), sys.argv
     os.chdir(cwd)

@@ -279,6 +279,123 @@ def test_slurm_command_composes(tmp_path: Path) -> None:
     assert "submitit" in cfg.hydra.launcher._target_
 
 
+# -- more techniques, models from anywhere, certificates ------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "text,key,expected",
+    [
+        ("uv run advtrain-train attack=n_fgsm", "attack._target_", "advtrain.attacks.NFGSM"),
+        (
+            "uv run advtrain-train attack=fgsm_rs +regularizer@regularizers.grad_align=grad_align",
+            "regularizers.grad_align._target_",
+            "advtrain.regularizers.GradAlign",
+        ),
+        (
+            "uv run advtrain-train objective=trades callbacks=awp",
+            "callbacks.awp._target_",
+            "advtrain.training.callbacks.AdversarialWeightPerturbation",
+        ),
+        ("uv run advtrain-train experiment=digits_smooth_025", "smoothing.sigma", 0.25),
+    ],
+)
+def test_more_training_techniques(text: str, key: str, expected: object, tmp_path: Path) -> None:
+    value = config_of(_train(text, tmp_path))
+    for part in key.split("."):
+        value = value[part]
+    assert value == expected
+    assert metrics_of(run_dirs(tmp_path)[-1])["test"]["n_examples"] > 0
+
+
+def test_gpu_recipe_composes(tmp_path: Path) -> None:
+    """No GPU here: the command's config is checked (Wong et al.'s settings, bf16 on a GPU)."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.hydra_utils import CONF
+
+    words = argv_of(command("uv run advtrain-train experiment=cifar10_fgsm_rs trainer=gpu_bf16"))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=words[1:])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.max_epochs == 15 and cfg.attack._target_ == "advtrain.attacks.FGSMRS"
+
+
+def test_eval_of_an_onnx_model(main_run: Path) -> None:
+    """The main job's best model exported to ONNX evaluates like its checkpoint."""
+    from advtrain.cli.common import build_model
+    from advtrain.cli.eval import load_checkpoint, load_into
+
+    cwd = main_run.parents[3]
+    ckpt = main_run / "checkpoints" / "best.ckpt"
+    state, run_cfg = load_checkpoint(str(ckpt))
+    model = build_model(run_cfg.model, run_cfg.data, True)
+    load_into(model, state, str(ckpt), "model")
+    torch.onnx.export(
+        model.eval(), (torch.rand(2, 1, 8, 8),), str(cwd / "net.onnx"), dynamo=False,
+        input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+    )  # fmt: skip
+    cmd = "uv run advtrain-eval model=onnx data=digits weights_path=net.onnx eval.suite=quick"
+    before = set(run_dirs(cwd, "eval"))
+    assert run_in_process([*argv_of(command(cmd)), *FEW], cwd) == 0
+    (out,) = set(run_dirs(cwd, "eval")) - before
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_examples"] == 16 and report["clean_accuracy"]["value"] > 0.5
+
+
+@pytest.mark.slow
+def test_eval_of_a_robustbench_checkpoint(tmp_path: Path) -> None:
+    from advtrain.models.robustbench import architecture
+
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    write_cifar(tmp_path / "data", "cifar-10-batches-py", names, "test_batch", "labels")
+    state = architecture("wrn-28-10").state_dict()
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+        tmp_path / "Carmon2019Unlabeled.pt",
+    )
+    cmd = "uv run advtrain-eval model=robustbench model.name=Carmon2019Unlabeled data=cifar10 weights_path=Carmon2019Unlabeled.pt eval.eps=8/255 eval.suite=quick"
+    extra = ["eval.n_examples=4", "eval.curve_n_examples=4", "data.verify_md5=false"]
+    assert run_in_process([*argv_of(command(cmd)), *extra], tmp_path) == 0
+    report = json.loads((run_dirs(tmp_path, "eval")[0] / "report.json").read_text())
+    assert report["n_examples"] == 4 and report["threat_model"]["eps"] == pytest.approx(8 / 255)
+
+
+@pytest.mark.slow
+def test_eval_smoothing_certificate(main_run: Path) -> None:
+    cmd = "uv run advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick certify.method=smoothing"
+    report = _eval(cmd, main_run, [*FEW, "certify.n=200", "certify.predict_n=100"])
+    assert report["certified_accuracy"]["method"] == "smoothing"
+    assert report["certified_accuracy"]["value"] <= report["clean_accuracy"]["value"] + 1e-9
+
+
+def _verify_files(cwd: Path) -> None:
+    from tests.verify_helpers import export_onnx, robustness_vnnlib
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    export_onnx(net, (4,), cwd / "net.onnx")
+    x0 = torch.rand(4)
+    label = int(net(x0[None]).argmax())
+    (cwd / "prop.vnnlib").write_text(robustness_vnnlib(x0, label, 3, 0.01))
+    (cwd / "wide.vnnlib").write_text(robustness_vnnlib(x0, label, 3, 0.5))
+
+
+def test_verify_one_instance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _verify_files(tmp_path)
+    cmd = "uv run advtrain-verify onnx=net.onnx vnnlib=prop.vnnlib timeout=120"
+    run_in_process(argv_of(command(cmd)), tmp_path)
+    out = capsys.readouterr().out
+    assert any(word in out for word in ("holds", "violated")), out[-500:]
+
+
+def test_verify_a_benchmark(tmp_path: Path) -> None:
+    _verify_files(tmp_path)
+    (tmp_path / "instances.csv").write_text("net.onnx,prop.vnnlib,30\nnet.onnx,wide.vnnlib,30\n")
+    cmd = "uv run advtrain-verify instances=instances.csv timeout=60"
+    run_in_process(argv_of(command(cmd)), tmp_path)
+    (results,) = (tmp_path / "outputs").rglob("results.csv")
+    assert len(results.read_text().strip().splitlines()) >= 2
+
+
 NOT_RUN_HERE = {"uv run pytest": "the test command itself (CI runs it)"}
 
 
