@@ -108,7 +108,8 @@ def _split(parents: _Domains, choice: Tensor, shapes: list[int]) -> _Domains:
     d = len(parents)
     rows = torch.arange(2 * d, device=choice.device)
     flat = torch.cat([choice, choice])
-    sign = torch.cat([torch.ones(d), -torch.ones(d)]).to(kids.signs[0].dtype)
+    ones = torch.ones(d, dtype=kids.signs[0].dtype, device=kids.signs[0].device)
+    sign = torch.cat([ones, -ones])
     start = 0
     for j, n in enumerate(shapes):
         here = (flat >= start) & (flat < start + n)

@@ -43,7 +43,7 @@ def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: 
     """
     lo, hi = prop.lo, prop.hi
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    rand = torch.rand(restarts, len(lo), generator=gen, dtype=lo.dtype).to(lo.device)
+    rand = torch.rand(restarts, len(lo), generator=gen, dtype=lo.dtype, device="cpu").to(lo.device)
     points = [((lo + hi) / 2)[None], lo + rand * (hi - lo)]
     if starts is not None:
         points.append(torch.minimum(torch.maximum(starts.to(lo.dtype), lo), hi))
@@ -51,7 +51,7 @@ def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: 
     width = hi - lo
     # start i descends on disjunct i mod D (targeted), start 0 on their minimum
     target = torch.arange(len(x), device=lo.device) % len(prop.disjuncts)
-    best_x, best_v = x[0].clone(), torch.tensor(float("inf"), dtype=lo.dtype)
+    best_x, best_v = x[0].clone(), lo.new_tensor(float("inf"))
     for step in range(steps + 1):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():

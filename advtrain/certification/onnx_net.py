@@ -52,7 +52,7 @@ class _Builder:
 
     def add(self, layer: nn.Module) -> None:
         self.layers.append(layer)
-        probe = torch.zeros(1, *self.shape, dtype=torch.float64)
+        probe = torch.zeros(1, *self.shape, dtype=torch.float64, device="cpu")
         self.shape = tuple(layer.to(torch.float64)(probe).shape[1:])
 
     def linear(self, w: Tensor, b: Tensor | None) -> None:
@@ -63,7 +63,9 @@ class _Builder:
         lin = nn.Linear(w.shape[1], w.shape[0], bias=True).to(torch.float64)
         with torch.no_grad():
             lin.weight.copy_(w)
-            lin.bias.copy_(b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype))
+            lin.bias.copy_(
+                b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+            )
         self.add(lin)
 
     def elementwise(self, scale: Tensor | float, shift: Tensor | float) -> None:
@@ -97,7 +99,9 @@ def _conv(attrs: dict, w: Tensor, b: Tensor | None) -> nn.Conv2d:
     conv = conv.to(torch.float64)
     with torch.no_grad():
         conv.weight.copy_(w)
-        conv.bias.copy_(b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype))
+        conv.bias.copy_(
+            b if b is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        )
     return conv
 
 

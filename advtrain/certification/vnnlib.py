@@ -174,15 +174,15 @@ class _Parser:
             raise self.fail(f"input X_{missing[0] if missing else 0} has no lower/upper bound")
         if not self.outputs:
             raise self.fail("no output constraint")
-        lo = torch.tensor([self.lo[i] for i in range(self.n_in)], dtype=torch.float64)
-        hi = torch.tensor([self.hi[i] for i in range(self.n_in)], dtype=torch.float64)
+        lo = torch.tensor([self.lo[i] for i in range(self.n_in)], dtype=torch.float64, device="cpu")
+        hi = torch.tensor([self.hi[i] for i in range(self.n_in)], dtype=torch.float64, device="cpu")
         if (lo > hi).any():
             raise self.fail("an input's lower bound exceeds its upper bound")
         combos = [list(itertools.chain(*c)) for c in itertools.product(*self.outputs)]
         disjuncts = []
         for atoms in combos:
-            a = torch.zeros(len(atoms), self.n_out, dtype=torch.float64)
-            b = torch.tensor([const for _, const in atoms], dtype=torch.float64)
+            a = torch.zeros(len(atoms), self.n_out, dtype=torch.float64, device="cpu")
+            b = torch.tensor([const for _, const in atoms], dtype=torch.float64, device="cpu")
             for row, (coef, _) in enumerate(atoms):
                 for j, v in coef.items():
                     if j >= self.n_out:

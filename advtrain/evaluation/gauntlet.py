@@ -71,6 +71,14 @@ def attack_chunk(
     return x_adv, correct
 
 
+def chunk_size(n_todo: int, batch_size: int, min_chunk: int = 32, steps: int = 10) -> int:
+    """Examples per attack call: at most ``batch_size``, and small enough that a stage
+    takes about ``steps`` calls (progress and saved state advance during the stage), but
+    not below ``min_chunk``. The same whether or not a progress bar is shown, so results
+    never depend on the terminal."""
+    return max(1, min(batch_size, max(min_chunk, -(-n_todo // steps))))
+
+
 def _run_entry(
     k: int,
     entry: SuiteEntry,
@@ -87,8 +95,9 @@ def _run_entry(
     t0 = time.perf_counter()
     if progress is not None:
         progress.stage(entry.name, len(todo), _robust_fraction(state))
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
+    chunk = chunk_size(len(todo), batch_size)
+    for start in range(0, len(todo), chunk):
+        idx = todo[start : start + chunk]
         sel = idx.to(device)
         x_adv, correct = attack_chunk(entry, attack_model, model, x[sel], y[sel])
         fooled = idx[~correct.cpu()]

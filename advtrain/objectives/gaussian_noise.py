@@ -15,7 +15,6 @@ it from the one ``smoothing.sigma`` node. Threat model: l2 (the smoothing certif
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain._numbers import positive_int
@@ -36,13 +35,16 @@ class GaussianNoise(Objective):
     Args:
         sigma: Noise standard deviation (pixel units); the certifier's sigma.
         noise_samples: Draws per example (1 in Cohen et al.; 2 with consistency).
+        label_smoothing: Label smoothing of the cross-entropy (see ``Objective``).
     """
 
     name = "gaussian_noise"
     uses_adversarial = False
 
-    def __init__(self, sigma: float | str = 0.25, noise_samples: int = 1) -> None:
-        super().__init__()
+    def __init__(
+        self, sigma: float | str = 0.25, noise_samples: int = 1, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__(label_smoothing)
         self.sigma = check_sigma(sigma)
         self.noise_samples = positive_int(noise_samples, "noise_samples")
 
@@ -52,7 +54,7 @@ class GaussianNoise(Objective):
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         logits = noisy_logits(model, self._inputs(x, x_adv), self.sigma, self.noise_samples)
         m = logits.shape[0]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.repeat(m))
+        loss = self.cross_entropy(logits.flatten(0, 1).float(), y.repeat(m))
         return {"loss": loss, "logits": logits[0]}
 
 

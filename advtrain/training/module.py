@@ -246,7 +246,9 @@ class AdversarialModule(L.LightningModule):
 def check_attack_fits_objective(attack: Attack | None, objective: Objective) -> None:
     """An objective defined only with one attack loss (TRADES, RSLAD: ``kl``) gets it;
     one clear line otherwise. No attack is clean training with any objective."""
-    if attack is None or not objective.uses_adversarial or not objective.requires_attack_loss:
+    if attack is None or not objective.uses_adversarial:
+        return
+    if not getattr(objective, "requires_attack_loss", False):
         return
     if attack.loss_name != objective.attack_loss:
         raise ConfigError(
