@@ -213,7 +213,10 @@ def test_recipes_and_options(text: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_mnist_recipe(tmp_path: Path) -> None:
     write_mnist(tmp_path / "data", "MNIST", n_train=120, n_test=40)
-    cfg = config_of(_train("uv run advtrain-train experiment=mnist_pgd", tmp_path))
+    # the files the test writes are small: a validation slice of their size
+    cfg = config_of(
+        _train("uv run advtrain-train experiment=mnist_pgd", tmp_path, [*SHORT, "data.val_size=20"])
+    )
     assert cfg["attack"]["steps"] == 40 and cfg["attack"]["eps"] == 0.3
 
 
@@ -230,7 +233,7 @@ def test_cifar10_commands(text: str, tmp_path: Path) -> None:
     official ones, so ``data.verify_md5=false`` is the one non-size override."""
     names = [f"data_batch_{i}" for i in range(1, 6)]
     write_cifar(tmp_path / "data", "cifar-10-batches-py", names, "test_batch", "labels")
-    cfg = config_of(_train(text, tmp_path, [*SHORT, "data.verify_md5=false"]))
+    cfg = config_of(_train(text, tmp_path, [*SHORT, "data.verify_md5=false", "data.val_size=10"]))
     assert cfg["model"]["_target_"].endswith("preact_resnet18")
     assert as_float(cfg["attack"]["eps"]) == pytest.approx(8 / 255) or "cifar10_pgd" not in text
 
