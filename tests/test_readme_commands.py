@@ -368,9 +368,10 @@ def test_eval_of_a_robustbench_checkpoint(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_eval_smoothing_certificate(main_run: Path) -> None:
-    cmd = "uv run advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick certify.method=smoothing"
+    cmd = "uv run advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick certify.method=smoothing certify.sigma=0.25"
     report = _eval(cmd, main_run, [*FEW, "certify.n=200", "certify.predict_n=100"])
-    assert report["certified_accuracy"]["method"] == "smoothing"
+    assert report["certified_accuracy"]["method"].startswith("smoothing")
+    assert "alpha=0.001" in report["certified_accuracy"]["method"]
     assert report["certified_accuracy"]["value"] <= report["clean_accuracy"]["value"] + 1e-9
 
 
