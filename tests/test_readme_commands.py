@@ -73,12 +73,14 @@ def test_main_job_writes_its_records(main_run: Path) -> None:
 
 @pytest.mark.slow
 def test_main_job_reaches_target_accuracy(tmp_path: Path) -> None:
-    """The whole main job: >= 97% clean and >= 88% PGD-20 robust (linf 0.1) on digits."""
+    """The whole main job: >= 97% clean and >= 87% PGD-20 robust (linf 0.1) on digits.
+    Measured 2026-12-01: 99.44% clean, 88.06% robust (317/360); the main job trains at the
+    threat's eps 0.1 since the threat model is set once (it trained at 0.15 before: 92.2%)."""
     proc = run(argv_of(command(TRAIN)), tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     test = metrics_of(run_dirs(tmp_path)[0])["test"]
     assert test["clean_acc"]["value"] >= 0.97
-    assert test["robust_acc"]["value"] >= 0.88
+    assert test["robust_acc"]["value"] >= 0.87
 
 
 def _eval(cmd: str, main_run: Path, extra: list[str] = FEW) -> dict:
