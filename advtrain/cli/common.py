@@ -176,10 +176,3 @@ def write_run_record(cfg: DictConfig, out_dir: str | Path) -> None:
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     record = {"git_commit": git_commit(), "command": shlex.join(sys.argv), "argv": sys.argv}
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)

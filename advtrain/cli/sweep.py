@@ -24,7 +24,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from advtrain.cli.common import first_line, user_error, write_json_atomic
+from advtrain._io import write_json_atomic
+from advtrain.cli.common import first_line, user_error
 
 STATUS_FILE = "job_status.json"
 SUMMARY_FILE = "summary.json"

@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from advtrain._io import write_json_atomic
 from advtrain.cli.common import (
     build_model,
     check_group_choices,
@@ -38,7 +39,6 @@ from advtrain.cli.common import (
     debug_mode,
     is_configured,
     one_line_errors,
-    write_json_atomic,
     write_run_record,
 )
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child

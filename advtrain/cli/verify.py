@@ -22,6 +22,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from advtrain._io import write_json_atomic
 from advtrain.certification.onnx_net import onnx_sequential
 from advtrain.certification.verify import Verdict, verify_property
 from advtrain.certification.vnncomp import (
@@ -34,7 +35,7 @@ from advtrain.certification.vnncomp import (
     score,
     write_result,
 )
-from advtrain.cli.common import config_dir, one_line_errors, write_json_atomic
+from advtrain.cli.common import config_dir, one_line_errors
 from advtrain.errors import ConfigError
 from advtrain.models.onnx import onnx_forward
 

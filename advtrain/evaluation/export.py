@@ -13,7 +13,7 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-from advtrain.cli.common import write_json_atomic
+from advtrain._io import write_json_atomic
 from advtrain.errors import ConfigError
 
 EXPORTS = ("robustbench",)

@@ -8,13 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from advtrain._io import atomic_write_text
 from advtrain.evaluation.perturbation import format_size
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _pct(p: dict) -> str:
@@ -169,8 +164,8 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "report.json", out / "report.md"
-    _atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-    _atomic_write_text(md_path, render_markdown(report))
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(md_path, render_markdown(report))
     return json_path, md_path
 
 

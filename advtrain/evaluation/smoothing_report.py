@@ -253,7 +253,8 @@ def add_smoothing_section(
 
 def write_smoothing_markdown(report: dict, md_path: Path) -> None:
     """Rewrite ``report.md`` with the smoothing section appended (atomically)."""
-    from advtrain.evaluation.report import _atomic_write_text, render_markdown
+    from advtrain._io import atomic_write_text
+    from advtrain.evaluation.report import render_markdown
 
     text = render_markdown(report) + "\n".join(smoothing_markdown(report["smoothing"])) + "\n"
-    _atomic_write_text(md_path, text)
+    atomic_write_text(md_path, text)
