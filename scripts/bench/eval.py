@@ -140,6 +140,9 @@ def run_advtrain(model, x, y, norm, eps, batch_size) -> tuple[float, list]:
     return float((state.fooled_by == -1).float().mean()), stages
 
 
+RUNNERS = {"advtrain": run_advtrain, "reference": run_torchattacks}
+
+
 def _setting(text: str) -> tuple[str, float]:
     norm, eps = text.split(":")
     return norm, float(eps)
@@ -168,29 +171,54 @@ def main() -> None:
     x, y = dm.test_tensors(limit=args.n)
     clean = float((initial_state(model, x, y, 500).fooled_by == -1).float().mean())
     print(f"{what}; {len(y)} test images; clean accuracy {clean:.3f}", flush=True)
-    runners = {"advtrain": run_advtrain, "reference": run_torchattacks}
+    passed = []
     for norm, eps in args.settings:
         names = [e.name for e in build_suite("standard", LpBall(norm, eps)).entries]
         print(f"== {norm} eps {eps}: advtrain standard suite {names}", flush=True)
-        times: dict[str, list[float]] = {"advtrain": [], "reference": []}
-        accs: dict[str, list[float]] = {"advtrain": [], "reference": []}
-        for r in range(args.repeats):
-            order = ("advtrain", "reference") if r % 2 == 0 else ("reference", "advtrain")
-            for name in order:
-                t0 = time.perf_counter()
-                acc, stages = runners[name](model, x, y, norm, eps, args.batch_size)
-                times[name].append(time.perf_counter() - t0)
-                accs[name].append(acc)
-                detail = ", ".join(f"{s} {100 * a:.2f}% {t:.1f}s" for s, a, t in stages)
-                print(f"repeat {r} {name:10s}: robust {100 * acc:.2f}%  {times[name][-1]:.1f} s"
-                      f"  [{detail}]", flush=True)  # fmt: skip
-        med = {k: statistics.median(v) for k, v in times.items()}
-        print(
-            f"RESULT {norm} eps={eps} n={len(y)}: advtrain {100 * statistics.median(accs['advtrain']):.2f}% "
-            f"{med['advtrain']:.1f} s, reference {100 * statistics.median(accs['reference']):.2f}% "
-            f"{med['reference']:.1f} s, time ratio {med['advtrain'] / med['reference']:.2f}",
-            flush=True,
-        )
+        passed.append(compare_setting(model, x, y, norm, eps, args))
+    if not all(passed):
+        raise SystemExit("cross-check FAILED (see the CHECK lines)")
+
+
+def compare_setting(model, x, y, norm: str, eps: float, args) -> bool:
+    """Both sides interleaved ``args.repeats`` times; medians, time ratio and the
+    cross-check (on the last repeat of each side; every repeat is seeded the same)."""
+    a, b = "advtrain", "reference"
+    times: dict[str, list[float]] = {a: [], b: []}
+    accs: dict[str, list[float]] = {a: [], b: []}
+    last: dict[str, list] = {}
+    for r in range(args.repeats):
+        for name in (a, b) if r % 2 == 0 else (b, a):
+            t0 = time.perf_counter()
+            acc, stages = RUNNERS[name](model, x, y, norm, eps, args.batch_size)
+            times[name].append(time.perf_counter() - t0)
+            accs[name].append(acc)
+            last[name] = stages
+            detail = ", ".join(f"{s} {100 * v:.2f}% {t:.1f}s" for s, v, t in stages)
+            print(f"repeat {r} {name:13s}: robust {100 * acc:.2f}%  {times[name][-1]:.1f} s"
+                  f"  [{detail}]", flush=True)  # fmt: skip
+    med = {k: statistics.median(v) for k, v in times.items()}
+    acc_med = {k: 100 * statistics.median(v) for k, v in accs.items()}
+    print(
+        f"RESULT {norm} eps={eps} n={len(y)}: {a} {acc_med[a]:.2f}% {med[a]:.1f} s, "
+        f"{b} {acc_med[b]:.2f}% {med[b]:.1f} s, time ratio {med[a] / med[b]:.2f}",
+        flush=True,
+    )
+    return cross_check(last[a], last[b], len(y), f"{norm} eps={eps}")
+
+
+def cross_check(ours: list, ref: list, n: int, label: str) -> bool:
+    """Issue 12's cross-check, stage by stage: advtrain's robust accuracy is never above
+    the reference's and within 0.5 points of it (compared as counts of examples)."""
+    ok = True
+    for (name, acc, _), (ref_name, ref_acc, _) in zip(ours, ref, strict=True):
+        k, k_ref = round(acc * n), round(ref_acc * n)
+        passed = k <= k_ref and 100 * (k_ref - k) / n <= 0.5
+        ok &= passed
+        print(f"CHECK {label} {name} (reference {ref_name}): {k}/{n} vs {k_ref}/{n} "
+              f"({100 * (k - k_ref) / n:+.2f} points) {'PASS' if passed else 'FAIL'}")  # fmt: skip
+    print(f"CHECK {label}: {'PASS' if ok else 'FAIL'}", flush=True)
+    return ok
 
 
 if __name__ == "__main__":
