@@ -42,16 +42,18 @@ from advtrain.models import DigitsCNN, MnistCNN, NormalizedModel
 from advtrain.threat import LpBall
 
 RAW = "/work/shared/data/MNIST/raw"
-CACHE = Path("outputs/bench/mnist_cnn_pgd.safetensors")
+CACHE_DIR = Path("outputs/bench")
 
 
 def train_model(dm: MNISTIdxSplitDataModule, epochs: int, eps: float) -> nn.Module:
     """MnistCNN, briefly PGD adversarially trained (Madry et al. 2018): PGD-2 (step
-    eps/2, random start) with eps ramped linearly from 0 over the first epoch."""
+    eps/2, random start) with eps ramped linearly from 0 over the first epoch; cached in
+    ``outputs/bench/`` under a name holding the epochs and the training eps."""
     torch.manual_seed(0)
     model = NormalizedModel(MnistCNN(), dm.mean, dm.std)
-    if CACHE.is_file():
-        model.load_state_dict(load_file(str(CACHE)))
+    cache = CACHE_DIR / f"mnist_cnn_pgd_e{epochs}_eps{eps:g}.safetensors"
+    if cache.is_file():
+        model.load_state_dict(load_file(str(cache)))
         return model.eval()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     dm.setup("fit")
@@ -69,8 +71,8 @@ def train_model(dm: MNISTIdxSplitDataModule, epochs: int, eps: float) -> nn.Modu
         print(
             f"epoch {epoch}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True
         )
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), str(CACHE))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(cache))
     return model.eval()
 
 
@@ -79,7 +81,7 @@ def train_digits(dm: DigitsDataModule) -> nn.Module:
     recipe of the tests' ``trained_digits_model`` fixture)."""
     torch.manual_seed(0)
     model = NormalizedModel(DigitsCNN(width=16), dm.mean, dm.std)
-    cache = CACHE.with_name("digits_cnn_pgd.safetensors")
+    cache = CACHE_DIR / "digits_cnn_pgd.safetensors"
     if cache.is_file():
         model.load_state_dict(load_file(str(cache)))
         return model.eval()
@@ -163,7 +165,9 @@ def main() -> None:
     if args.data == "mnist":
         dm = MNISTIdxSplitDataModule(raw_folder=RAW, n_train=8000, batch_size=128, seed=0)
         model = train_model(dm, args.epochs, args.train_eps)
-        what = f"MnistCNN, PGD-trained on MNIST-8k (train eps {args.train_eps})"
+        what = (
+            f"MnistCNN, PGD-trained on MNIST-8k ({args.epochs} epochs, train eps {args.train_eps})"
+        )
     else:
         dm = DigitsDataModule(batch_size=64, seed=0)
         model = train_digits(dm)
