@@ -9,14 +9,18 @@ APGD-T (9 targets) and FAB-T (9 targets) with 100 iterations, Square with 5,000
 queries, each run on the examples still robust (``torchattacks.AutoAttack(
 version="standard")`` would run 10 iterations).
 
-Per setting, A and B run interleaved (``--repeats`` times each, alternating) in one
-process; prints per-run times and robust accuracies stage by stage, the medians and the
-time ratio.
+Per setting, advtrain and the reference run interleaved (``--repeats`` times each,
+alternating) in one process; prints per-run times and robust accuracies stage by stage,
+the medians and the time ratio, then issue 12's cross-check as ``CHECK`` lines: stage by
+stage, advtrain's robust accuracy is never above the reference's and within 0.5 points
+of it (the script exits non-zero when a check fails).
 
     OMP_NUM_THREADS=1 nice -n 10 uv run python scripts/bench/eval.py --n 1000
     OMP_NUM_THREADS=1 nice -n 10 uv run python scripts/bench/eval.py --settings l2:1.5
     OMP_NUM_THREADS=1 nice -n 10 uv run python scripts/bench/eval.py --data digits --n 100 \
         --settings linf:0.1
+
+``--profile 25``: advtrain's ``standard`` alone under cProfile (where its time goes).
 
 ``--data digits``: the small DigitsCNN of the tests on the 8x8 digits test split, a
 setting where most examples stay robust (so APGD-T, FAB-T and Square do real work).
@@ -25,6 +29,8 @@ setting where most examples stay robust (so APGD-T, FAB-T and Square do real wor
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 from pathlib import Path
@@ -161,6 +167,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--data", choices=("mnist", "digits"), default="mnist")
+    parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                        help="profile advtrain alone (cProfile), print this many rows")  # fmt: skip
     args = parser.parse_args()
     if args.data == "mnist":
         dm = MNISTIdxSplitDataModule(raw_folder=RAW, n_train=8000, batch_size=128, seed=0)
@@ -177,11 +185,26 @@ def main() -> None:
     print(f"{what}; {len(y)} test images; clean accuracy {clean:.3f}", flush=True)
     passed = []
     for norm, eps in args.settings:
+        if args.profile:
+            profile_advtrain(model, x, y, norm, eps, args)
+            continue
         names = [e.name for e in build_suite("standard", LpBall(norm, eps)).entries]
         print(f"== {norm} eps {eps}: advtrain standard suite {names}", flush=True)
         passed.append(compare_setting(model, x, y, norm, eps, args))
     if not all(passed):
         raise SystemExit("cross-check FAILED (see the CHECK lines)")
+
+
+def profile_advtrain(model, x, y, norm: str, eps: float, args) -> None:
+    """advtrain's ``standard`` alone under cProfile: stage times, then the functions with
+    the most time of their own (``--profile`` of them)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    acc, stages = run_advtrain(model, x, y, norm, eps, args.batch_size)
+    profiler.disable()
+    detail = ", ".join(f"{s} {100 * v:.2f}% {t:.1f}s" for s, v, t in stages)
+    print(f"PROFILE {norm} eps={eps} n={len(y)}: robust {100 * acc:.2f}% [{detail}]")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
 
 
 def compare_setting(model, x, y, norm: str, eps: float, args) -> bool:
