@@ -27,6 +27,8 @@ from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.suites import SuiteEntry
 
 CLEAN_WRONG, ROBUST = -2, -1
+#: Smallest attack call of a chunked stage (see ``chunk_size``).
+MIN_CHUNK = 32
 
 
 @dataclass
@@ -71,7 +73,7 @@ def attack_chunk(
     return x_adv, correct
 
 
-def chunk_size(n_todo: int, batch_size: int, min_chunk: int = 32, steps: int = 10) -> int:
+def chunk_size(n_todo: int, batch_size: int, min_chunk: int = MIN_CHUNK, steps: int = 10) -> int:
     """Examples per attack call: at most ``batch_size``, and small enough that a stage
     takes about ``steps`` calls (progress and saved state advance during the stage), but
     not below ``min_chunk``. The same whether or not a progress bar is shown, so results
@@ -88,6 +90,7 @@ def _run_entry(
     batch_size: int,
     on_chunk: Callable[[GauntletState], None] | None,
     progress: StageProgress | None = None,
+    min_chunk: int = MIN_CHUNK,
 ) -> None:
     attack_model, model = models
     x, y = data
@@ -95,7 +98,7 @@ def _run_entry(
     t0 = time.perf_counter()
     if progress is not None:
         progress.stage(entry.name, len(todo), _robust_fraction(state))
-    chunk = chunk_size(len(todo), batch_size)
+    chunk = chunk_size(len(todo), batch_size, min_chunk)
     for start in range(0, len(todo), chunk):
         idx = todo[start : start + chunk]
         sel = idx.to(device)
@@ -127,6 +130,7 @@ def run_gauntlet(
     state: GauntletState | None = None,
     on_chunk: Callable[[GauntletState], None] | None = None,
     progress: StageProgress | None = None,
+    min_chunk: int = MIN_CHUNK,
 ) -> GauntletState:
     """Run ``entries`` in order on the still-robust examples of ``(x, y)``.
 
@@ -141,6 +145,7 @@ def run_gauntlet(
         state: A saved state to continue from (resume); default: start fresh.
         on_chunk: Called with the state after every chunk (for saving).
         progress: A ``StageProgress`` to draw one bar per attack on (default: none).
+        min_chunk: Smallest attack call when a stage is split into chunks (``chunk_size``).
 
     Returns:
         The final state: ``fooled_by`` and ``x_adv`` per example, seconds per attack.
@@ -152,8 +157,9 @@ def run_gauntlet(
     while state.attack_index < len(entries):
         k = state.attack_index
         _run_entry(
-            k, entries[k], (attack_model, model), (x, y), state, batch_size, on_chunk, progress
-        )
+            k, entries[k], (attack_model, model), (x, y), state, batch_size, on_chunk, progress,
+            min_chunk,
+        )  # fmt: skip
         state.attack_index = k + 1
         if on_chunk is not None:
             on_chunk(state)
