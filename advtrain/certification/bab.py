@@ -15,9 +15,10 @@ looked for as it goes: every bound's worst input (the box minimiser of its linea
 function) is run through the network, and the worst domains' points start short PGD
 runs; a candidate is returned only after ``confirm`` accepts it (the caller checks it on
 the original network). Answers: ``holds``, ``violated`` (with the point) or ``timeout``.
-A sub-domain with every ReLU fixed whose bound stays non-positive is set aside (it is
-linear there; the relaxation with optimised betas is exact only in the limit), so that
-the answer can never be a wrong ``holds``.
+A sub-domain with every ReLU fixed whose bound stays non-positive is decided exactly by
+its linear program (``fixed_phase``; the relaxation with optimised betas is exact only in
+the limit): safe, a counterexample, or (if neither is confirmed) set aside, so that the
+answer can never be a wrong ``holds``.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ from advtrain.certification.alpha_crown import (
     optimize,
     split_bounds,
 )
-from advtrain.certification.domain import box_lower
+from advtrain.certification.crown import refine_layer
+from advtrain.certification.domain import InputDomain, box_lower
 from advtrain.certification.falsify import pgd_box
-from advtrain.certification.ibp import Interval
+from advtrain.certification.fixed_phase import SAFE_TOL, solve_fixed
+from advtrain.certification.ibp import Interval, interval_segment
 from advtrain.certification.network import Network
 from advtrain.certification.vnnlib import Conjunction, Property
 
@@ -54,32 +57,39 @@ class BabResult:
     stats: dict = field(default_factory=dict)
 
 
+_FIELDS = ("signs", "alpha", "beta", "lo", "hi")
+
+
 @dataclass
 class _Domains:
-    value: Tensor  # [N]: max over rows of the row bounds (+ b); > 0 means pruned
+    """Sub-domains: their bound ``value`` ``[N]`` (max over rows of the row bounds + b;
+    > 0 means pruned), split signs, slopes, betas and intermediate bounds ``lo``/``hi``
+    (per ReLU layer, ``[N, *shape_j]``, already cut by the splits)."""
+
+    value: Tensor
     signs: list[Tensor]
     alpha: list[Tensor]
     beta: list[Tensor]
+    lo: list[Tensor]
+    hi: list[Tensor]
 
     def __len__(self) -> int:
         return len(self.value)
 
+    @property
+    def bounds(self) -> list[Interval]:
+        return list(zip(self.lo, self.hi))
+
     def take(self, idx: Tensor) -> _Domains:
-        pick = (
-            [t[idx] for t in self.signs],
-            [t[idx] for t in self.alpha],
-            [t[idx] for t in self.beta],
-        )
+        pick = ([t[idx] for t in getattr(self, f)] for f in _FIELDS)
         return _Domains(self.value[idx], *pick)
 
     @staticmethod
     def cat(parts: list[_Domains]) -> _Domains:
         parts = [p for p in parts if len(p)]
         n = len(parts[0].signs)
-        return _Domains(torch.cat([p.value for p in parts]),
-                        [torch.cat([p.signs[j] for p in parts]) for j in range(n)],
-                        [torch.cat([p.alpha[j] for p in parts]) for j in range(n)],
-                        [torch.cat([p.beta[j] for p in parts]) for j in range(n)])  # fmt: skip
+        fields = ([torch.cat([getattr(p, f)[j] for p in parts]) for j in range(n)] for f in _FIELDS)
+        return _Domains(torch.cat([p.value for p in parts]), *fields)
 
 
 def babsr_scores(coefs: list[Tensor], bounds: list[Interval], signs: list[Tensor]) -> Tensor:
@@ -116,6 +126,7 @@ def _split(parents: _Domains, choice: Tensor, shapes: list[int]) -> _Domains:
         view = kids.signs[j].view(2 * d, -1)
         view[rows[here], flat[here] - start] = sign[here]
         start += n
+    kids.lo, kids.hi = map(list, zip(*split_bounds(kids.bounds, kids.signs)))
     return kids
 
 
@@ -124,18 +135,42 @@ class _Search:
 
     def __init__(self, net: Network, box: Interval, spec: Tensor, offset: Tensor,
                  root: list[Interval], confirm: Confirm, iters: int, topk: int,
-                 pgd_starts: int = 8) -> None:  # fmt: skip
+                 pgd_starts: int = 8, refine: bool = True, batch: int = 256,
+                 max_depth: int = 2) -> None:  # fmt: skip
         self.net, self.box, self.spec, self.offset = net, box, spec, offset
         self.root, self.confirm, self.iters, self.topk = root, confirm, iters, topk
-        self.pgd_starts = pgd_starts
+        self.pgd_starts, self.refine = pgd_starts, refine
+        self.batch, self.max_depth = batch, max_depth
+        self.domain = InputDomain.box(*box)
         self.shapes = [lo[0].numel() for lo, _ in root]
         self.lower = lambda a, bias: box_lower(a, bias, *box)
         self.found: Tensor | None = None
         self.prop = Property(box[0].flatten(), box[1].flatten(), [Conjunction(spec[0], offset)])
 
+    def tighten(self, doms: _Domains) -> list[Interval]:
+        """Intermediate bounds of split sub-domains, recomputed after the earliest split.
+
+        The layers after a split neuron's layer are bounded again by CROWN (``refine_layer``,
+        adaptive slopes) and interval arithmetic from the cut bounds before them, then
+        intersected with the parent's and cut by the splits: sound on the sub-domain and
+        never looser than the parent (Wang et al. 2021 recompute them per sub-domain too).
+        """
+        bounds = doms.bounds
+        split = [bool((s != 0).any()) for s in doms.signs]
+        if not any(split):
+            return bounds
+        for k in range(split.index(True) + 1, self.net.n_relu):
+            lo, hi = bounds[k]
+            prev_lo, prev_hi = bounds[k - 1]
+            ilo, ihi = interval_segment(self.net, k, prev_lo.clamp_min(0), prev_hi.clamp_min(0))
+            lo, hi = torch.maximum(lo, ilo), torch.minimum(hi, ihi)
+            lo, hi = refine_layer(self.net, k, self.domain, bounds[:k], lo, hi)
+            bounds[k] = split_bounds([(lo, hi)], [doms.signs[k]])[0]
+        return bounds
+
     def bound(self, doms: _Domains) -> _Domains:
         """Optimise the children's bounds; look at each bound's worst input."""
-        bounds = split_bounds(self.root, doms.signs)
+        bounds = self.tighten(doms) if self.refine else doms.bounds
         spec = self.spec.expand(len(doms), -1, -1)
         relax = Relaxation(doms.alpha, doms.beta, doms.signs)
         best, relax = optimize(self.net, self.lower, spec, bounds, relax, self.iters)
@@ -144,10 +179,13 @@ class _Search:
             lo, hi = self.box
             worst = torch.where(a > 0, lo.unsqueeze(1), hi.unsqueeze(1))
             self.try_points(worst.flatten(0, 1))
-        value = (best + self.offset).amax(-1)
+        # a child lies inside its parent, whose bound holds there too (CROWN-type bounds
+        # are not monotone in the intermediate intervals, so a child's own can be lower)
+        value = torch.maximum((best + self.offset).amax(-1), doms.value)
         if self.found is None and self.pgd_starts:
             self.attack(worst[value.argsort()[: self.pgd_starts]].flatten(0, 1))
-        return _Domains(value, doms.signs, relax.alpha, relax.beta)
+        lo, hi = map(list, zip(*bounds))
+        return _Domains(value, doms.signs, relax.alpha, relax.beta, lo, hi)
 
     def attack(self, starts: Tensor) -> None:
         """Short PGD runs from the worst domains' worst inputs (Wang et al. 2021)."""
@@ -172,27 +210,53 @@ class _Search:
         both children (the parent's slopes and betas, no optimisation), and the split
         whose worse child has the best bound wins.
         """
-        bounds = split_bounds(self.root, parents.signs)
+        bounds = parents.bounds
         spec = self.spec.expand(len(parents), -1, -1)
         relax = Relaxation(parents.alpha, parents.beta, parents.signs)
         with torch.no_grad():
             coefs = backward_bound(self.net, self.lower, spec, bounds, relax, record=True)[2]
             scores = babsr_scores(coefs, bounds, parents.signs)
         ok = scores.amax(1) > -torch.inf
+        aside = sum(self.decide_fixed(parents.take(i.view(1))) for i in (~ok).nonzero())
         keep = ok.nonzero().squeeze(1)
         parents, scores = parents.take(keep), scores[keep]
         if not len(parents):
-            return parents, int((~ok).sum())
+            return parents, aside
         top_score, top = scores.topk(min(self.topk, scores.shape[1]), dim=1)
         choice = self.filter(parents, top, top_score) if top.shape[1] > 1 else top[:, 0]
-        return _split(parents, choice, self.shapes), int((~ok).sum())
+        kids = _split(parents, choice, self.shapes)
+        for extra in self.more_splits(scores, choice, len(parents)):
+            kids = _split(kids, extra.repeat(len(kids) // len(extra)), self.shapes)
+        return kids, aside
+
+    def more_splits(self, scores: Tensor, choice: Tensor, n: int) -> list[Tensor]:
+        """Further ReLUs to split every parent on when the queue is short, so that a
+        round still bounds about ``batch`` children (``2^d`` per parent): the next-best
+        by BaBSR score after ``choice``, only among each parent's splittable ReLUs."""
+        depth = 0
+        while n * 2 ** (depth + 2) <= self.batch and depth < self.max_depth:
+            depth += 1
+        depth = min(depth, int((scores > -torch.inf).sum(1).min()) - 1)
+        if depth <= 0:
+            return []
+        rest = scores.scatter(1, choice[:, None], -torch.inf).topk(depth, dim=1).indices
+        return list(rest.T)
+
+    def decide_fixed(self, dom: _Domains) -> int:
+        """A domain with every ReLU fixed, by its LP (``fixed_phase``): 0 when it is safe or
+        holds a confirmed counterexample, 1 when it stays undecided (set aside)."""
+        t, x = solve_fixed(self.net, self.box, self.spec, self.offset, dom.bounds, dom.signs)
+        if t > SAFE_TOL:
+            return 0
+        self.try_points(x)
+        return int(self.found is None)
 
     def filter(self, parents: _Domains, top: Tensor, top_score: Tensor) -> Tensor:
         """The candidate of each parent (``top``: ``[D, k]``) with the best worse child."""
         d, k = top.shape
         trial = _Domains.cat([parents] * k)
         kids = _split(trial, top.T.reshape(-1), self.shapes)
-        bounds = split_bounds(self.root, kids.signs)
+        bounds = kids.bounds
         spec = self.spec.expand(len(kids), -1, -1)
         relax = Relaxation(kids.alpha, kids.beta, kids.signs)
         with torch.no_grad():
@@ -206,7 +270,8 @@ class _Search:
 
 def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[Interval],
         alpha: list[Tensor], deadline: float, confirm: Confirm, batch: int = 256,
-        iters: int = 10, topk: int = 4, max_domains: int = 60_000) -> BabResult:  # fmt: skip
+        iters: int = 10, topk: int = 4, max_domains: int = 60_000,
+        refine: bool = True) -> BabResult:  # fmt: skip
     """Decide ``exists x in box: all(spec f(x) + offset <= 0)``, or run out of time.
 
     Args:
@@ -219,11 +284,14 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         batch: Domains split per bound call (twice as many children are bounded).
         iters: Optimisation steps per bound call.
         topk: Branching candidates tried per domain (1: plain BaBSR).
+        refine: Recompute the intermediate bounds of each sub-domain after its splits
+            (``False``: the root's, cut at 0 by the splits).
     """
-    search = _Search(net, box, spec, offset, root, confirm, iters, topk)
+    search = _Search(net, box, spec, offset, root, confirm, iters, topk, refine=refine, batch=batch)
     signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
     beta = [torch.zeros_like(a) for a in alpha]
-    queue = search.bound(_Domains(spec.new_full((1,), -1.0), signs, alpha, beta))
+    los, his = [lo for lo, _ in root], [hi for _, hi in root]
+    queue = search.bound(_Domains(spec.new_full((1,), -torch.inf), signs, alpha, beta, los, his))
     visited, aside, rounds = 1, 0, 0
     while True:
         if search.found is not None:
@@ -240,5 +308,9 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         kids, dropped = search.branch(parents)
         aside += dropped
         rounds += 1
+        if search.found is None and time.monotonic() > deadline:  # a round can take seconds
+            queue = _Domains.cat([rest, parents])
+            return BabResult("timeout", None, visited, float(queue.value.min()),
+                             {"aside": aside, "rounds": rounds})  # fmt: skip
         queue = _Domains.cat([rest, search.bound(kids)]) if len(kids) else rest
         visited += len(kids)
