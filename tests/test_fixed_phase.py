@@ -41,7 +41,7 @@ def test_lp_of_a_fixed_sub_domain_is_exact_at_its_points() -> None:
         spec = torch.tensor([[[1.0, -1.0, 0.0], [0.0, 1.0, -1.0]]], dtype=x0.dtype)
         offset = torch.tensor([0.1, -0.2], dtype=x0.dtype)
         t, best = solve_fixed(net, (dom.lo, dom.hi), spec, offset, root, signs)
-        at_x = float((spec[0] @ pre[-1].flatten() + offset).max())
+        at_x = float((spec[0] @ pre[-1].flatten() + offset).max().detach())
         assert t <= at_x + 1e-7
         assert bool(((best >= dom.lo) & (best <= dom.hi)).all())
         pre_best = _pre_activations(net, best)

@@ -7,7 +7,10 @@ property's margin is positive on it, and otherwise split on one more unstable Re
 by the BaBSR score. Bounds are beta-CROWN (``alpha_crown.optimize`` with split
 constraints as Lagrangian terms; Wang et al. 2021), for a batch of many sub-domains per
 call (Xu et al. 2021), each warm-started from its parent's slopes and betas; the domains
-with the lowest bounds are split first.
+with the lowest bounds are split first. After a split the sub-domain's intermediate bounds
+of the later layers are recomputed (CROWN, cut by the splits), and a child keeps its
+parent's bound where its own is lower (it lies inside the parent). When the queue is
+short, a parent is split on up to two more ReLUs at once (``2^d`` children).
 
 The property here is one conjunction ``all(A f(x) + b <= 0)`` over an input box: it is
 impossible on a sub-domain when some row has a positive lower bound. Counterexamples are
@@ -292,7 +295,7 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
     beta = [torch.zeros_like(a) for a in alpha]
     los, his = [lo for lo, _ in root], [hi for _, hi in root]
     queue = search.bound(_Domains(spec.new_full((1,), -torch.inf), signs, alpha, beta, los, his))
-    visited, aside, rounds = 1, 0, 0
+    visited, aside, rounds, take = 1, 0, 0, batch
     while True:
         if search.found is not None:
             return BabResult("violated", search.found, visited, stats={"aside": aside})
@@ -304,7 +307,8 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
             lowest = float(queue.value.min())
             return BabResult("timeout", None, visited, lowest, {"aside": aside, "rounds": rounds})
         order = queue.value.argsort()
-        parents, rest = queue.take(order[:batch]), queue.take(order[batch:])
+        parents, rest = queue.take(order[:take]), queue.take(order[take:])
+        started = time.monotonic()
         kids, dropped = search.branch(parents)
         aside += dropped
         rounds += 1
@@ -314,3 +318,17 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
                              {"aside": aside, "rounds": rounds})  # fmt: skip
         queue = _Domains.cat([rest, search.bound(kids)]) if len(kids) else rest
         visited += len(kids)
+        take = _next_take(started, len(parents), batch, deadline)
+
+
+#: Seconds one round (branching and bounding) should take at most, so that the deadline
+#: is kept to within about a round.
+ROUND_SECONDS = 2.0
+
+
+def _next_take(started: float, n: int, batch: int, deadline: float) -> int:
+    """Parents for the next round: at most ``batch``, and as many as fit in
+    ``ROUND_SECONDS`` and in the time left at the last round's seconds per parent."""
+    now = time.monotonic()
+    per = max(now - started, 1e-6) / max(n, 1)
+    return int(max(1, min(batch, ROUND_SECONDS / per, (deadline - now) / per)))
