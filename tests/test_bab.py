@@ -15,9 +15,10 @@ from torch import nn
 
 from advtrain.certification import certify, min_margin, parse
 from advtrain.certification.alpha_crown import Relaxation, adaptive_alpha, optimize, split_bounds
-from advtrain.certification.bab import _Domains, _Search, bab
+from advtrain.certification.bab import _Search, bab
 from advtrain.certification.crown import crown_intermediate
 from advtrain.certification.domain import InputDomain
+from advtrain.certification.subdomains import SubDomains
 from advtrain.certification.verify import margin_property, verify_property
 from tests.test_bounds_soundness import random_inputs, random_network
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
@@ -166,7 +167,7 @@ def test_refined_sub_domain_bounds_contain_every_point_obeying_the_splits() -> N
             signs[0].view(-1)[int(unstable[0])] = sign
             los, his = map(list, zip(*split_bounds(root, signs)))
             alpha = adaptive_alpha(root, 1)
-            doms = _Domains(spec.new_zeros(1), signs, alpha, [torch.zeros_like(a) for a in alpha],
+            doms = SubDomains(spec.new_zeros(1), signs, alpha, [torch.zeros_like(a) for a in alpha],
                             los, his)  # fmt: skip
             bounds = search.tighten(doms)
             keep = sign * pre[0].flatten(1)[:, int(unstable[0])] >= 0

@@ -45,6 +45,7 @@ from advtrain.certification.falsify import pgd_box
 from advtrain.certification.fixed_phase import SAFE_TOL, solve_fixed
 from advtrain.certification.ibp import Interval, interval_segment
 from advtrain.certification.network import Network
+from advtrain.certification.subdomains import SubDomains, babsr_scores, split
 from advtrain.certification.vnnlib import Conjunction, Property
 
 #: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
@@ -58,79 +59,6 @@ class BabResult:
     domains: int = 0
     bound: float = float("-inf")
     stats: dict = field(default_factory=dict)
-
-
-_FIELDS = ("signs", "alpha", "beta", "lo", "hi")
-
-
-@dataclass
-class _Domains:
-    """Sub-domains: their bound ``value`` ``[N]`` (max over rows of the row bounds + b;
-    > 0 means pruned), split signs, slopes, betas and intermediate bounds ``lo``/``hi``
-    (per ReLU layer, ``[N, *shape_j]``, already cut by the splits)."""
-
-    value: Tensor
-    signs: list[Tensor]
-    alpha: list[Tensor]
-    beta: list[Tensor]
-    lo: list[Tensor]
-    hi: list[Tensor]
-
-    def __len__(self) -> int:
-        return len(self.value)
-
-    @property
-    def bounds(self) -> list[Interval]:
-        return list(zip(self.lo, self.hi))
-
-    def take(self, idx: Tensor) -> _Domains:
-        pick = ([t[idx] for t in getattr(self, f)] for f in _FIELDS)
-        return _Domains(self.value[idx], *pick)
-
-    @staticmethod
-    def cat(parts: list[_Domains]) -> _Domains:
-        parts = [p for p in parts if len(p)]
-        n = len(parts[0].signs)
-        fields = ([torch.cat([getattr(p, f)[j] for p in parts]) for j in range(n)] for f in _FIELDS)
-        return _Domains(torch.cat([p.value for p in parts]), *fields)
-
-
-def babsr_scores(coefs: list[Tensor], bounds: list[Interval], signs: list[Tensor]) -> Tensor:
-    """BaBSR-style scores ``[D, n_total]`` of every ReLU (``-inf`` where not splittable).
-
-    The main term is the bound's loss to the upper relaxation's intercept,
-    ``max(-a, 0) * u (-l) / (u - l)`` (Bunel et al. 2020), summed over rows; a small
-    ``|a| min(u, -l)`` term breaks ties among unstable neurons.
-    """
-    out = []
-    for a, (lo, hi), s in zip(coefs, bounds, signs):
-        unstable = (lo < 0) & (hi > 0) & (s == 0)
-        width = torch.where(unstable, hi - lo, torch.ones_like(hi))
-        gap = (-lo * hi / width).clamp_min(0)
-        neg = (-a).clamp_min(0).sum(1)
-        tie = a.abs().sum(1) * torch.minimum(hi, -lo).clamp_min(0)
-        score = neg * gap + 1e-3 * tie
-        out.append(torch.where(unstable, score, torch.full_like(score, -torch.inf)).flatten(1))
-    return torch.cat(out, 1)
-
-
-def _split(parents: _Domains, choice: Tensor, shapes: list[int]) -> _Domains:
-    """Two children per parent: ReLU ``choice`` (a flat index over all layers) active, inactive."""
-    kids = _Domains.cat([parents, parents])
-    kids.signs = [s.clone() for s in kids.signs]
-    d = len(parents)
-    rows = torch.arange(2 * d, device=choice.device)
-    flat = torch.cat([choice, choice])
-    ones = torch.ones(d, dtype=kids.signs[0].dtype, device=kids.signs[0].device)
-    sign = torch.cat([ones, -ones])
-    start = 0
-    for j, n in enumerate(shapes):
-        here = (flat >= start) & (flat < start + n)
-        view = kids.signs[j].view(2 * d, -1)
-        view[rows[here], flat[here] - start] = sign[here]
-        start += n
-    kids.lo, kids.hi = map(list, zip(*split_bounds(kids.bounds, kids.signs)))
-    return kids
 
 
 class _Search:
@@ -150,7 +78,7 @@ class _Search:
         self.found: Tensor | None = None
         self.prop = Property(box[0].flatten(), box[1].flatten(), [Conjunction(spec[0], offset)])
 
-    def tighten(self, doms: _Domains) -> list[Interval]:
+    def tighten(self, doms: SubDomains) -> list[Interval]:
         """Intermediate bounds of split sub-domains, recomputed after the earliest split.
 
         The layers after a split neuron's layer are bounded again by CROWN (``refine_layer``,
@@ -171,7 +99,7 @@ class _Search:
             bounds[k] = split_bounds([(lo, hi)], [doms.signs[k]])[0]
         return bounds
 
-    def bound(self, doms: _Domains) -> _Domains:
+    def bound(self, doms: SubDomains) -> SubDomains:
         """Optimise the children's bounds; look at each bound's worst input."""
         bounds = self.tighten(doms) if self.refine else doms.bounds
         spec = self.spec.expand(len(doms), -1, -1)
@@ -188,12 +116,21 @@ class _Search:
         if self.found is None and self.pgd_starts:
             self.attack(worst[value.argsort()[: self.pgd_starts]].flatten(0, 1))
         lo, hi = map(list, zip(*bounds))
-        return _Domains(value, doms.signs, relax.alpha, relax.beta, lo, hi)
+        return SubDomains(value, doms.signs, relax.alpha, relax.beta, lo, hi)
 
     def attack(self, starts: Tensor) -> None:
         """Short PGD runs from the worst domains' worst inputs (Wang et al. 2021)."""
         shape = tuple(self.box[0].shape[1:])
         x, v = pgd_box(self.net.forward, self.prop, shape, 0, 10, starts.flatten(1))
+        if v <= 0:
+            self.found = self.confirm(x.view(1, -1))
+
+    def restart(self, seed: int, restarts: int = 128, steps: int = 100) -> None:
+        """A fresh random-restart PGD on the whole box (new seed): run every
+        ``ATTACK_PERIOD`` seconds of branching, since which starts find a counterexample
+        is a matter of luck (Xu et al. 2021 also attack again during the search)."""
+        shape = tuple(self.box[0].shape[1:])
+        x, v = pgd_box(self.net.forward, self.prop, shape, restarts, steps, seed=seed)
         if v <= 0:
             self.found = self.confirm(x.view(1, -1))
 
@@ -205,7 +142,7 @@ class _Search:
         if bad.any() and self.found is None:
             self.found = self.confirm(x[bad].flatten(1))
 
-    def branch(self, parents: _Domains) -> tuple[_Domains, int]:
+    def branch(self, parents: SubDomains) -> tuple[SubDomains, int]:
         """Children of the parents that can be split; returns them and the count set aside.
 
         Filtered smart branching (FSB; De Palma et al. 2021, the ``kfsb`` of alpha-beta-
@@ -227,9 +164,9 @@ class _Search:
             return parents, aside
         top_score, top = scores.topk(min(self.topk, scores.shape[1]), dim=1)
         choice = self.filter(parents, top, top_score) if top.shape[1] > 1 else top[:, 0]
-        kids = _split(parents, choice, self.shapes)
+        kids = split(parents, choice, self.shapes)
         for extra in self.more_splits(scores, choice, len(parents)):
-            kids = _split(kids, extra.repeat(len(kids) // len(extra)), self.shapes)
+            kids = split(kids, extra.repeat(len(kids) // len(extra)), self.shapes)
         return kids, aside
 
     def more_splits(self, scores: Tensor, choice: Tensor, n: int) -> list[Tensor]:
@@ -245,7 +182,7 @@ class _Search:
         rest = scores.scatter(1, choice[:, None], -torch.inf).topk(depth, dim=1).indices
         return list(rest.T)
 
-    def decide_fixed(self, dom: _Domains) -> int:
+    def decide_fixed(self, dom: SubDomains) -> int:
         """A domain with every ReLU fixed, by its LP (``fixed_phase``): 0 when it is safe or
         holds a confirmed counterexample, 1 when it stays undecided (set aside)."""
         t, x = solve_fixed(self.net, self.box, self.spec, self.offset, dom.bounds, dom.signs)
@@ -254,11 +191,11 @@ class _Search:
         self.try_points(x)
         return int(self.found is None)
 
-    def filter(self, parents: _Domains, top: Tensor, top_score: Tensor) -> Tensor:
+    def filter(self, parents: SubDomains, top: Tensor, top_score: Tensor) -> Tensor:
         """The candidate of each parent (``top``: ``[D, k]``) with the best worse child."""
         d, k = top.shape
-        trial = _Domains.cat([parents] * k)
-        kids = _split(trial, top.T.reshape(-1), self.shapes)
+        trial = SubDomains.cat([parents] * k)
+        kids = split(trial, top.T.reshape(-1), self.shapes)
         bounds = kids.bounds
         spec = self.spec.expand(len(kids), -1, -1)
         relax = Relaxation(kids.alpha, kids.beta, kids.signs)
@@ -294,8 +231,9 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
     signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
     beta = [torch.zeros_like(a) for a in alpha]
     los, his = [lo for lo, _ in root], [hi for _, hi in root]
-    queue = search.bound(_Domains(spec.new_full((1,), -torch.inf), signs, alpha, beta, los, his))
+    queue = search.bound(SubDomains(spec.new_full((1,), -torch.inf), signs, alpha, beta, los, his))
     visited, aside, rounds, take = 1, 0, 0, batch
+    next_attack = time.monotonic() + ATTACK_PERIOD
     while True:
         if search.found is not None:
             return BabResult("violated", search.found, visited, stats={"aside": aside})
@@ -303,6 +241,11 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         if not len(queue):
             status = "holds" if aside == 0 else "timeout"
             return BabResult(status, None, visited, 0.0, {"aside": aside, "rounds": rounds})
+        if time.monotonic() > next_attack:
+            search.restart(seed=rounds + 1)
+            next_attack = time.monotonic() + ATTACK_PERIOD
+            if search.found is not None:
+                continue
         if time.monotonic() > deadline or len(queue) > max_domains:
             lowest = float(queue.value.min())
             return BabResult("timeout", None, visited, lowest, {"aside": aside, "rounds": rounds})
@@ -313,13 +256,16 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         aside += dropped
         rounds += 1
         if search.found is None and time.monotonic() > deadline:  # a round can take seconds
-            queue = _Domains.cat([rest, parents])
+            queue = SubDomains.cat([rest, parents])
             return BabResult("timeout", None, visited, float(queue.value.min()),
                              {"aside": aside, "rounds": rounds})  # fmt: skip
-        queue = _Domains.cat([rest, search.bound(kids)]) if len(kids) else rest
+        queue = SubDomains.cat([rest, search.bound(kids)]) if len(kids) else rest
         visited += len(kids)
         take = _next_take(started, len(parents), batch, deadline)
 
+
+#: Seconds of branching between two random-restart attacks (``_Search.restart``).
+ATTACK_PERIOD = 10.0
 
 #: Seconds one round (branching and bounding) should take at most, so that the deadline
 #: is kept to within about a round.
