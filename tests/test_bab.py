@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,10 +39,24 @@ def _wide(seed: int, depth: int = 2) -> nn.Module:
     return model.eval()
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.02, 0.08, 0.2]),
-       kind=st.sampled_from(["small", "wide", "deep"]))  # fmt: skip
+_CASES = given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.02, 0.08, 0.2]),
+               kind=st.sampled_from(["small", "wide", "deep"]))  # fmt: skip
+
+
+@settings(max_examples=10, deadline=None)
+@_CASES
 def test_bab_agrees_with_milp(seed: int, eps: float, kind: str) -> None:
+    _agrees_with_milp(seed, eps, kind)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None)
+@_CASES
+def test_bab_agrees_with_milp_many(seed: int, eps: float, kind: str) -> None:
+    _agrees_with_milp(seed, eps, kind)
+
+
+def _agrees_with_milp(seed: int, eps: float, kind: str) -> None:
     model = {"small": random_network, "wide": _wide, "deep": lambda s: _wide(s, 3)}[kind](seed)
     x = random_inputs(seed, 3)
     y = model(x).argmax(1)
