@@ -125,15 +125,6 @@ class _Search:
         if v <= 0:
             self.found = self.confirm(x.view(1, -1))
 
-    def restart(self, seed: int, restarts: int = 128, steps: int = 100) -> None:
-        """A fresh random-restart PGD on the whole box (new seed): run every
-        ``ATTACK_PERIOD`` seconds of branching, since which starts find a counterexample
-        is a matter of luck (Xu et al. 2021 also attack again during the search)."""
-        shape = tuple(self.box[0].shape[1:])
-        x, v = pgd_box(self.net.forward, self.prop, shape, restarts, steps, seed=seed)
-        if v <= 0:
-            self.found = self.confirm(x.view(1, -1))
-
     def try_points(self, x: Tensor) -> None:
         with torch.no_grad():
             y = self.net.forward(x)
@@ -233,7 +224,6 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
     los, his = [lo for lo, _ in root], [hi for _, hi in root]
     queue = search.bound(SubDomains(spec.new_full((1,), -torch.inf), signs, alpha, beta, los, his))
     visited, aside, rounds, take = 1, 0, 0, batch
-    next_attack = time.monotonic() + ATTACK_PERIOD
     while True:
         if search.found is not None:
             return BabResult("violated", search.found, visited, stats={"aside": aside})
@@ -241,11 +231,6 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         if not len(queue):
             status = "holds" if aside == 0 else "timeout"
             return BabResult(status, None, visited, 0.0, {"aside": aside, "rounds": rounds})
-        if time.monotonic() > next_attack:
-            search.restart(seed=rounds + 1)
-            next_attack = time.monotonic() + ATTACK_PERIOD
-            if search.found is not None:
-                continue
         if time.monotonic() > deadline or len(queue) > max_domains:
             lowest = float(queue.value.min())
             return BabResult("timeout", None, visited, lowest, {"aside": aside, "rounds": rounds})
@@ -263,9 +248,6 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         visited += len(kids)
         take = _next_take(started, len(parents), batch, deadline)
 
-
-#: Seconds of branching between two random-restart attacks (``_Search.restart``).
-ATTACK_PERIOD = 10.0
 
 #: Seconds one round (branching and bounding) should take at most, so that the deadline
 #: is kept to within about a round.
