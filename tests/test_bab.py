@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,29 +16,48 @@ from torch import nn
 
 from advtrain.certification import certify, min_margin, parse
 from advtrain.certification.alpha_crown import Relaxation, adaptive_alpha, optimize, split_bounds
-from advtrain.certification.bab import bab
+from advtrain.certification.bab import _Search, bab
 from advtrain.certification.crown import crown_intermediate
 from advtrain.certification.domain import InputDomain
+from advtrain.certification.subdomains import SubDomains
 from advtrain.certification.verify import margin_property, verify_property
 from tests.test_bounds_soundness import random_inputs, random_network
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
-def _wide(seed: int) -> nn.Module:
-    """A net with more unstable ReLUs than the soundness nets (so BaB must branch)."""
+def _wide(seed: int, depth: int = 2) -> nn.Module:
+    """A net with more unstable ReLUs than the soundness nets (so BaB must branch);
+    ``depth`` hidden layers of 12 (3: sub-domain bounds are refined through two layers)."""
     g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(9, 12), nn.ReLU(), nn.Linear(12, 12),
-                          nn.ReLU(), nn.Linear(12, 3)).double()  # fmt: skip
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(9, 12), nn.ReLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(12, 12), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(12, 3)).double()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.7)
     return model.eval()
 
 
-@settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.02, 0.08, 0.2]), wide=st.booleans())
-def test_bab_agrees_with_milp(seed: int, eps: float, wide: bool) -> None:
-    model = _wide(seed) if wide else random_network(seed)
+_CASES = given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.02, 0.08, 0.2]),
+               kind=st.sampled_from(["small", "wide", "deep"]))  # fmt: skip
+
+
+@settings(max_examples=10, deadline=None)
+@_CASES
+def test_bab_agrees_with_milp(seed: int, eps: float, kind: str) -> None:
+    _agrees_with_milp(seed, eps, kind)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None)
+@_CASES
+def test_bab_agrees_with_milp_many(seed: int, eps: float, kind: str) -> None:
+    _agrees_with_milp(seed, eps, kind)
+
+
+def _agrees_with_milp(seed: int, eps: float, kind: str) -> None:
+    model = {"small": random_network, "wide": _wide, "deep": lambda s: _wide(s, 3)}[kind](seed)
     x = random_inputs(seed, 3)
     y = model(x).argmax(1)
     exact = min_margin(model, x, y, eps).value
@@ -131,3 +151,44 @@ def test_bab_times_out_instead_of_guessing() -> None:
     assert res.status in ("timeout", "holds")
     if res.status == "holds":  # only if the root bound itself is positive
         assert float(exact.value[0]) > 0
+
+
+def test_refined_sub_domain_bounds_contain_every_point_obeying_the_splits() -> None:
+    """After a split in the first layer, the recomputed bounds of the later layers are
+    tighter than the root's and still contain every sampled pre-activation of the
+    sub-domain (the sample keeps the points on the split's side)."""
+    tightened = 0
+    for seed in range(6):
+        model, x = _wide(seed, 3), random_inputs(seed, 1)
+        net = parse(model, x.shape[1:])
+        dom = InputDomain(x, "linf", 0.15)
+        root = crown_intermediate(net, dom)
+        lo0, hi0 = root[0]
+        unstable = ((lo0 < 0) & (hi0 > 0)).flatten().nonzero().flatten()
+        if not len(unstable):
+            continue
+        spec = torch.tensor([[[1.0, -1.0, 0.0]]], dtype=torch.float64)
+        search = _Search(net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root,
+                         lambda xs: None, iters=5, topk=1)  # fmt: skip
+        g = torch.Generator().manual_seed(seed)
+        pts = dom.lo + torch.rand(20000, *x.shape[1:], generator=g, dtype=x.dtype) * (
+            dom.hi - dom.lo
+        )
+        pre = [net.forward_segment(0, pts)]
+        for k in range(1, net.n_relu):
+            pre.append(net.forward_segment(k, torch.relu(pre[-1])))
+        for sign in (1, -1):
+            signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
+            signs[0].view(-1)[int(unstable[0])] = sign
+            los, his = map(list, zip(*split_bounds(root, signs)))
+            alpha = adaptive_alpha(root, 1)
+            doms = SubDomains(spec.new_zeros(1), signs, alpha, [torch.zeros_like(a) for a in alpha],
+                            los, his)  # fmt: skip
+            bounds = search.tighten(doms)
+            keep = sign * pre[0].flatten(1)[:, int(unstable[0])] >= 0
+            for k, (lo, hi) in enumerate(bounds):
+                z = pre[k][keep].flatten(1)
+                assert bool((z >= lo.flatten(1) - 1e-9).all() and (z <= hi.flatten(1) + 1e-9).all())
+                assert bool((lo >= los[k]).all() and (hi <= his[k]).all())
+                tightened += int(((lo > los[k]) | (hi < his[k])).sum())
+    assert tightened > 0  # the refinement does something on these nets

@@ -17,8 +17,8 @@ added term is ``<= 0`` wherever the splits hold; the term enters the backward pa
 slopes. A split neuron's pre-activation interval is also cut at 0, so its relaxation is exact.
 
 Threat model: a box of inputs (an linf ball intersected with the data box, or a VNNLIB
-box). Intermediate bounds are fixed (CROWN's at the root, cut by the splits), as in the
-"fixed intermediate bounds" branch-and-bound of Wang et al. 2021. Every bound returned is
+box). Intermediate bounds are inputs here: alpha-CROWN's at the root; in branch and bound
+each sub-domain's, recomputed by CROWN after its splits and cut at 0 by them (``bab.py``). Every bound returned is
 the best one seen during the optimisation, so it is never looser than the starting point.
 """
 

@@ -7,7 +7,10 @@ property's margin is positive on it, and otherwise split on one more unstable Re
 by the BaBSR score. Bounds are beta-CROWN (``alpha_crown.optimize`` with split
 constraints as Lagrangian terms; Wang et al. 2021), for a batch of many sub-domains per
 call (Xu et al. 2021), each warm-started from its parent's slopes and betas; the domains
-with the lowest bounds are split first.
+with the lowest bounds are split first. After a split the sub-domain's intermediate bounds
+of the later layers are recomputed (CROWN, cut by the splits), and a child keeps its
+parent's bound where its own is lower (it lies inside the parent). When the queue is
+short, a parent is split on up to two more ReLUs at once (``2^d`` children).
 
 The property here is one conjunction ``all(A f(x) + b <= 0)`` over an input box: it is
 impossible on a sub-domain when some row has a positive lower bound. Counterexamples are
@@ -15,9 +18,10 @@ looked for as it goes: every bound's worst input (the box minimiser of its linea
 function) is run through the network, and the worst domains' points start short PGD
 runs; a candidate is returned only after ``confirm`` accepts it (the caller checks it on
 the original network). Answers: ``holds``, ``violated`` (with the point) or ``timeout``.
-A sub-domain with every ReLU fixed whose bound stays non-positive is set aside (it is
-linear there; the relaxation with optimised betas is exact only in the limit), so that
-the answer can never be a wrong ``holds``.
+A sub-domain with every ReLU fixed whose bound stays non-positive is decided exactly by
+its linear program (``fixed_phase``; the relaxation with optimised betas is exact only in
+the limit): safe, a counterexample, or (if neither is confirmed) set aside, so that the
+answer can never be a wrong ``holds``.
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ from advtrain.certification.alpha_crown import (
     optimize,
     split_bounds,
 )
-from advtrain.certification.domain import box_lower
+from advtrain.certification.crown import refine_layer
+from advtrain.certification.domain import InputDomain, box_lower
 from advtrain.certification.falsify import pgd_box
-from advtrain.certification.ibp import Interval
+from advtrain.certification.fixed_phase import SAFE_TOL, solve_fixed
+from advtrain.certification.ibp import Interval, interval_segment
 from advtrain.certification.network import Network
+from advtrain.certification.subdomains import SubDomains, babsr_scores, split
 from advtrain.certification.vnnlib import Conjunction, Property
 
 #: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
@@ -54,88 +61,47 @@ class BabResult:
     stats: dict = field(default_factory=dict)
 
 
-@dataclass
-class _Domains:
-    value: Tensor  # [N]: max over rows of the row bounds (+ b); > 0 means pruned
-    signs: list[Tensor]
-    alpha: list[Tensor]
-    beta: list[Tensor]
-
-    def __len__(self) -> int:
-        return len(self.value)
-
-    def take(self, idx: Tensor) -> _Domains:
-        pick = (
-            [t[idx] for t in self.signs],
-            [t[idx] for t in self.alpha],
-            [t[idx] for t in self.beta],
-        )
-        return _Domains(self.value[idx], *pick)
-
-    @staticmethod
-    def cat(parts: list[_Domains]) -> _Domains:
-        parts = [p for p in parts if len(p)]
-        n = len(parts[0].signs)
-        return _Domains(torch.cat([p.value for p in parts]),
-                        [torch.cat([p.signs[j] for p in parts]) for j in range(n)],
-                        [torch.cat([p.alpha[j] for p in parts]) for j in range(n)],
-                        [torch.cat([p.beta[j] for p in parts]) for j in range(n)])  # fmt: skip
-
-
-def babsr_scores(coefs: list[Tensor], bounds: list[Interval], signs: list[Tensor]) -> Tensor:
-    """BaBSR-style scores ``[D, n_total]`` of every ReLU (``-inf`` where not splittable).
-
-    The main term is the bound's loss to the upper relaxation's intercept,
-    ``max(-a, 0) * u (-l) / (u - l)`` (Bunel et al. 2020), summed over rows; a small
-    ``|a| min(u, -l)`` term breaks ties among unstable neurons.
-    """
-    out = []
-    for a, (lo, hi), s in zip(coefs, bounds, signs):
-        unstable = (lo < 0) & (hi > 0) & (s == 0)
-        width = torch.where(unstable, hi - lo, torch.ones_like(hi))
-        gap = (-lo * hi / width).clamp_min(0)
-        neg = (-a).clamp_min(0).sum(1)
-        tie = a.abs().sum(1) * torch.minimum(hi, -lo).clamp_min(0)
-        score = neg * gap + 1e-3 * tie
-        out.append(torch.where(unstable, score, torch.full_like(score, -torch.inf)).flatten(1))
-    return torch.cat(out, 1)
-
-
-def _split(parents: _Domains, choice: Tensor, shapes: list[int]) -> _Domains:
-    """Two children per parent: ReLU ``choice`` (a flat index over all layers) active, inactive."""
-    kids = _Domains.cat([parents, parents])
-    kids.signs = [s.clone() for s in kids.signs]
-    d = len(parents)
-    rows = torch.arange(2 * d, device=choice.device)
-    flat = torch.cat([choice, choice])
-    ones = torch.ones(d, dtype=kids.signs[0].dtype, device=kids.signs[0].device)
-    sign = torch.cat([ones, -ones])
-    start = 0
-    for j, n in enumerate(shapes):
-        here = (flat >= start) & (flat < start + n)
-        view = kids.signs[j].view(2 * d, -1)
-        view[rows[here], flat[here] - start] = sign[here]
-        start += n
-    return kids
-
-
 class _Search:
     """State of one branch-and-bound run."""
 
     def __init__(self, net: Network, box: Interval, spec: Tensor, offset: Tensor,
                  root: list[Interval], confirm: Confirm, iters: int, topk: int,
-                 pgd_starts: int = 8) -> None:  # fmt: skip
+                 pgd_starts: int = 8, refine: bool = True, batch: int = 256,
+                 max_depth: int = 2) -> None:  # fmt: skip
         self.net, self.box, self.spec, self.offset = net, box, spec, offset
         self.root, self.confirm, self.iters, self.topk = root, confirm, iters, topk
-        self.pgd_starts = pgd_starts
+        self.pgd_starts, self.refine = pgd_starts, refine
+        self.batch, self.max_depth = batch, max_depth
+        self.domain = InputDomain.box(*box)
         self.shapes = [lo[0].numel() for lo, _ in root]
         self.lower = lambda a, bias: box_lower(a, bias, *box)
         self.found: Tensor | None = None
         self.prop = Property(box[0].flatten(), box[1].flatten(), [Conjunction(spec[0], offset)])
 
-    def bound(self, doms: _Domains) -> _Domains:
+    def tighten(self, doms: SubDomains) -> list[Interval]:
+        """Intermediate bounds of split sub-domains, recomputed after the earliest split.
+
+        The layers after a split neuron's layer are bounded again by CROWN (``refine_layer``,
+        adaptive slopes) and interval arithmetic from the cut bounds before them, then
+        intersected with the parent's and cut by the splits: sound on the sub-domain and
+        never looser than the parent (Wang et al. 2021 recompute them per sub-domain too).
+        """
+        bounds = doms.bounds
+        split = [bool((s != 0).any()) for s in doms.signs]
+        if not any(split):
+            return bounds
+        for k in range(split.index(True) + 1, self.net.n_relu):
+            lo, hi = bounds[k]
+            prev_lo, prev_hi = bounds[k - 1]
+            ilo, ihi = interval_segment(self.net, k, prev_lo.clamp_min(0), prev_hi.clamp_min(0))
+            lo, hi = torch.maximum(lo, ilo), torch.minimum(hi, ihi)
+            lo, hi = refine_layer(self.net, k, self.domain, bounds[:k], lo, hi)
+            bounds[k] = split_bounds([(lo, hi)], [doms.signs[k]])[0]
+        return bounds
+
+    def bound(self, doms: SubDomains) -> SubDomains:
         """Optimise the children's bounds; look at each bound's worst input."""
-        bounds = split_bounds(self.root, doms.signs)
+        bounds = self.tighten(doms) if self.refine else doms.bounds
         spec = self.spec.expand(len(doms), -1, -1)
         relax = Relaxation(doms.alpha, doms.beta, doms.signs)
         best, relax = optimize(self.net, self.lower, spec, bounds, relax, self.iters)
@@ -144,10 +110,13 @@ class _Search:
             lo, hi = self.box
             worst = torch.where(a > 0, lo.unsqueeze(1), hi.unsqueeze(1))
             self.try_points(worst.flatten(0, 1))
-        value = (best + self.offset).amax(-1)
+        # a child lies inside its parent, whose bound holds there too (CROWN-type bounds
+        # are not monotone in the intermediate intervals, so a child's own can be lower)
+        value = torch.maximum((best + self.offset).amax(-1), doms.value)
         if self.found is None and self.pgd_starts:
             self.attack(worst[value.argsort()[: self.pgd_starts]].flatten(0, 1))
-        return _Domains(value, doms.signs, relax.alpha, relax.beta)
+        lo, hi = map(list, zip(*bounds))
+        return SubDomains(value, doms.signs, relax.alpha, relax.beta, lo, hi)
 
     def attack(self, starts: Tensor) -> None:
         """Short PGD runs from the worst domains' worst inputs (Wang et al. 2021)."""
@@ -164,7 +133,7 @@ class _Search:
         if bad.any() and self.found is None:
             self.found = self.confirm(x[bad].flatten(1))
 
-    def branch(self, parents: _Domains) -> tuple[_Domains, int]:
+    def branch(self, parents: SubDomains) -> tuple[SubDomains, int]:
         """Children of the parents that can be split; returns them and the count set aside.
 
         Filtered smart branching (FSB; De Palma et al. 2021, the ``kfsb`` of alpha-beta-
@@ -172,27 +141,53 @@ class _Search:
         both children (the parent's slopes and betas, no optimisation), and the split
         whose worse child has the best bound wins.
         """
-        bounds = split_bounds(self.root, parents.signs)
+        bounds = parents.bounds
         spec = self.spec.expand(len(parents), -1, -1)
         relax = Relaxation(parents.alpha, parents.beta, parents.signs)
         with torch.no_grad():
             coefs = backward_bound(self.net, self.lower, spec, bounds, relax, record=True)[2]
             scores = babsr_scores(coefs, bounds, parents.signs)
         ok = scores.amax(1) > -torch.inf
+        aside = sum(self.decide_fixed(parents.take(i.view(1))) for i in (~ok).nonzero())
         keep = ok.nonzero().squeeze(1)
         parents, scores = parents.take(keep), scores[keep]
         if not len(parents):
-            return parents, int((~ok).sum())
+            return parents, aside
         top_score, top = scores.topk(min(self.topk, scores.shape[1]), dim=1)
         choice = self.filter(parents, top, top_score) if top.shape[1] > 1 else top[:, 0]
-        return _split(parents, choice, self.shapes), int((~ok).sum())
+        kids = split(parents, choice, self.shapes)
+        for extra in self.more_splits(scores, choice, len(parents)):
+            kids = split(kids, extra.repeat(len(kids) // len(extra)), self.shapes)
+        return kids, aside
 
-    def filter(self, parents: _Domains, top: Tensor, top_score: Tensor) -> Tensor:
+    def more_splits(self, scores: Tensor, choice: Tensor, n: int) -> list[Tensor]:
+        """Further ReLUs to split every parent on when the queue is short, so that a
+        round still bounds about ``batch`` children (``2^d`` per parent): the next-best
+        by BaBSR score after ``choice``, only among each parent's splittable ReLUs."""
+        depth = 0
+        while n * 2 ** (depth + 2) <= self.batch and depth < self.max_depth:
+            depth += 1
+        depth = min(depth, int((scores > -torch.inf).sum(1).min()) - 1)
+        if depth <= 0:
+            return []
+        rest = scores.scatter(1, choice[:, None], -torch.inf).topk(depth, dim=1).indices
+        return list(rest.T)
+
+    def decide_fixed(self, dom: SubDomains) -> int:
+        """A domain with every ReLU fixed, by its LP (``fixed_phase``): 0 when it is safe or
+        holds a confirmed counterexample, 1 when it stays undecided (set aside)."""
+        t, x = solve_fixed(self.net, self.box, self.spec, self.offset, dom.bounds, dom.signs)
+        if t > SAFE_TOL:
+            return 0
+        self.try_points(x)
+        return int(self.found is None)
+
+    def filter(self, parents: SubDomains, top: Tensor, top_score: Tensor) -> Tensor:
         """The candidate of each parent (``top``: ``[D, k]``) with the best worse child."""
         d, k = top.shape
-        trial = _Domains.cat([parents] * k)
-        kids = _split(trial, top.T.reshape(-1), self.shapes)
-        bounds = split_bounds(self.root, kids.signs)
+        trial = SubDomains.cat([parents] * k)
+        kids = split(trial, top.T.reshape(-1), self.shapes)
+        bounds = kids.bounds
         spec = self.spec.expand(len(kids), -1, -1)
         relax = Relaxation(kids.alpha, kids.beta, kids.signs)
         with torch.no_grad():
@@ -206,7 +201,8 @@ class _Search:
 
 def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[Interval],
         alpha: list[Tensor], deadline: float, confirm: Confirm, batch: int = 256,
-        iters: int = 10, topk: int = 4, max_domains: int = 60_000) -> BabResult:  # fmt: skip
+        iters: int = 10, topk: int = 4, max_domains: int = 60_000,
+        refine: bool = True) -> BabResult:  # fmt: skip
     """Decide ``exists x in box: all(spec f(x) + offset <= 0)``, or run out of time.
 
     Args:
@@ -219,12 +215,15 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         batch: Domains split per bound call (twice as many children are bounded).
         iters: Optimisation steps per bound call.
         topk: Branching candidates tried per domain (1: plain BaBSR).
+        refine: Recompute the intermediate bounds of each sub-domain after its splits
+            (``False``: the root's, cut at 0 by the splits).
     """
-    search = _Search(net, box, spec, offset, root, confirm, iters, topk)
+    search = _Search(net, box, spec, offset, root, confirm, iters, topk, refine=refine, batch=batch)
     signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
     beta = [torch.zeros_like(a) for a in alpha]
-    queue = search.bound(_Domains(spec.new_full((1,), -1.0), signs, alpha, beta))
-    visited, aside, rounds = 1, 0, 0
+    los, his = [lo for lo, _ in root], [hi for _, hi in root]
+    queue = search.bound(SubDomains(spec.new_full((1,), -torch.inf), signs, alpha, beta, los, his))
+    visited, aside, rounds, take = 1, 0, 0, batch
     while True:
         if search.found is not None:
             return BabResult("violated", search.found, visited, stats={"aside": aside})
@@ -236,9 +235,28 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
             lowest = float(queue.value.min())
             return BabResult("timeout", None, visited, lowest, {"aside": aside, "rounds": rounds})
         order = queue.value.argsort()
-        parents, rest = queue.take(order[:batch]), queue.take(order[batch:])
+        parents, rest = queue.take(order[:take]), queue.take(order[take:])
+        started = time.monotonic()
         kids, dropped = search.branch(parents)
         aside += dropped
         rounds += 1
-        queue = _Domains.cat([rest, search.bound(kids)]) if len(kids) else rest
+        if search.found is None and time.monotonic() > deadline:  # a round can take seconds
+            queue = SubDomains.cat([rest, parents])
+            return BabResult("timeout", None, visited, float(queue.value.min()),
+                             {"aside": aside, "rounds": rounds})  # fmt: skip
+        queue = SubDomains.cat([rest, search.bound(kids)]) if len(kids) else rest
         visited += len(kids)
+        take = _next_take(started, len(parents), batch, deadline)
+
+
+#: Seconds one round (branching and bounding) should take at most, so that the deadline
+#: is kept to within about a round.
+ROUND_SECONDS = 2.0
+
+
+def _next_take(started: float, n: int, batch: int, deadline: float) -> int:
+    """Parents for the next round: at most ``batch``, and as many as fit in
+    ``ROUND_SECONDS`` and in the time left at the last round's seconds per parent."""
+    now = time.monotonic()
+    per = max(now - started, 1e-6) / max(n, 1)
+    return int(max(1, min(batch, ROUND_SECONDS / per, (deadline - now) / per)))
