@@ -54,6 +54,30 @@ def test_penalty_equals_an_independent_computation() -> None:
     assert 0.0 < float(value.detach()) < 2.0
 
 
+def test_penalty_equals_one_from_finite_difference_input_gradients() -> None:
+    """The input gradients at x and x + eta by central differences of the batch-mean CE
+    (no autograd at all), then 1 - mean cosine: the same penalty."""
+    model = smooth_model()
+    x, y, x_noisy = data()
+
+    def fd_input_gradient(point: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+        g = torch.zeros_like(point).view(-1)
+        with torch.no_grad():
+            for i in range(g.numel()):
+                plus, minus = point.clone(), point.clone()
+                plus.view(-1)[i] += h
+                minus.view(-1)[i] -= h
+                g[i] = (F.cross_entropy(model(plus), y) - F.cross_entropy(model(minus), y)) / (
+                    2 * h
+                )
+        return g.view_as(point).flatten(1)
+
+    a, b = fd_input_gradient(x), fd_input_gradient(x_noisy)
+    expected = 1.0 - F.cosine_similarity(a, b, dim=1).mean()
+    value = GradAlign(eps=0.2).penalty_at(model, x, y, x_noisy)
+    torch.testing.assert_close(value.detach(), expected, rtol=1e-7, atol=1e-9)
+
+
 @pytest.mark.parametrize("backprop_clean", [True, False])
 def test_weight_gradient_equals_finite_differences(backprop_clean: bool) -> None:
     """Double backprop trains the weights: d penalty / d theta by central differences.

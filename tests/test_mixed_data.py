@@ -88,6 +88,17 @@ def test_reproducible_and_new_order_each_epoch(tmp_path: Path) -> None:
     assert len(set(used[N_AUX:])) == len(used) - N_AUX
 
 
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_is_reproducible_and_ranks_differ(tmp_path: Path, world: int) -> None:
+    _, first = loaders(tmp_path, world)
+    _, again = loaders(tmp_path, world)
+    for a, b in zip(first, again, strict=True):
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    heads = [next(iter(loader))[0] for loader in first]
+    assert all(not torch.equal(heads[0], h) for h in heads[1:])
+
+
 def test_auxiliary_set_wraps_around_with_fresh_orders(tmp_path: Path) -> None:
     dm, (loader,) = loaders(tmp_path, 1)
     per_epoch = len(loader) * dm.n_aux  # 16 batches x 14 = 224 of 300

@@ -1,37 +1,46 @@
 """Time-to-robustness benchmark (issue 14): robust accuracy against training time.
 
 Methods, each over several seeds, trained round-robin one epoch at a time in one process
-(so that shared CPU load hits all of them alike):
+(so that shared CPU load hits all of them alike), threat model l_inf:
 
 * ``madry_pgd40``: PGD-40 adversarial training (Madry et al. 2018), the reference;
 * ``trades``: TRADES (Zhang et al. 2019), beta 6, PGD-10 on the KL;
 * ``trades_awp``: TRADES + adversarial weight perturbation (Wu et al. 2020), gamma 5e-3;
 * ``fgsm_rs``: FGSM with random start, step 1.25 eps (Wong et al. 2020);
 * ``n_fgsm``: N-FGSM, noise 2 eps, step eps, no projection (de Jorge et al. 2022);
-* ``grad_align``: FGSM-RS + GradAlign (Andriushchenko & Flammarion 2020);
+* ``grad_align``: FGSM (zero init, step eps) + GradAlign (Andriushchenko & Flammarion
+  2020, their pairing);
 * ``free_at``: free adversarial training with m minibatch replays (Shafahi et al. 2019).
 
-After every epoch: the epoch's wall time (training only: attack, loss, backward, step;
-no evaluation) and the robust accuracy of ``advtrain.evaluation.evaluate`` on held-out
-images (``--epoch-suite``; the final epoch always with ``suite="standard"``, AutoAttack).
-Each run has its own random generator state, restored before each of its epochs, so a
-run's numbers do not depend on the round-robin order.
+Every method follows the same per-step schedules: the training eps ramps linearly from 0
+to eps over the first ``--eps-ramp`` fraction of the optimizer steps, and Adam's learning
+rate follows a one-cycle (linear up to ``--lr`` over the first ``--lr-peak`` fraction,
+linear down to 0 at the end). Free-AT's m replays of a minibatch share its schedule point.
 
-Output: a JSON file, a markdown table and a PNG of robust accuracy vs cumulative training
-time with one curve per seed.
+After every epoch: the epoch's wall time (training only: attack, loss, backward, step;
+no evaluation) and the robust accuracy of ``advtrain.evaluation.evaluate`` with
+``--epoch-suite`` on the first ``--n-eval`` held-out images (no min-norm attack, the
+curve only at eps). After the last epoch: ``--final-suite`` on the final weights, in
+rounds of ``--final-chunk`` images that each cover every run, until ``--final-deadline``
+(UTC ``HH:MM``) leaves no time for another round; every run gets the same images. Each
+run has its own random generator state, restored before each of its epochs, so a run's
+numbers do not depend on the round-robin order.
+
+Output: a JSON file (saved after every epoch and round), a markdown table and a PNG of
+robust accuracy vs cumulative training time with one curve per seed (``ttr_report``).
 
 Usage::
 
-    nice -n 10 uv run python scripts/bench/time_to_robustness.py --task digits --epochs 10
-    nice -n 10 uv run python scripts/bench/time_to_robustness.py --task mnist --epochs 5 \\
-        --n-eval 500
+    nice -n 10 uv run python scripts/bench/time_to_robustness.py --task mnist --epochs 7 \\
+        --batch-size 32 --final-deadline 01:25
+    uv run python scripts/bench/time_to_robustness.py --replot docs/bench_tr2_mnist.json
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -39,19 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
-from scipy import stats
+import ttr_report
 from torch import Tensor, nn
 
-from advtrain.attacks import FGSMRS, NFGSM, PGD, TradesKL
+from advtrain._io import atomic_write_text
+from advtrain.attacks import FGSM, FGSMRS, NFGSM, PGD, TradesKL
 from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
 from advtrain.evaluation import evaluate
-from advtrain.evaluation.statistics import proportion
 from advtrain.models import DigitsCNN, NormalizedModel
 from advtrain.objectives import TRADES, Madry
 from advtrain.regularizers import GradAlign
@@ -60,8 +65,7 @@ from advtrain.training.callbacks import WeightPerturbation
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST_RAW = "/work/shared/data/MNIST/raw"
-METHODS = ("madry_pgd40", "trades", "trades_awp", "fgsm_rs", "n_fgsm", "grad_align", "free_at")
-SINGLE_STEP = ("fgsm_rs", "n_fgsm", "grad_align")
+METHODS = ttr_report.METHODS
 
 
 @dataclass
@@ -75,7 +79,6 @@ class Task:
     std: list[float]
     make_model: Callable[[], nn.Module]
     eps: float
-    batch_size: int
     model_name: str
 
 
@@ -94,17 +97,19 @@ def small_mnist_cnn() -> nn.Module:
 
 
 def load_task(name: str, n_eval: int | None) -> Task:
+    """digits (eps 0.2, the 360-image test split) or MNIST-8k/2k (eps 0.3: train on the
+    first 8,000 of the official test split, evaluate on the first ``n_eval`` of the rest)."""
     if name == "digits":
         dm = DigitsDataModule(batch_size=64, seed=0, val_size=0)
-        eps, batch, make, model_name = 0.2, 64, lambda: DigitsCNN(width=32), "DigitsCNN width 32"
+        eps, make, model_name = 0.2, lambda: DigitsCNN(width=32), "DigitsCNN width 32"
     else:
         dm = MNISTIdxSplitDataModule(raw_folder=MNIST_RAW, n_train=8000, seed=0, val_size=0)
-        eps, batch, make, model_name = 0.3, 100, small_mnist_cnn, "small CNN (Wong & Kolter 2018)"
+        eps, make, model_name = 0.3, small_mnist_cnn, "small CNN (Wong & Kolter 2018)"
     dm.setup("fit")
     pairs = [dm.train_set[i] for i in range(len(dm.train_set))]
     x, y = torch.stack([p[0] for p in pairs]), torch.tensor([int(p[1]) for p in pairs])
     xt, yt = dm.test_tensors(n_eval)
-    return Task(name, x, y, xt, yt, list(dm.mean), list(dm.std), make, eps, batch, model_name)
+    return Task(name, x, y, xt, yt, list(dm.mean), list(dm.std), make, eps, model_name)
 
 
 # -- runs -------------------------------------------------------------------------------
@@ -120,7 +125,11 @@ class Run:
     seconds: list[float] = field(default_factory=list)
     robust: list[float] = field(default_factory=list)
     clean: list[float] = field(default_factory=list)
-    final: dict[str, Any] | None = None
+    final: dict[str, Any] = field(default_factory=lambda: {"n": 0, "robust": 0, "clean": 0})
+
+    def record(self) -> dict[str, Any]:
+        keys = ("method", "seed", "seconds", "robust", "clean", "final")
+        return {k: getattr(self, k) for k in keys}
 
 
 def adversarial_step(run: Run, x: Tensor, y: Tensor, epoch: int) -> None:
@@ -176,9 +185,9 @@ def build_run(task: Task, method: str, seed: int, args: argparse.Namespace) -> R
     elif method == "fgsm_rs":
         parts["attack"] = FGSMRS("linf", eps)
     elif method == "n_fgsm":
-        parts["attack"] = NFGSM("linf", eps)
+        parts["attack"] = NFGSM("linf", eps, noise=args.nfgsm_noise)
     elif method == "grad_align":
-        parts["attack"] = FGSMRS("linf", eps)
+        parts["attack"] = FGSM("linf", eps)
         parts["regularizers"] = [GradAlign("linf", eps, weight=args.grad_align_weight)]
     elif method == "free_at":
         parts |= {"ball": LpBall("linf", eps), "m": args.free_m}
@@ -199,311 +208,152 @@ def set_eps(run: Run, eps: float) -> None:
         reg.ball = reg.ball.with_eps(eps)
 
 
-def train_epoch(run: Run, task: Task, epoch: int, ramp_epochs: int = 0) -> None:
-    """One epoch; with ``ramp_epochs`` the training eps is ``eps * (epoch + 1) / ramp``
-    for the first epochs (the same ramp for every method)."""
-    set_eps(run, task.eps * min(1.0, (epoch + 1) / ramp_epochs) if ramp_epochs else task.eps)
+def schedule(progress: float, args: argparse.Namespace) -> tuple[float, float]:
+    """(eps fraction, learning rate) at ``progress`` in (0, 1] of the optimizer steps."""
+    eps_frac = min(1.0, progress / args.eps_ramp) if args.eps_ramp > 0 else 1.0
+    peak = args.lr_peak
+    lr = args.lr * (progress / peak if progress < peak else (1 - progress) / (1 - peak))
+    return eps_frac, max(lr, 0.0)
+
+
+def train_epoch(run: Run, task: Task, epoch: int, args: argparse.Namespace) -> None:
+    """One epoch, with the eps and learning-rate schedules set before every batch."""
     torch.set_rng_state(run.rng)
     g = torch.Generator().manual_seed(1000 * run.seed + epoch)
     perm = torch.randperm(len(task.y_train), generator=g)
+    n_batches = -(-len(perm) // args.batch_size)
     run.model.train()
     start = time.perf_counter()
-    for b in range(0, len(perm), task.batch_size):
-        idx = perm[b : b + task.batch_size]
+    for b in range(n_batches):
+        eps_frac, lr = schedule((epoch * n_batches + b + 1) / (args.epochs * n_batches), args)
+        set_eps(run, task.eps * eps_frac)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        idx = perm[b * args.batch_size : (b + 1) * args.batch_size]
         run.step_fn(run, task.x_train[idx], task.y_train[idx], epoch)
     run.seconds.append(time.perf_counter() - start)
     run.rng = torch.get_rng_state()
 
 
-def measure(run: Run, task: Task, suite: str) -> dict[str, Any]:
-    report = evaluate(
-        run.model.eval(), task.x_eval, task.y_eval, norm="linf", eps=task.eps, suite=suite, seed=0
-    )
-    run.robust.append(report["robust_accuracy"]["value"])
-    run.clean.append(report["clean_accuracy"]["value"])
-    return report
+def quiet_evaluate(run: Run, task: Task, x: Tensor, y: Tensor, suite: str) -> dict[str, Any]:
+    """``evaluate`` at the task's eps, without the min-norm attack and with the curve only
+    at eps (the suite, FGSM check, masking checks and escalation all run)."""
+    return evaluate(run.model.eval(), x, y, norm="linf", eps=task.eps, suite=suite, seed=0,
+                    eps_curve=[task.eps], min_norm=None, progress=False)  # fmt: skip
 
 
-# -- analysis ---------------------------------------------------------------------------
-def by_method(runs: list[Run]) -> dict[str, list[Run]]:
-    out: dict[str, list[Run]] = {}
-    for r in runs:
-        out.setdefault(r.method, []).append(r)
-    return out
+def final_round(runs: list[Run], task: Task, lo: int, hi: int, suite: str) -> None:
+    """The final suite on images ``[lo, hi)`` for every run; counts add up over rounds."""
+    x, y = task.x_eval[lo:hi], task.y_eval[lo:hi]
+    for run in runs:
+        report = quiet_evaluate(run, task, x, y, suite)
+        f = run.final
+        f["n"] += len(y)
+        f["robust"] += round(report["robust_accuracy"]["value"] * len(y))
+        f["clean"] += round(report["clean_accuracy"]["value"] * len(y))
+        f.setdefault("attacks", []).append(report["attacks"])
+        print(f"  final {run.method:12s} s{run.seed} [{lo}, {hi}) robust "
+              f"{100 * report['robust_accuracy']['value']:5.1f}", flush=True)  # fmt: skip
 
 
-def final_robust(run: Run) -> float:
-    """The final robust accuracy (``--final-suite``)."""
-    assert run.final is not None
-    return run.final["robust_accuracy"]["value"]
+def seconds_until(hhmm: str) -> float:
+    """Seconds from now to the next ``HH:MM`` UTC."""
+    now = dt.datetime.now(dt.UTC)
+    h, m = (int(v) for v in hhmm.split(":"))
+    target = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    if target < now - dt.timedelta(hours=12):
+        target += dt.timedelta(days=1)
+    return (target - now).total_seconds()
 
 
-def collapsed(group: list[Run], points: float = 0.05) -> bool:
-    """Some seed's final robust accuracy is more than ``points`` below the best seed's."""
-    finals = [final_robust(r) for r in group]
-    return min(finals) < max(finals) - points
+# -- main -------------------------------------------------------------------------------
+def write_outputs(record: dict[str, Any], out: Path, final: bool) -> None:
+    """The JSON (always, atomically); the analysis, table and PNG once the final suite ran."""
+    if final:
+        record |= ttr_report.analyse(record["runs"])
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    if final:
+        ttr_report.figure(record, out.with_suffix(".png"))
+        atomic_write_text(out.with_suffix(".md"), ttr_report.table(record) + "\n")
+        print(ttr_report.table(record))
+        print(json.dumps(record["targets"], indent=2))
+        print(f"wrote {out}.json/.md/.png", flush=True)
 
 
-def median_epoch(group: list[Run]) -> float:
-    """The median epoch time over every seed and epoch of a method (robust to load spikes)."""
-    return statistics.median(s for r in group for s in r.seconds)
-
-
-def epochs_to(group: list[Run], target: float) -> int | None:
-    """Epochs until the seed-mean robust accuracy first reaches ``target`` (None: never)."""
-    for e in range(len(group[0].robust)):
-        if statistics.mean(r.robust[e] for r in group) >= target:
-            return e + 1
-    return None
-
-
-def time_to(group: list[Run], target: float) -> float | None:
-    """Mean cumulative training wall time at that epoch (None: never)."""
-    e = epochs_to(group, target)
-    return None if e is None else statistics.mean(sum(r.seconds[:e]) for r in group)
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its 95% t-interval over seeds."""
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, mean, mean
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, mean - half, mean + half
-
-
-def analyse(runs: list[Run], n_eval: int) -> dict[str, Any]:
-    groups = by_method(runs)
-    out: dict[str, Any] = {"methods": {}}
-    for method, group in groups.items():
-        finals = [final_robust(r) for r in group]
-        pooled = proportion(round(sum(finals) * n_eval), n_eval * len(finals))
-        out["methods"][method] = {
-            "final_robust": finals,
-            "final_clean": [r.final["clean_accuracy"]["value"] for r in group],  # type: ignore[index]
-            "final_epoch_suite_robust": [r.robust[-1] for r in group],
-            "train_seconds": [sum(r.seconds) for r in group],
-            "pooled_robust": pooled,
-            "collapsed": collapsed(group),
-        }
-    targets: dict[str, Any] = {}
-    stable = [m for m in ("n_fgsm", "grad_align") if m in groups and not collapsed(groups[m])]
-    targets["no_collapse"] = {
-        "stable": stable,
-        "fgsm_rs_collapsed": "fgsm_rs" in groups and collapsed(groups["fgsm_rs"]),
-    }
-    targets["no_collapse"]["met"] = bool(stable) and targets["no_collapse"]["fgsm_rs_collapsed"]
-    if "madry_pgd40" in groups:
-        madry = groups["madry_pgd40"]
-        # the curve's own suite: Madry's final (epoch-suite) robust accuracy minus 2 points
-        goal = statistics.mean(r.robust[-1] for r in madry) - 0.02
-        madry_time = statistics.mean(sum(r.seconds) for r in madry)
-        madry_median = median_epoch(madry) * len(madry[0].seconds)
-        stable_single = [m for m in SINGLE_STEP if m in groups and not collapsed(groups[m])]
-        times = {m: time_to(groups[m], goal) for m in stable_single}
-        # the same with every epoch costed at its method's median epoch time
-        median_times = {
-            m: None if (e := epochs_to(groups[m], goal)) is None else e * median_epoch(groups[m])
-            for m in stable_single
-        }
-        reached = {m: t for m, t in median_times.items() if t is not None}
-        fastest = min(reached, key=reached.get) if reached else None
-        ratio = reached[fastest] / madry_median if fastest else None
-        targets["speed"] = {
-            "goal_robust": goal,
-            "madry_seconds": madry_time,
-            "madry_seconds_median_epochs": madry_median,
-            "seconds_to_goal": times,
-            "seconds_to_goal_median_epochs": median_times,
-            "median_epoch_seconds": {m: median_epoch(g) for m, g in groups.items()},
-            "fastest": fastest,
-            "ratio": ratio,
-            "ratio_raw_wall": None
-            if fastest is None or times[fastest] is None
-            else times[fastest] / madry_time,
-            "met": ratio is not None and ratio <= 0.35,
-        }
-    if "trades" in groups and "trades_awp" in groups:
-        diffs = [
-            final_robust(a) - final_robust(b)
-            for a, b in zip(
-                sorted(groups["trades_awp"], key=lambda r: r.seed),
-                sorted(groups["trades"], key=lambda r: r.seed),
-                strict=True,
-            )
-        ]
-        mean, low, high = t_interval(diffs)
-        targets["awp"] = {"paired_diff": diffs, "mean": mean, "ci95": [low, high], "met": mean > 0}
-    out["targets"] = targets
-    return out
-
-
-# -- output -----------------------------------------------------------------------------
-def pct(p: dict[str, Any]) -> str:
-    return f"{100 * p['value']:.1f} [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
-
-
-def table(analysis: dict[str, Any]) -> str:
-    lines = [
-        "| method | final robust % per seed (final suite) | last-epoch robust % (epoch suite) | pooled robust % [Wilson 95%] "
-        "| final clean % per seed | train s per seed | collapsed |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method in METHODS:
-        if method not in analysis["methods"]:
-            continue
-        m = analysis["methods"][method]
-        seeds = ", ".join(f"{100 * v:.1f}" for v in m["final_robust"])
-        curve = ", ".join(f"{100 * v:.1f}" for v in m["final_epoch_suite_robust"])
-        clean = ", ".join(f"{100 * v:.1f}" for v in m["final_clean"])
-        secs = ", ".join(f"{s:.0f}" for s in m["train_seconds"])
-        lines.append(
-            f"| {method} | {seeds} | {curve} | {pct(m['pooled_robust'])} | {clean} | {secs} "
-            f"| {'yes' if m['collapsed'] else 'no'} |"
-        )
-    return "\n".join(lines)
-
-
-def figure(runs: list[Run], task: Task, path: Path) -> None:
-    """Robust accuracy (epoch suite) against cumulative training wall time (left, log
-    scale) and against epochs (right), one curve per seed."""
-    colors = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
-    fig, (ax, ax_e) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 2]})
-    for method, group in by_method(runs).items():
-        for i, r in enumerate(group):
-            t = [sum(r.seconds[: e + 1]) for e in range(len(r.seconds))]
-            acc = [100 * v for v in r.robust]
-            style = {"marker": "o", "ms": 3, "lw": 1.2, "alpha": 0.8, "color": colors[method]}
-            ax.plot(t, acc, label=method if i == 0 else None, **style)
-            ax_e.plot(range(1, len(acc) + 1), acc, **style)
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative training wall time (s, log scale)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(f"{task.name}, linf eps {task.eps}: robust accuracy vs training time")
-    ax_e.set_xlabel("epoch")
-    ax_e.set_title("the same against epochs")
-    for a in (ax, ax_e):
-        a.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_outputs(record: dict[str, Any], runs: list[Run], task: Task, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    figure(runs, task, out.with_suffix(".png"))
-    out.with_suffix(".md").write_text(table(record) + "\n")
-    print(table(record))
-    print(json.dumps(record["targets"], indent=2))
-    print(f"wrote {out}.json/.md/.png")
-
-
-def merge(args: argparse.Namespace) -> None:
-    """One record from several (runs of disjoint seeds), analysed together."""
-    records = [json.loads(Path(p).read_text()) for p in args.merge]
-    runs = [
-        Run(
-            r["method"],
-            r["seed"],
-            None,
-            None,
-            None,
-            None,
-            {},
-            r["seconds"],
-            r["robust"],  # type: ignore[arg-type]
-            r["clean"],
-            r["final"],
-        )
-        for rec in records
-        for r in rec["runs"]
-    ]
-    first = records[0]
-    n_final = first["args"].get("final_n_eval") or first["n_eval"]
-    task = Task(first["task"], *(torch.empty(0),) * 4, [], [], small_mnist_cnn, first["eps"],
-                0, first["model"])  # fmt: skip
-    record = {
-        **{k: first[k] for k in ("task", "eps", "model", "n_train", "n_eval", "args")},
-        "commands": [rec["command"] for rec in records],
-        "wall_seconds": [rec["wall_seconds"] for rec in records],
-        "runs": [run for rec in records for run in rec["runs"]],
-        **analyse(runs, n_final),
-    }
-    write_outputs(record, runs, task, Path(f"{args.out}_{first['task']}"))
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--task", choices=["digits", "mnist"], default="digits")
+    add("--epochs", type=int, default=10)
+    add("--batch-size", type=int, default=32)
+    add("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    add("--n-eval", type=int, default=1000, help="held-out images of the per-epoch curve")
+    add("--epoch-suite", choices=["quick", "standard"], default="quick")
+    add("--final-suite", choices=["quick", "standard"], default="standard")
+    add("--final-chunk", type=int, default=100, help="images per final round")
+    add("--final-deadline", default=None, help="UTC HH:MM; default: one round")
+    add("--eps-ramp", type=float, default=0.3, help="fraction of the steps ramping eps")
+    add("--lr", type=float, default=2e-3, help="Adam's peak learning rate")
+    add("--lr-peak", type=float, default=0.3, help="fraction of the steps to the peak")
+    add("--awp-gamma", type=float, default=5e-3)
+    add("--awp-warmup", type=int, default=1, help="epochs without AWP")
+    add("--nfgsm-noise", type=float, default=2.0, help="N-FGSM noise in units of eps")
+    add("--grad-align-weight", type=float, default=0.2)
+    add("--free-m", type=int, default=4)
+    add("--threads", type=int, default=1)
+    add("--out", default=str(ROOT / "docs" / "bench_tr2"))
+    add("--replot", default=None, help="re-analyse and re-plot a saved JSON record")
+    return parser.parse_args()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", choices=["digits", "mnist"], default="digits")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--n-eval", type=int, default=1000)
-    parser.add_argument("--epoch-suite", choices=["quick", "standard"], default="quick")
-    parser.add_argument("--final-suite", choices=["quick", "standard"], default="standard")
-    parser.add_argument("--final-n-eval", type=int, default=None, help="default: --n-eval")
-    parser.add_argument("--eps-ramp-epochs", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--awp-gamma", type=float, default=5e-3)
-    parser.add_argument("--awp-warmup", type=int, default=1)
-    parser.add_argument("--grad-align-weight", type=float, default=1.0)
-    parser.add_argument("--free-m", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "bench_trainx"))
-    parser.add_argument(
-        "--merge", nargs="+", default=None, help="merge saved JSON records (e.g. one per seed)"
-    )
-    args = parser.parse_args()
-    if args.merge:
-        merge(args)
+    args = parse_args()
+    if args.replot:
+        record = json.loads(Path(args.replot).read_text())
+        write_outputs(record, Path(args.replot).with_suffix(""), final=True)
         return
     torch.set_num_threads(args.threads)
     task = load_task(args.task, args.n_eval)
     n_eval = len(task.y_eval)
     print(f"== {task.name}: {len(task.y_train)} train, {n_eval} eval, eps {task.eps}", flush=True)
     runs = [build_run(task, m, s, args) for m in args.methods for s in args.seeds]
+    out = Path(f"{args.out}_{args.task}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    record: dict[str, Any] = {
+        "command": "nice -n 10 uv run python scripts/bench/time_to_robustness.py "
+        + " ".join(sys.argv[1:]),
+        "task": task.name, "eps": task.eps, "model": task.model_name,
+        "n_train": len(task.y_train), "n_eval": n_eval, "args": vars(args),
+    }  # fmt: skip
+
+    def save(final: bool = False) -> None:
+        record["wall_seconds"] = time.perf_counter() - start
+        record["runs"] = [r.record() for r in runs]
+        write_outputs(record, out, final)
+
     for epoch in range(args.epochs):
         for run in runs:
-            train_epoch(run, task, epoch, args.eps_ramp_epochs)
-            measure(run, task, args.epoch_suite)
-            if epoch == args.epochs - 1:
-                k = args.final_n_eval or n_eval
-                report = evaluate(run.model.eval(), task.x_eval[:k], task.y_eval[:k], norm="linf",
-                                  eps=task.eps, suite=args.final_suite, seed=0)  # fmt: skip
-                run.final = {k: report[k] for k in ("robust_accuracy", "clean_accuracy", "attacks")}
+            train_epoch(run, task, epoch, args)
+            report = quiet_evaluate(run, task, task.x_eval, task.y_eval, args.epoch_suite)
+            run.robust.append(report["robust_accuracy"]["value"])
+            run.clean.append(report["clean_accuracy"]["value"])
             print(f"  ep {epoch + 1} {run.method:12s} s{run.seed} train {run.seconds[-1]:6.1f}s "
                   f"robust {100 * run.robust[-1]:5.1f} clean {100 * run.clean[-1]:5.1f}",
                   flush=True)  # fmt: skip
-    analysis = analyse(runs, args.final_n_eval or n_eval)
-    out = Path(f"{args.out}_{args.task}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "command": "nice -n 10 uv run python scripts/bench/time_to_robustness.py "
-        + " ".join(sys.argv[1:]),
-        "task": task.name,
-        "eps": task.eps,
-        "model": task.model_name,
-        "n_train": len(task.y_train),
-        "n_eval": n_eval,
-        "args": vars(args),
-        "wall_seconds": time.perf_counter() - start,
-        "runs": [
-            {
-                "method": r.method,
-                "seed": r.seed,
-                "seconds": r.seconds,
-                "robust": r.robust,
-                "clean": r.clean,
-                "final": r.final,
-            }
-            for r in runs
-        ],
-        **analysis,
-    }
-    write_outputs(record, runs, task, out)
+        save()
+    lo = 0
+    while lo < n_eval:
+        t0 = time.perf_counter()
+        hi = min(lo + args.final_chunk, n_eval)
+        final_round(runs, task, lo, hi, args.final_suite)
+        lo = hi
+        save()
+        left = seconds_until(args.final_deadline) if args.final_deadline else 0.0
+        if left < 1.2 * (time.perf_counter() - t0):
+            break
+    save(final=True)
 
 
 if __name__ == "__main__":
