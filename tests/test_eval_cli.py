@@ -121,6 +121,7 @@ def test_bad_inputs_one_clear_line(args, message, checkpoint, tmp_path, monkeypa
     assert len(err) == 1 and err[0].startswith("advtrain-eval: error:") and message in err[0]
 
 
+@pytest.mark.slow
 def test_eval_two_cpu_processes(checkpoint, tmp_path, monkeypatch):
     args = [f"ckpt_path={checkpoint}", "eval.devices=2", "eval.figures=false", *FAST]
     assert run_cli(args, tmp_path / "run", monkeypatch) == 0

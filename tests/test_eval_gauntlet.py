@@ -185,6 +185,7 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_gather_per_example(tmp_path: Path):
     out = tmp_path / "rank0.pt"
     args = (2, str(tmp_path / "init"), str(out))

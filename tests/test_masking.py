@@ -4,14 +4,12 @@ broken or flagged, while an honestly adversarially trained model is not flagged.
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from advtrain.attacks import Attack
 from advtrain.evaluation import BPDA, evaluate, masking
 from advtrain.evaluation.defenses import declares_bpda, is_randomized
 
@@ -80,6 +78,7 @@ def test_honest_model_not_flagged(honest_report):
     assert honest_report["robust_accuracy"]["value"] < honest_report["clean_accuracy"]["value"]
 
 
+@pytest.mark.slow
 def test_saturated_logits_flagged(trained_digits_model, digits_test, honest_report):
     report = _eval(Scaled(trained_digits_model), digits_test)
     broken = report["robust_accuracy"]["value"] <= honest_report["robust_accuracy"]["value"] + 0.05
@@ -88,6 +87,7 @@ def test_saturated_logits_flagged(trained_digits_model, digits_test, honest_repo
     assert report["gradient_masking"]["advice"]
 
 
+@pytest.mark.slow
 def test_undeclared_quantisation_flagged(trained_digits_model, digits_test):
     report = _eval(Quantised(trained_digits_model), digits_test)
     assert report["gradient_masking"]["suspected"]
@@ -103,10 +103,7 @@ def test_declared_quantisation_broken_by_bpda(trained_digits_model, digits_test,
     assert "input_gradients" not in _failed(report)
 
 
-EOT_READY = "eot_iter" in inspect.signature(Attack.__init__).parameters
-
-
-@pytest.mark.skipif(not EOT_READY, reason="Attack(eot_iter=...) lands with the attacks branch")
+@pytest.mark.slow
 def test_random_noise_flagged_and_attacked_with_eot(trained_digits_model, digits_test):
     report = _eval(Noisy(trained_digits_model), digits_test, eot_iter=2)
     assert report["randomized"] and report["eot_iter"] == 2
@@ -177,6 +174,7 @@ def test_large_eps_check_and_summary():
     assert not masking.summarize([masking.check_single_step(5, 1, 10, "x")])["suspected"]
 
 
+@pytest.mark.slow
 def test_failed_check_escalates_and_worst_case_counts(trained_digits_model, digits_test):
     """Undeclared quantisation fails the gradient checks; the escalation (identity
     backward through ``preprocess``, DLR, more Square queries) breaks it, the report keeps

@@ -180,6 +180,7 @@ def test_resume_from_last_ckpt(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert last["global_step"] == 6 and last["epoch"] == 2  # epochs done
 
 
+@pytest.mark.slow
 def test_readme_multirun(tmp_path: Path) -> None:
     """4 jobs, each with metrics.json, from the default output layout; summary.json."""
     cmd = "uv run advtrain-train -m threat.eps=0.05,0.1 objective=madry,standard"
