@@ -78,7 +78,6 @@ def test_honest_model_not_flagged(honest_report):
     assert honest_report["robust_accuracy"]["value"] < honest_report["clean_accuracy"]["value"]
 
 
-@pytest.mark.slow
 def test_saturated_logits_flagged(trained_digits_model, digits_test, honest_report):
     report = _eval(Scaled(trained_digits_model), digits_test)
     broken = report["robust_accuracy"]["value"] <= honest_report["robust_accuracy"]["value"] + 0.05
@@ -87,7 +86,6 @@ def test_saturated_logits_flagged(trained_digits_model, digits_test, honest_repo
     assert report["gradient_masking"]["advice"]
 
 
-@pytest.mark.slow
 def test_undeclared_quantisation_flagged(trained_digits_model, digits_test):
     report = _eval(Quantised(trained_digits_model), digits_test)
     assert report["gradient_masking"]["suspected"]
@@ -103,7 +101,6 @@ def test_declared_quantisation_broken_by_bpda(trained_digits_model, digits_test,
     assert "input_gradients" not in _failed(report)
 
 
-@pytest.mark.slow
 def test_random_noise_flagged_and_attacked_with_eot(trained_digits_model, digits_test):
     report = _eval(Noisy(trained_digits_model), digits_test, eot_iter=2)
     assert report["randomized"] and report["eot_iter"] == 2
@@ -174,7 +171,6 @@ def test_large_eps_check_and_summary():
     assert not masking.summarize([masking.check_single_step(5, 1, 10, "x")])["suspected"]
 
 
-@pytest.mark.slow
 def test_failed_check_escalates_and_worst_case_counts(trained_digits_model, digits_test):
     """Undeclared quantisation fails the gradient checks; the escalation (identity
     backward through ``preprocess``, DLR, more Square queries) breaks it, the report keeps

@@ -153,3 +153,13 @@ def test_console_script_exits_2_with_one_line(files) -> None:
     assert proc.stderr.strip().splitlines() == [
         f"advtrain-verify: error: ONNX file {str(files['dir'] / 'nope.onnx')!r} does not exist"
     ]
+
+
+def test_the_threads_setting_does_not_leak_into_the_caller(files) -> None:
+    """``threads=1`` applies to the verification only: an in-process caller keeps its count."""
+    torch.set_num_threads(2)  # the autouse fixture restores the count after the test
+    proc = run_verify(f"onnx={files['onnx']}", f"vnnlib={files['props']['small']}", "timeout=60",
+                      "threads=1", f"result_file={files['dir'] / 'threads.txt'}",
+                      f"hydra.run.dir={files['dir']}/run_threads", cwd=files["dir"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert torch.get_num_threads() == 2

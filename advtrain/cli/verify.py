@@ -139,15 +139,21 @@ def _summary(c: Counter, points: int, seconds: float | None, total: int | None) 
 
 
 def run_verify(cfg: DictConfig) -> Any:
-    """Dispatch on ``instances`` (a benchmark) or ``onnx`` + ``vnnlib`` (one instance)."""
-    torch.set_num_threads(int(cfg.threads))
+    """Dispatch on ``instances`` (a benchmark) or ``onnx`` + ``vnnlib`` (one instance).
+
+    Runs with ``cfg.threads`` torch threads and restores the caller's count afterwards
+    (an in-process caller keeps its own).
+    """
+    if not cfg.instances and (not cfg.onnx or not cfg.vnnlib):
+        raise ConfigError("give onnx=<net.onnx> vnnlib=<prop.vnnlib>, or instances=<instances.csv>")
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.instances:
-        return _benchmark(cfg, out)
-    if not cfg.onnx or not cfg.vnnlib:
-        raise ConfigError("give onnx=<net.onnx> vnnlib=<prop.vnnlib>, or instances=<instances.csv>")
-    return _single(cfg, out)
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.threads))
+    try:
+        return _benchmark(cfg, out) if cfg.instances else _single(cfg, out)
+    finally:
+        torch.set_num_threads(before)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="verify")
