@@ -66,7 +66,6 @@ def _compare(model, x, y, norm, eps, steps, n_queries) -> None:
         assert b - a <= tolerance, (k, ours_n, peer_n)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 0.5)])
 def test_standard_matches_autoattack_fast(trained_digits_model, digits_test, norm, eps):
     """64 examples; on both sides 25 iterations and 250 Square queries."""
