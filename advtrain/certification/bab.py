@@ -40,7 +40,7 @@ from advtrain.certification.alpha_crown import (
     split_bounds,
 )
 from advtrain.certification.crown import refine_layer
-from advtrain.certification.domain import InputDomain, box_lower
+from advtrain.certification.domain import InputDomain
 from advtrain.certification.falsify import pgd_box
 from advtrain.certification.fixed_phase import SAFE_TOL, solve_fixed
 from advtrain.certification.ibp import Interval, interval_segment
@@ -66,15 +66,14 @@ class _Search:
 
     def __init__(self, net: Network, box: Interval, spec: Tensor, offset: Tensor,
                  root: list[Interval], confirm: Confirm, iters: int, topk: int,
-                 pgd_starts: int = 8, refine: bool = True, batch: int = 256,
-                 max_depth: int = 2) -> None:  # fmt: skip
+                 pgd_starts: int = 8, batch: int = 256, max_depth: int = 2) -> None:  # fmt: skip
         self.net, self.box, self.spec, self.offset = net, box, spec, offset
-        self.root, self.confirm, self.iters, self.topk = root, confirm, iters, topk
-        self.pgd_starts, self.refine = pgd_starts, refine
+        self.confirm, self.iters, self.topk = confirm, iters, topk
+        self.pgd_starts = pgd_starts
         self.batch, self.max_depth = batch, max_depth
         self.domain = InputDomain.box(*box)
         self.shapes = [lo[0].numel() for lo, _ in root]
-        self.lower = lambda a, bias: box_lower(a, bias, *box)
+        self.lower = self.domain.lower
         self.found: Tensor | None = None
         self.prop = Property(box[0].flatten(), box[1].flatten(), [Conjunction(spec[0], offset)])
 
@@ -87,10 +86,10 @@ class _Search:
         never looser than the parent (Wang et al. 2021 recompute them per sub-domain too).
         """
         bounds = doms.bounds
-        split = [bool((s != 0).any()) for s in doms.signs]
-        if not any(split):
+        has_split = [bool((s != 0).any()) for s in doms.signs]
+        if not any(has_split):
             return bounds
-        for k in range(split.index(True) + 1, self.net.n_relu):
+        for k in range(has_split.index(True) + 1, self.net.n_relu):
             lo, hi = bounds[k]
             prev_lo, prev_hi = bounds[k - 1]
             ilo, ihi = interval_segment(self.net, k, prev_lo.clamp_min(0), prev_hi.clamp_min(0))
@@ -101,7 +100,7 @@ class _Search:
 
     def bound(self, doms: SubDomains) -> SubDomains:
         """Optimise the children's bounds; look at each bound's worst input."""
-        bounds = self.tighten(doms) if self.refine else doms.bounds
+        bounds = self.tighten(doms)
         spec = self.spec.expand(len(doms), -1, -1)
         relax = Relaxation(doms.alpha, doms.beta, doms.signs)
         best, relax = optimize(self.net, self.lower, spec, bounds, relax, self.iters)
@@ -201,8 +200,7 @@ class _Search:
 
 def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[Interval],
         alpha: list[Tensor], deadline: float, confirm: Confirm, batch: int = 256,
-        iters: int = 10, topk: int = 4, max_domains: int = 60_000,
-        refine: bool = True) -> BabResult:  # fmt: skip
+        iters: int = 10, topk: int = 4, max_domains: int = 60_000) -> BabResult:  # fmt: skip
     """Decide ``exists x in box: all(spec f(x) + offset <= 0)``, or run out of time.
 
     Args:
@@ -215,10 +213,8 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
         batch: Domains split per bound call (twice as many children are bounded).
         iters: Optimisation steps per bound call.
         topk: Branching candidates tried per domain (1: plain BaBSR).
-        refine: Recompute the intermediate bounds of each sub-domain after its splits
-            (``False``: the root's, cut at 0 by the splits).
     """
-    search = _Search(net, box, spec, offset, root, confirm, iters, topk, refine=refine, batch=batch)
+    search = _Search(net, box, spec, offset, root, confirm, iters, topk, batch=batch)
     signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
     beta = [torch.zeros_like(a) for a in alpha]
     los, his = [lo for lo, _ in root], [hi for _, hi in root]
