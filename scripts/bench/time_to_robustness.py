@@ -53,7 +53,7 @@ import torch.nn.functional as F
 import ttr_report
 from torch import Tensor, nn
 
-from advtrain._io import atomic_write_text
+from advtrain._io import atomic_write_text, write_json_atomic
 from advtrain.attacks import FGSM, FGSMRS, NFGSM, PGD, TradesKL
 from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
 from advtrain.evaluation import evaluate
@@ -271,7 +271,7 @@ def write_outputs(record: dict[str, Any], out: Path, final: bool) -> None:
     """The JSON (always, atomically); the analysis, table and PNG once the final suite ran."""
     if final:
         record |= ttr_report.analyse(record["runs"])
-    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    write_json_atomic(record, out.with_suffix(".json"))
     if final:
         ttr_report.figure(record, out.with_suffix(".png"))
         atomic_write_text(out.with_suffix(".md"), ttr_report.table(record) + "\n")
