@@ -70,15 +70,43 @@ def adaptive_alpha(bounds: list[Interval], m: int) -> list[Tensor]:
             for lo, hi in bounds]  # fmt: skip
 
 
+@dataclass
+class Lines:
+    """The fixed parts of every ReLU's relaxation given its bounds (``[D, 1, *shape_j]``):
+    which neurons are unstable, the active ones' slope 1, the upper line's slope and
+    intercept. They do not change while the slopes and betas are optimised."""
+
+    unstable: list[Tensor]
+    active: list[Tensor]
+    slope: list[Tensor]
+    intercept: list[Tensor]
+
+    @classmethod
+    def of(cls, bounds: list[Interval]) -> Lines:
+        out = cls([], [], [], [])
+        for lo, hi in bounds:
+            unstable = (lo < 0) & (hi > 0)
+            active = (lo >= 0).to(lo.dtype)
+            width = torch.where(unstable, hi - lo, torch.ones_like(hi))
+            out.unstable.append(unstable.unsqueeze(1))
+            out.active.append(active.unsqueeze(1))
+            out.slope.append(torch.where(unstable, hi / width, active).unsqueeze(1))
+            out.intercept.append(
+                torch.where(unstable, -hi * lo / width, torch.zeros_like(lo)).unsqueeze(1)
+            )
+        return out
+
+
 def backward_bound(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval],
                    relax: Relaxation, record: bool = False, start: int | None = None,
-                   ) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
+                   lines: Lines | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
     """One backward pass: lower bounds ``[D, m]`` of ``spec @ f(x)`` over the box.
 
     Args:
         lower: Bounds a linear function of the input over the input set.
         start: The segment whose output ``spec`` applies to (default: the last one);
             ``bounds`` and ``relax`` cover the ReLUs before it.
+        lines: ``Lines.of(bounds)``, when the caller already has it.
 
     Returns:
         The bound, the input coefficients ``[D, m, *in]`` (their box minimiser is the
@@ -86,21 +114,16 @@ def backward_bound(net: Network, lower: Lower, spec: Tensor, bounds: list[Interv
         output (``[D, m, *shape_j]``, for branching), first layer first.
     """
     start = net.n_relu if start is None else start
+    lines = Lines.of(bounds[:start]) if lines is None else lines
     a, bias = net.backward_segment(start, spec, spec.new_zeros(spec.shape[:2]))
     recorded = []
     for j in range(start - 1, -1, -1):
-        lo, hi = bounds[j]
         if record:
             recorded.append(a)
-        unstable = (lo < 0) & (hi > 0)
-        active = (lo >= 0).to(lo.dtype)
-        width = torch.where(unstable, hi - lo, torch.ones_like(hi))
-        slope = torch.where(unstable, hi / width, active).unsqueeze(1)
-        intercept = torch.where(unstable, -hi * lo / width, torch.zeros_like(lo)).unsqueeze(1)
-        low_slope = torch.where(unstable.unsqueeze(1), relax.alpha[j], active.unsqueeze(1))
+        low_slope = torch.where(lines.unstable[j], relax.alpha[j], lines.active[j])
         pos, neg = a.clamp(min=0), a.clamp(max=0)
-        bias = bias + (neg * intercept).flatten(2).sum(-1)
-        a = pos * low_slope + neg * slope
+        bias = bias + (neg * lines.intercept[j]).flatten(2).sum(-1)
+        a = pos * low_slope + neg * lines.slope[j]
         if relax.beta is not None:
             a = a - relax.beta[j] * relax.signs[j].unsqueeze(1).to(a.dtype)
         a, bias = net.backward_segment(j, a, bias)
@@ -123,14 +146,16 @@ def optimize(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], r
     groups = [{"params": alpha, "lr": lr_alpha}] + (
         [{"params": beta, "lr": lr_beta}] if beta else []
     )
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam(groups, fused=True)  # one kernel per step on CPU (3-4x faster)
     best = None
     best_alpha = [t.detach().clone() for t in alpha]
     best_beta = None if beta is None else [t.detach().clone() for t in beta]
+    start = net.n_relu if start is None else start
+    lines = Lines.of(bounds[:start])
     with torch.enable_grad():
         for step in range(iters + 1):
             now = Relaxation(alpha, beta, relax.signs)
-            bound = backward_bound(net, lower, spec, bounds, now, start=start)[0]
+            bound = backward_bound(net, lower, spec, bounds, now, start=start, lines=lines)[0]
             value = bound.detach()
             if best is None:
                 best = value.clone()

@@ -70,6 +70,11 @@ class Network:
     def n_relu(self) -> int:
         return len(self.segments) - 1
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the network's parameters (its first affine map's offset)."""
+        return next(op.bias.dtype for seg in self.segments for op in seg)
+
     def out_shape(self, k: int) -> tuple[int, ...]:
         """Output shape of segment ``k``."""
         return self.shapes[k + 1]

@@ -3,8 +3,9 @@
 A sub-domain of the input box fixes the phase of some unstable ReLUs (Bunel et al. 2020,
 "Branch and bound for piecewise linear neural network verification"): ``signs`` holds
 ``+1`` (active, ``z >= 0``), ``-1`` (inactive, ``z <= 0``) or 0 per neuron. Each carries
-its own relaxation parameters (alpha-CROWN slopes, beta-CROWN multipliers) and
-intermediate bounds, so a batch of them is bounded in one call (Xu et al. 2021).
+its own relaxation parameters (alpha-CROWN slopes, beta-CROWN multipliers); its
+intermediate bounds are the root's cut at 0 by its splits (``alpha_crown.split_bounds``),
+so a batch of them is bounded in one call (Xu et al. 2021).
 """
 
 from __future__ import annotations
@@ -14,31 +15,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advtrain.certification.alpha_crown import split_bounds
 from advtrain.certification.ibp import Interval
 
-_FIELDS = ("signs", "alpha", "beta", "lo", "hi")
+_FIELDS = ("signs", "alpha", "beta")
 
 
 @dataclass
 class SubDomains:
-    """Sub-domains: their bound ``value`` ``[N]`` (max over rows of the row bounds + b;
-    > 0 means pruned), split signs, slopes, betas and intermediate bounds ``lo``/``hi``
-    (per ReLU layer, ``[N, *shape_j]``, already cut by the splits)."""
+    """Sub-domains: their bound ``value`` ``[N]`` (float64: max over rows of the row
+    bounds + b; > 0 means pruned), split signs (per ReLU layer, ``[N, *shape_j]``),
+    slopes and betas."""
 
     value: Tensor
     signs: list[Tensor]
     alpha: list[Tensor]
     beta: list[Tensor]
-    lo: list[Tensor]
-    hi: list[Tensor]
 
     def __len__(self) -> int:
         return len(self.value)
-
-    @property
-    def bounds(self) -> list[Interval]:
-        return list(zip(self.lo, self.hi))
 
     def take(self, idx: Tensor) -> SubDomains:
         pick = ([t[idx] for t in getattr(self, f)] for f in _FIELDS)
@@ -86,5 +80,4 @@ def split(parents: SubDomains, choice: Tensor, shapes: list[int]) -> SubDomains:
         view = kids.signs[j].view(2 * d, -1)
         view[rows[here], flat[here] - start] = sign[here]
         start += n
-    kids.lo, kids.hi = map(list, zip(*split_bounds(kids.bounds, kids.signs)))
     return kids

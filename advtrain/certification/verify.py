@@ -7,7 +7,8 @@ The pipeline of alpha-beta-CROWN (Xu et al. 2021; Wang et al. 2021), on one inpu
 2. alpha-CROWN on every row of every disjunct at once (intermediate bounds by CROWN);
    a disjunct is impossible when one of its rows has a positive lower bound;
 3. branch and bound with beta-CROWN (``bab.bab``) on each remaining disjunct, sharing
-   one deadline.
+   one deadline; the search runs on a float32 copy of the network, and every pruning
+   is rechecked in float64.
 
 ``holds`` needs every disjunct proven impossible; ``violated`` needs a point that the
 *original* network (``reference``, e.g. the ONNX file run by onnxruntime) confirms: the
@@ -17,6 +18,7 @@ Bounds are computed in float64.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,7 +87,7 @@ class _Checker:
 
 def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
                     reference: Reference, timeout: float = 60.0, *, restarts: int = 64,
-                    steps: int = 60, batch: int = 256, iters: int = 10, topk: int = 4) -> Verdict:  # fmt: skip
+                    steps: int = 60, batch: int = 256, iters: int = 20, topk: int = 4) -> Verdict:  # fmt: skip
     """Decide ``prop`` on ``model`` (a float64 network ``parse`` supports) within ``timeout`` s.
 
     Args:
@@ -99,6 +101,7 @@ def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
     deadline = start + timeout
     check = _Checker(prop, reference)
     net = parse(model, shape)
+    fast = parse(copy.deepcopy(model).float(), shape)
     lo, hi = prop.lo.view(1, *shape), prop.hi.view(1, *shape)
 
     def done(status: str, **stats: object) -> Verdict:
@@ -125,7 +128,7 @@ def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
         for _, c, sl in sorted(open_rows, key=lambda t: t[0]):  # likeliest violated first
             alpha = [a[:, sl] for a in relax.alpha]
             res = bab(net, (lo, hi), c.A.unsqueeze(0), c.b, root, alpha, deadline, check,
-                      batch=batch, iters=iters, topk=topk)  # fmt: skip
+                      batch=batch, iters=iters, topk=topk, fast=fast)  # fmt: skip
             stats["domains"] += res.domains
             if res.status != "holds":
                 return done(res.status, phase="bab", **stats)
