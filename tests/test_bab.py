@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advtrain.certification import certify, min_margin, parse
-from advtrain.certification.alpha_crown import Relaxation, adaptive_alpha, optimize, split_bounds
+from advtrain.certification.alpha_crown import (
+    Relaxation,
+    adaptive_alpha,
+    ascend,
+    backward_bound,
+    optimize,
+    split_bounds,
+)
 from advtrain.certification.bab import bab
 from advtrain.certification.crown import crown_intermediate
 from advtrain.certification.domain import InputDomain
@@ -185,3 +192,35 @@ def test_only_the_float64_recheck_prunes() -> None:
         assert res.status != "holds"
         checked += 1
     assert checked >= 2
+
+
+def test_pruning_in_iteration_leaves_the_other_domains_unchanged() -> None:
+    """Dropping finished domains from the batch mid-optimisation (``prune=``) changes
+    nothing for the domains that stay: each domain's objective and Adam update are its own."""
+    narrowed = 0
+    for seed in range(4):
+        model, x = _wide(seed, 3), random_inputs(seed, 1)
+        net = parse(model, x.shape[1:])
+        dom = InputDomain(x, "linf", 0.15)
+        root = crown_intermediate(net, dom)
+        g = torch.Generator().manual_seed(seed)
+        signs = []
+        for lo, hi in root:  # 64 sub-domains, each splitting a random half of the unstable ReLUs
+            unstable = ((lo < 0) & (hi > 0)).expand(64, *lo.shape[1:])
+            pick = torch.randint(-1, 2, unstable.shape, generator=g).to(torch.int8)
+            signs.append(torch.where(unstable, pick, torch.zeros_like(pick)))
+        bounds = split_bounds(root, signs)
+        spec = torch.tensor([[[1.0, -1.0, 0.0]]], dtype=torch.float64).expand(64, -1, -1)
+        alpha = adaptive_alpha(bounds, 1)
+        relax = Relaxation(alpha, [torch.zeros_like(a) for a in alpha], signs)
+        offset = torch.zeros(1, dtype=torch.float64)
+        full, _ = optimize(net, dom.lower, spec, bounds, relax, iters=15)
+        part, kept, _ = ascend(net, dom.lower, spec, bounds, relax, iters=15, prune=offset)
+        finished = (part + offset).amax(-1) > 0
+        assert bool(((full + offset).amax(-1) > 0)[finished].all())
+        stay = ~((full + offset).amax(-1) > 0)
+        assert torch.allclose(part[stay], full[stay], rtol=1e-9, atol=1e-12)
+        check = backward_bound(net, dom.lower, spec, bounds, kept)[0]  # the kept parameters
+        assert bool((check >= part - 1e-9).all())  # reach the reported bounds
+        narrowed += int(finished.any() and stay.any())
+    assert narrowed > 0

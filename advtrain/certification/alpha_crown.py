@@ -134,56 +134,140 @@ def optimize(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], r
              iters: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
              start: int | None = None) -> tuple[Tensor, Relaxation]:  # fmt: skip
     """Projected gradient ascent on the slopes (and betas): the best bound ``[D, m]`` per row
-    and the parameters that reached it. Gradients are taken with ``torch.autograd.grad``
-    on the parameters only (the network's weights never get ``.grad``)."""
-    alpha = [t.detach().clone().requires_grad_(True) for t in relax.alpha]
-    beta = (
-        None
-        if relax.beta is None
-        else [t.detach().clone().requires_grad_(True) for t in relax.beta]
-    )
-    params = alpha + (beta or [])
-    groups = [{"params": alpha, "lr": lr_alpha}] + (
-        [{"params": beta, "lr": lr_beta}] if beta else []
-    )
-    opt = torch.optim.Adam(groups, fused=True)  # one kernel per step on CPU (3-4x faster)
-    best = None
-    best_alpha = [t.detach().clone() for t in alpha]
-    best_beta = None if beta is None else [t.detach().clone() for t in beta]
+    and the parameters that reached it (``ascend`` without the last parameters)."""
+    best, params, _ = ascend(net, lower, spec, bounds, relax, iters, lr_alpha, lr_beta, start)
+    return best, params
+
+
+def ascend(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], relax: Relaxation,
+           iters: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
+           start: int | None = None, prune: Tensor | None = None,
+           ) -> tuple[Tensor, Relaxation, Relaxation]:  # fmt: skip
+    """Projected gradient ascent (Adam) on the slopes (and betas).
+
+    Returns the best bound ``[D, m]`` per row, the parameters that reached it, and the
+    parameters after the last step. The bound is not monotone along the ascent (Adam's
+    first steps move every coordinate by about the learning rate), so a branch-and-bound
+    child continues from its parent's *last* parameters: restarting from the best ones
+    threw away every ascent that had not yet climbed above its start, and beta-CROWN's
+    multipliers, which must grow over many steps, then never grew. Gradients are taken
+    with ``torch.autograd.grad`` on the parameters only (the weights never get ``.grad``).
+
+    Args:
+        prune: Row offsets ``b`` ``[m]`` (branch and bound): a domain whose best
+            ``max_row(bound + b)`` is positive is finished and leaves the batch for the
+            remaining steps (alpha-beta-CROWN's ``pruning_in_iteration``). Domains are
+            independent in the objective, so the others' results are unchanged.
+    """
     start = net.n_relu if start is None else start
-    lines = Lines.of(bounds[:start])
+    run = _Ascent(spec, bounds, relax, Lines.of(bounds[:start]), lr_alpha, lr_beta)
+    best: Tensor | None = None
+    best_alpha = [t.detach().clone() for t in run.alpha]
+    best_beta = None if run.beta is None else [t.detach().clone() for t in run.beta]
+    last_alpha = [t.clone() for t in best_alpha]
+    last_beta = None if best_beta is None else [t.clone() for t in best_beta]
     with torch.enable_grad():
         for step in range(iters + 1):
-            now = Relaxation(alpha, beta, relax.signs)
-            bound = backward_bound(net, lower, spec, bounds, now, start=start, lines=lines)[0]
+            now = Relaxation(run.alpha, run.beta, run.signs)
+            bound = backward_bound(net, lower, run.spec, run.bounds, now, start=start,
+                                   lines=run.lines)[0]  # fmt: skip
             value = bound.detach()
             if best is None:
                 best = value.clone()
             else:
-                better = value > best
-                best = torch.where(better, value, best)
-                _keep(best_alpha, alpha, better)
-                if beta is not None:
-                    _keep(best_beta, beta, better)
+                better = value > best[run.index]
+                best[run.index] = torch.where(better, value, best[run.index])
+                _keep(best_alpha, run.alpha, better, run.index)
+                if run.beta is not None:
+                    _keep(best_beta, run.beta, better, run.index)
             if step == iters:
                 break
-            grads = torch.autograd.grad(-bound.sum(), params)
-            for p, g in zip(params, grads):
-                p.grad = g
-            opt.step()
-            with torch.no_grad():
-                for t in alpha:
-                    t.clamp_(0, 1)
-                for t in beta or []:
-                    t.clamp_(min=0)
-    return best, Relaxation(best_alpha, best_beta, relax.signs)
+            run.step(bound)
+            if prune is not None:
+                done = (best[run.index] + prune).amax(-1) > 0
+                if bool(done.all()):
+                    break
+                if int(done.sum()) * 8 >= len(done):  # narrow when an eighth is finished
+                    run.save(last_alpha, last_beta)
+                    run.narrow((~done).nonzero().squeeze(1))
+    run.save(last_alpha, last_beta)
+    return (
+        best,
+        Relaxation(best_alpha, best_beta, relax.signs),
+        Relaxation(last_alpha, last_beta, relax.signs),
+    )
 
 
-def _keep(store: list[Tensor], current: list[Tensor], better: Tensor) -> None:
-    """Copy ``current`` into ``store`` where ``better`` (``[D, m]``) holds."""
+class _Ascent:
+    """The domains still being optimised (``index`` into the batch), their data and Adam."""
+
+    def __init__(self, spec: Tensor, bounds: list[Interval], relax: Relaxation, lines: Lines,
+                 lr_alpha: float, lr_beta: float) -> None:  # fmt: skip
+        self.spec, self.bounds, self.lines, self.signs = spec, bounds, lines, relax.signs
+        self.index = torch.arange(len(relax.alpha[0]), device=spec.device)
+        self.alpha = [t.detach().clone().requires_grad_(True) for t in relax.alpha]
+        self.beta = (None if relax.beta is None
+                     else [t.detach().clone().requires_grad_(True) for t in relax.beta])  # fmt: skip
+        self.lrs = (lr_alpha, lr_beta)
+        self.opt = self._adam()
+
+    def _adam(self) -> torch.optim.Adam:
+        groups = [{"params": self.alpha, "lr": self.lrs[0]}]
+        if self.beta:
+            groups.append({"params": self.beta, "lr": self.lrs[1]})
+        return torch.optim.Adam(groups, fused=True)  # one kernel per step on CPU (3-4x faster)
+
+    @property
+    def params(self) -> list[Tensor]:
+        return self.alpha + (self.beta or [])
+
+    def step(self, bound: Tensor) -> None:
+        """One Adam step on ``-bound.sum()``, then projection (``alpha`` in [0, 1], ``beta >= 0``)."""
+        params = self.params
+        grads = torch.autograd.grad(-bound.sum(), params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        self.opt.step()
+        with torch.no_grad():
+            for t in self.alpha:
+                t.clamp_(0, 1)
+            for t in self.beta or []:
+                t.clamp_(min=0)
+
+    def save(self, alpha: list[Tensor], beta: list[Tensor] | None) -> None:
+        """Write the current parameters of the domains still running into ``alpha``/``beta``."""
+        for store, now in zip(alpha + (beta or []), self.params):
+            store[self.index] = now.detach()
+
+    def narrow(self, keep: Tensor) -> None:
+        """Keep only the domains ``keep`` (positions in the current batch), Adam state too."""
+        state = self.opt.state_dict()
+        for entry in state["state"].values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                entry[key] = entry[key][keep]
+        self.index = self.index[keep]
+        self.spec = self.spec[keep] if len(self.spec) > 1 else self.spec
+        self.bounds = [(lo[keep], hi[keep]) for lo, hi in self.bounds]
+        self.lines = Lines(*([t[keep] for t in part] for part in
+                             (self.lines.unstable, self.lines.active, self.lines.slope,
+                              self.lines.intercept)))  # fmt: skip
+        self.signs = None if self.signs is None else [s[keep] for s in self.signs]
+        self.alpha = [t.detach()[keep].requires_grad_(True) for t in self.alpha]
+        if self.beta is not None:
+            self.beta = [t.detach()[keep].requires_grad_(True) for t in self.beta]
+        self.opt = self._adam()
+        self.opt.load_state_dict(state)
+
+
+def _keep(store: list[Tensor], current: list[Tensor], better: Tensor, index: Tensor) -> None:
+    """Copy ``current`` into ``store[index]`` where ``better`` (``[len(index), m]``) holds."""
+    full = len(index) == len(store[0])
     for s, c in zip(store, current):
         mask = better.view(*better.shape, *([1] * (c.dim() - 2)))
-        s.copy_(torch.where(mask, c.detach(), s))
+        if full:
+            s.copy_(torch.where(mask, c.detach(), s))
+        else:
+            s[index] = torch.where(mask, c.detach(), s[index])
 
 
 def alpha_intermediate(net: Network, domain: InputDomain, iters: int = 20,

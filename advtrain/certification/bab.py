@@ -41,8 +41,8 @@ from torch import Tensor
 
 from advtrain.certification.alpha_crown import (
     Relaxation,
+    ascend,
     backward_bound,
-    optimize,
     split_bounds,
 )
 from advtrain.certification.domain import InputDomain
@@ -99,6 +99,8 @@ class _Search:
         self.confirm, self.iters, self.topk = confirm, iters, topk
         self.pgd_starts = pgd_starts
         self.batch, self.max_depth = batch, max_depth
+        self.warm = True
+        self.resume = True
         self.shapes = [lo[0].numel() for lo, _ in exact.root]
         self.found: Tensor | None = None
         box, spec, offset = exact.box, exact.spec, exact.offset
@@ -110,7 +112,7 @@ class _Search:
         bounds = f.bounds(doms.signs)
         spec = f.spec.expand(len(doms), -1, -1)
         relax = Relaxation(doms.alpha, doms.beta, doms.signs)
-        best, relax = optimize(f.net, f.lower, spec, bounds, relax, self.iters)
+        best, relax, last = ascend(f.net, f.lower, spec, bounds, relax, self.iters, prune=f.offset)
         with torch.no_grad():
             _, a, _ = backward_bound(f.net, f.lower, spec, bounds, relax)
             lo, hi = f.box
@@ -122,7 +124,8 @@ class _Search:
         value = torch.maximum(own, doms.value)
         if self.found is None and self.pgd_starts:
             self.attack(worst[value.argsort()[: self.pgd_starts]].flatten(0, 1))
-        return SubDomains(value, doms.signs, relax.alpha, relax.beta)
+        kept = last if self.resume else relax
+        return SubDomains(value, doms.signs, kept.alpha, kept.beta)
 
     def recheck(self, own: Tensor, relax: Relaxation) -> Tensor:
         """The exact (float64) bound of every sub-domain that the fast pass would prune.
@@ -187,11 +190,14 @@ class _Search:
         parents, scores = parents.take(keep), scores[keep]
         if not len(parents):
             return parents, aside
+        coefs = [c[keep] for c in coefs]
         top_score, top = scores.topk(min(self.topk, scores.shape[1]), dim=1)
         choice = self.filter(parents, top, top_score) if top.shape[1] > 1 else top[:, 0]
-        kids = split(parents, choice, self.shapes)
+        kids = split(parents, choice, self.shapes, coefs if self.warm else None)
         for extra in self.more_splits(scores, choice, len(parents)):
-            kids = split(kids, extra.repeat(len(kids) // len(extra)), self.shapes)
+            reps = len(kids) // len(extra)
+            again = [torch.cat([c] * reps) for c in coefs] if self.warm else None
+            kids = split(kids, extra.repeat(reps), self.shapes, again)
         return kids, aside
 
     def more_splits(self, scores: Tensor, choice: Tensor, n: int) -> list[Tensor]:

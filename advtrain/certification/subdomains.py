@@ -65,8 +65,14 @@ def babsr_scores(coefs: list[Tensor], bounds: list[Interval], signs: list[Tensor
     return torch.cat(out, 1)
 
 
-def split(parents: SubDomains, choice: Tensor, shapes: list[int]) -> SubDomains:
-    """Two children per parent: ReLU ``choice`` (a flat index over all layers) active, inactive."""
+def split(parents: SubDomains, choice: Tensor, shapes: list[int],
+          coefs: list[Tensor] | None = None) -> SubDomains:  # fmt: skip
+    """Two children per parent: ReLU ``choice`` (a flat index over all layers) active, inactive.
+
+    With ``coefs`` (the parents' coefficients on each ReLU's output, ``[D, m, *shape_j]``)
+    the new split's beta starts where the child's bound equals the parent's
+    (``warm_beta``); without, at 0.
+    """
     kids = SubDomains.cat([parents, parents])
     kids.signs = [s.clone() for s in kids.signs]
     d = len(parents)
@@ -79,5 +85,25 @@ def split(parents: SubDomains, choice: Tensor, shapes: list[int]) -> SubDomains:
         here = (flat >= start) & (flat < start + n)
         view = kids.signs[j].view(2 * d, -1)
         view[rows[here], flat[here] - start] = sign[here]
+        if coefs is not None and bool(here.any()):
+            warm_beta(kids, j, rows[here], flat[here] - start, sign[here], coefs[j], d)
         start += n
     return kids
+
+
+def warm_beta(kids: SubDomains, j: int, rows: Tensor, neuron: Tensor, sign: Tensor,
+              coef: Tensor, d: int) -> None:  # fmt: skip
+    """Start the beta of a new split where the child's bound is its parent's.
+
+    Where the coefficient ``a`` on the ReLU's output is positive the parent used the lower
+    line ``alpha z``; beta-CROWN's term ``-beta s z`` gives the child the same coefficient
+    on ``z`` with ``beta = a (1 - alpha)`` (active, ``relu(z) = z``) or ``beta = a alpha``
+    (inactive, ``relu(z) = 0``), so its first bound equals the parent's and the
+    optimisation starts there instead of below it. Elsewhere beta starts at 0.
+    """
+    m = kids.beta[j].shape[1]
+    a = coef.reshape(len(coef), m, -1)[rows % d, :, neuron].clamp_min(0)  # [n, m]
+    beta = kids.beta[j].view(2 * d, m, -1)
+    alpha = kids.alpha[j].reshape(2 * d, m, -1)[rows, :, neuron]
+    active = (sign > 0).unsqueeze(1)
+    beta[rows, :, neuron] = torch.where(active, a * (1 - alpha), a * alpha)
