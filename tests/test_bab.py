@@ -27,6 +27,7 @@ from advtrain.certification.alpha_crown import (
 from advtrain.certification.bab import bab
 from advtrain.certification.crown import crown_intermediate
 from advtrain.certification.domain import InputDomain
+from advtrain.certification.subdomains import SubDomains, split
 from advtrain.certification.verify import margin_property, verify_property
 from tests.test_bounds_soundness import random_inputs, random_network
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
@@ -224,3 +225,33 @@ def test_pruning_in_iteration_leaves_the_other_domains_unchanged() -> None:
         assert bool((check >= part - 1e-9).all())  # reach the reported bounds
         narrowed += int(finished.any() and stay.any())
     assert narrowed > 0
+
+
+def test_warm_beta_starts_each_child_at_its_parents_bound() -> None:
+    """Splitting a ReLU whose output coefficient is positive, with ``warm_beta``: both
+    children's first bound (no optimisation) is exactly the parent's."""
+    checked = 0
+    for seed in range(4):
+        model, x = _wide(seed, 3), random_inputs(seed, 1)
+        net = parse(model, x.shape[1:])
+        dom = InputDomain(x, "linf", 0.15)
+        root = crown_intermediate(net, dom)
+        spec = torch.tensor([[[1.0, -1.0, 0.0]]], dtype=torch.float64)
+        alpha = adaptive_alpha(root, 1)
+        signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
+        parent = SubDomains(torch.zeros(1, dtype=torch.float64), signs, alpha,
+                            [torch.zeros_like(a) for a in alpha])  # fmt: skip
+        relax = Relaxation(parent.alpha, parent.beta, parent.signs)
+        value, _, coefs = backward_bound(net, dom.lower, spec, root, relax, record=True)
+        flat_coef = torch.cat([c.flatten(1) for c in coefs], 1)[0]
+        unstable = torch.cat([((lo < 0) & (hi > 0)).flatten() for lo, hi in root])
+        for neuron in (unstable & (flat_coef > 0)).nonzero().flatten()[:6]:
+            shapes = [lo[0].numel() for lo, _ in root]
+            kids = split(parent, neuron.view(1), shapes, coefs)
+            kid_relax = Relaxation(kids.alpha, kids.beta, kids.signs)
+            kid_value = backward_bound(
+                net, dom.lower, spec.expand(2, -1, -1), split_bounds(root, kids.signs), kid_relax
+            )[0]
+            assert torch.allclose(kid_value, value.expand(2, -1), rtol=0, atol=1e-9)
+            checked += 1
+    assert checked >= 4
