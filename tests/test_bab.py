@@ -195,15 +195,20 @@ def test_only_the_float64_recheck_prunes() -> None:
     assert checked >= 2
 
 
+def _deep_root(seed: int) -> tuple:
+    """A 3-hidden-layer ``_wide`` net, its linf 0.15 domain and its CROWN root bounds."""
+    model, x = _wide(seed, 3), random_inputs(seed, 1)
+    net = parse(model, x.shape[1:])
+    dom = InputDomain(x, "linf", 0.15)
+    return net, dom, crown_intermediate(net, dom)
+
+
 def test_pruning_in_iteration_leaves_the_other_domains_unchanged() -> None:
     """Dropping finished domains from the batch mid-optimisation (``prune=``) changes
     nothing for the domains that stay: each domain's objective and Adam update are its own."""
     narrowed = 0
     for seed in range(4):
-        model, x = _wide(seed, 3), random_inputs(seed, 1)
-        net = parse(model, x.shape[1:])
-        dom = InputDomain(x, "linf", 0.15)
-        root = crown_intermediate(net, dom)
+        net, dom, root = _deep_root(seed)
         g = torch.Generator().manual_seed(seed)
         signs = []
         for lo, hi in root:  # 64 sub-domains, each splitting a random half of the unstable ReLUs
@@ -232,10 +237,7 @@ def test_warm_beta_starts_each_child_at_its_parents_bound() -> None:
     children's first bound (no optimisation) is exactly the parent's."""
     checked = 0
     for seed in range(4):
-        model, x = _wide(seed, 3), random_inputs(seed, 1)
-        net = parse(model, x.shape[1:])
-        dom = InputDomain(x, "linf", 0.15)
-        root = crown_intermediate(net, dom)
+        net, dom, root = _deep_root(seed)
         spec = torch.tensor([[[1.0, -1.0, 0.0]]], dtype=torch.float64)
         alpha = adaptive_alpha(root, 1)
         signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]

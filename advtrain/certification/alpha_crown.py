@@ -18,8 +18,9 @@ slopes. A split neuron's pre-activation interval is also cut at 0, so its relaxa
 
 Threat model: a box of inputs (an linf ball intersected with the data box, or a VNNLIB
 box). Intermediate bounds are inputs here: alpha-CROWN's at the root; in branch and bound
-each sub-domain's, recomputed by CROWN after its splits and cut at 0 by them (``bab.py``). Every bound returned is
-the best one seen during the optimisation, so it is never looser than the starting point.
+the root's cut at 0 by each sub-domain's splits (``split_bounds``). Every bound returned
+is the best one seen during the optimisation, so it is never looser than the starting
+point.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advtrain.certification.crown import crown_final, crown_intermediate
+from advtrain.certification.crown import crown_final, crown_intermediate, relu_relaxation
 from advtrain.certification.domain import InputDomain
 from advtrain.certification.ibp import (
     Interval,
@@ -85,15 +86,11 @@ class Lines:
     def of(cls, bounds: list[Interval]) -> Lines:
         out = cls([], [], [], [])
         for lo, hi in bounds:
-            unstable = (lo < 0) & (hi > 0)
-            active = (lo >= 0).to(lo.dtype)
-            width = torch.where(unstable, hi - lo, torch.ones_like(hi))
-            out.unstable.append(unstable.unsqueeze(1))
-            out.active.append(active.unsqueeze(1))
-            out.slope.append(torch.where(unstable, hi / width, active).unsqueeze(1))
-            out.intercept.append(
-                torch.where(unstable, -hi * lo / width, torch.zeros_like(lo)).unsqueeze(1)
-            )
+            _, slope, intercept = relu_relaxation(lo, hi)
+            out.unstable.append(((lo < 0) & (hi > 0)).unsqueeze(1))
+            out.active.append((lo >= 0).to(lo.dtype).unsqueeze(1))
+            out.slope.append(slope.unsqueeze(1))
+            out.intercept.append(intercept.unsqueeze(1))
         return out
 
 

@@ -84,8 +84,9 @@ class _Numbers:
     def __post_init__(self) -> None:
         self.lower = InputDomain.box(*self.box).lower
 
-    def cast(self, net: Network, dtype: torch.dtype) -> _Numbers:
-        """The same data in ``dtype`` for ``net`` (a copy of the network in that dtype)."""
+    def cast(self, net: Network) -> _Numbers:
+        """The same data for ``net``, a copy of the network in another dtype."""
+        dtype = net.dtype
         root = [(lo.to(dtype), hi.to(dtype)) for lo, hi in self.root]
         box = (self.box[0].to(dtype), self.box[1].to(dtype))
         return _Numbers(net, box, self.spec.to(dtype), self.offset.to(dtype), root)
@@ -263,7 +264,7 @@ def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[In
             rechecked on ``net`` (``_Search.recheck``). Default: ``net`` itself.
     """
     exact = _Numbers(net, box, spec, offset, root)
-    numbers = exact if fast is None else exact.cast(fast, fast.dtype)
+    numbers = exact if fast is None else exact.cast(fast)
     search = _Search(exact, numbers, confirm, iters, topk, batch=batch)
     signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
     alpha = [a.to(numbers.spec.dtype) for a in alpha]

@@ -93,7 +93,7 @@ def _refine_shared(
     return flat_lo.view_as(lo), flat_hi.view_as(hi)
 
 
-def refine_layer(
+def _refine(
     net: Network, k: int, domain: InputDomain, bounds: list[Interval], lo: Tensor, hi: Tensor
 ) -> Interval:
     """CROWN bounds of each example's IBP-unstable neurons of segment ``k``, intersected with IBP.
@@ -136,7 +136,7 @@ def crown_intermediate(net: Network, domain: InputDomain) -> list[Interval]:
         if k == 0 and domain.norm != "linf":
             lo, hi = first_segment_ball(net, domain, lo, hi)
         if not (_interval_exact(net, k) and domain.norm == "linf"):
-            lo, hi = refine_layer(net, k, domain, bounds, lo, hi)
+            lo, hi = _refine(net, k, domain, bounds, lo, hi)
         bounds.append((lo, hi))
         lo, hi = lo.clamp_min(0), hi.clamp_min(0)
     return bounds
