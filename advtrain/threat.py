@@ -26,8 +26,8 @@ import math
 import torch
 from torch import Tensor
 
-from advtrain._numbers import as_float
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
 
 NORMS = ("linf", "l2", "l1")
 _DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}

@@ -12,7 +12,7 @@ from scipy.optimize import linprog
 
 from advtrain.attacks import FAB, FABT, FMN, Square
 from advtrain.attacks.hyperplane import project_hyperplane_box
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.threat import NORMS, lp_norm
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from advtrain.attacks import ATTACKS, PGD
-from advtrain.errors import ConfigError
+from advtrain.attacks import PGD
+from advtrain.core.errors import ConfigError
+from advtrain.registry import ATTACKS
 
 BUDGETS = {"steps": 3, "n_queries": 20, "n_target_classes": 2}
 EPS = {"linf": 0.05, "l2": 0.3, "l1": 1.0}

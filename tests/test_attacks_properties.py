@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from advtrain.attacks import ATTACKS
-from advtrain.attacks.base import MODEL_MODES
+from advtrain.core.modes import MODEL_MODES
+from advtrain.registry import ATTACKS
 
 # small budgets so the property tests stay fast; attacks not listed use their defaults
 FAST = {

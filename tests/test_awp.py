@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from advtrain.attacks import PGD, TradesKL
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.objectives import TRADES, Madry, Standard
 from advtrain.training import AdversarialModule
 from advtrain.training.callbacks import AdversarialWeightPerturbation, WeightPerturbation

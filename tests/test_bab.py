@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advtrain.certification import certify, min_margin, parse
-from advtrain.certification.alpha_crown import (
+from advtrain.verification.bab.search import bab
+from advtrain.verification.bab.subdomains import SubDomains, split
+from advtrain.verification.bounds.alpha_crown import (
     Relaxation,
     adaptive_alpha,
     ascend,
@@ -24,11 +26,9 @@ from advtrain.certification.alpha_crown import (
     optimize,
     split_bounds,
 )
-from advtrain.certification.bab import bab
-from advtrain.certification.crown import crown_intermediate
-from advtrain.certification.domain import InputDomain
-from advtrain.certification.subdomains import SubDomains, split
-from advtrain.certification.verify import margin_property, verify_property
+from advtrain.verification.bounds.crown import crown_intermediate
+from advtrain.verification.bounds.domain import InputDomain
+from advtrain.verification.verify import margin_property, verify_property
 from tests.test_bounds_soundness import random_inputs, random_network
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
 

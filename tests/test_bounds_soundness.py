@@ -87,10 +87,10 @@ def test_bounds_below_exact_margin_and_crown_tighter(seed: int, eps_index: int) 
 
 def test_crown_is_strictly_tighter_somewhere() -> None:
     """The max with IBP does not hide CROWN: on random nets its raw bound wins most of the time."""
-    from advtrain.certification.crown import crown_final, crown_intermediate
-    from advtrain.certification.domain import InputDomain, margin_spec
-    from advtrain.certification.ibp import ibp_bounds
-    from advtrain.certification.network import parse
+    from advtrain.verification.bounds.crown import crown_final, crown_intermediate
+    from advtrain.verification.bounds.domain import InputDomain, margin_spec
+    from advtrain.verification.bounds.ibp import ibp_bounds
+    from advtrain.verification.bounds.network import parse
 
     wins = total = 0
     for seed in range(10):

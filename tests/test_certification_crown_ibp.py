@@ -9,7 +9,8 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 
 from advtrain.certification import certify, margin_bounds
-from advtrain.objectives import OBJECTIVES, CrownIBP
+from advtrain.objectives import CrownIBP
+from advtrain.registry import OBJECTIVES
 from tests.conftest import CONF
 
 

@@ -11,9 +11,9 @@ from torch import nn
 
 from advtrain.certification import lipschitz_constant, lipschitz_radius
 from advtrain.certification.lipschitz import operator_norm, power_iteration_norm
-from advtrain.certification.network import parse
 from advtrain.models import Normalize
 from advtrain.threat import lp_norm
+from advtrain.verification.bounds.network import parse
 
 LAYERS = {
     "linear": (lambda: nn.Linear(12, 7), (12,)),

@@ -23,13 +23,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks import ATTACKS, PGD, Attack
+from advtrain.attacks import PGD, Attack
 from advtrain.certification import METHODS, certify
-from advtrain.distillation import DISTILLATION_OBJECTIVES, TeacherKLPGD
+from advtrain.distillation import TeacherKLPGD
 from advtrain.evaluation import evaluate, masking
 from advtrain.evaluation.suites import SUITES
-from advtrain.objectives import OBJECTIVES
-from advtrain.regularizers import REGULARIZERS
+from advtrain.registry import ATTACKS, DISTILLATION_OBJECTIVES, OBJECTIVES, REGULARIZERS
 
 # the device of model and data: the CPU here; scripts/bench/gpu_check.py sets CUDA
 CPU = torch.device(os.environ.get("ADVTRAIN_TEST_DEVICE", "cpu"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from advtrain.cli.common import user_error
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from tests.readme_commands import ROOT, SHORT, run
 
 BUG = "model._target_=tests.bug_models.TypeErrorWhenTraining"

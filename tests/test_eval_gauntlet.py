@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from advtrain.attacks import FGSM, PGD
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.evaluation import build_suite, run_evaluation
 from advtrain.evaluation.distributed import gather_per_example, shard_indices
 from advtrain.evaluation.evaluate import _Runner

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 
 from advtrain.certification import parse
-from advtrain.certification.crown import crown_intermediate
-from advtrain.certification.domain import InputDomain
-from advtrain.certification.fixed_phase import affine_pieces, solve_fixed
+from advtrain.verification.bab.fixed_phase import affine_pieces, solve_fixed
+from advtrain.verification.bounds.crown import crown_intermediate
+from advtrain.verification.bounds.domain import InputDomain
 from tests.test_bab import _wide
 from tests.test_bounds_soundness import random_inputs
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)

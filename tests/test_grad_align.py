@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from advtrain.regularizers import REGULARIZERS, GradAlign
+from advtrain.registry import REGULARIZERS
+from advtrain.regularizers import GradAlign
 from advtrain.threat import LpBall
 
 

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from advtrain.attacks import PGD
-from advtrain.errors import ConfigError
-from advtrain.objectives import OBJECTIVES, TRADES, Madry, Mixed, Standard
+from advtrain.core.errors import ConfigError
+from advtrain.objectives import TRADES, Madry, Mixed, Standard
 from advtrain.objectives.trades import kl_per_example
+from advtrain.registry import OBJECTIVES
 
 
 def smoothed_ce(logits: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from advtrain.attacks import ATTACKS, MinimumNormAttack
+from advtrain.attacks import MinimumNormAttack
+from advtrain.registry import ATTACKS
 from advtrain.threat import NORMS, dual_norm, lp_norm
 
 MIN_NORM = sorted(n for n, cls in ATTACKS.items() if issubclass(cls, MinimumNormAttack))

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from advtrain.attacks import FGSM
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.data import MixedDataModule, MixedLoader, SyntheticDataModule, load_npz
 from advtrain.data.samplers import EpochSeededSampler
-from advtrain.errors import ConfigError, ConfigFileNotFound
 from advtrain.objectives import Madry
 from advtrain.training import AdversarialModule
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.evaluation.export import eps_text, model_info
 from advtrain.models.robustbench import ZOO, architecture, clean_accuracy_warning, load_robustbench
 

@@ -7,7 +7,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from advtrain.attacks import ATTACKS, NFGSM
+from advtrain.attacks import NFGSM
+from advtrain.registry import ATTACKS
 from advtrain.threat import lp_norm
 
 

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from advtrain.attacks import PGD
-from advtrain.distillation import DISTILLATION_OBJECTIVES, TeacherKLPGD
-from advtrain.objectives import MART, OBJECTIVES, TRADES, Madry, Mixed, Standard, get_objective
+from advtrain.distillation import TeacherKLPGD
+from advtrain.objectives import MART, TRADES, Madry, Mixed, Standard
 from advtrain.objectives.mart import boosted_cross_entropy
+from advtrain.registry import DISTILLATION_OBJECTIVES, OBJECTIVES, get_objective
 
 
 def make_objective(name: str, teacher: nn.Module) -> nn.Module:

@@ -11,11 +11,11 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from advtrain.certification import certify, parse
-from advtrain.certification.onnx_net import onnx_sequential
+from advtrain.core.errors import ConfigError
 from advtrain.data.device_loader import dataset_tensors
 from advtrain.data.digits import DigitsDataModule
-from advtrain.errors import ConfigError
 from advtrain.models.onnx import onnx_forward
+from advtrain.verification.formats.onnx_net import onnx_sequential
 from tests.verify_helpers import export_onnx, one_thread  # noqa: F401  (autouse fixture)
 
 

@@ -17,7 +17,7 @@ import torch
 import yaml
 from hydra.utils import instantiate
 
-from advtrain._numbers import as_float
+from advtrain.core.numbers import as_float
 from tests.readme_commands import (
     FEW,
     SHORT,

@@ -7,15 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advtrain.core.operator_norm import LayerOperator, record_input_shapes
 from advtrain.models.lipschitz import hard_lipschitz
-from advtrain.regularizers import (
-    REGULARIZERS,
-    InputGradient,
-    L1Sparsity,
-    SpectralNorm,
-    sparsity_stats,
-)
-from advtrain.regularizers.operator_norm import LayerOperator, record_input_shapes
+from advtrain.registry import REGULARIZERS
+from advtrain.regularizers import InputGradient, L1Sparsity, SpectralNorm, sparsity_stats
 
 
 @pytest.mark.parametrize("name", sorted(REGULARIZERS))

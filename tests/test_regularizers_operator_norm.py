@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from advtrain.regularizers.operator_norm import (
+from advtrain.core.operator_norm import (
     LayerOperator,
     conv_singular_values_fft,
     layer_operator_norms,

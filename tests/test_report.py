@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightning.pytorch.loggers import CSVLogger
 
+from advtrain.core.statistics import per_class, wilson_interval
 from advtrain.evaluation import render_markdown, run_evaluation, write_report
 from advtrain.evaluation.certified import sandwich
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.perturbation import perturbation_sizes, psnr
 from advtrain.evaluation.report import log_report, report_metrics
-from advtrain.evaluation.statistics import per_class, wilson_interval
 from advtrain.threat import LpBall
 
 CONTRACT_KEYS = {

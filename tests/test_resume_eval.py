@@ -15,7 +15,7 @@ from torch import nn
 
 from advtrain.attacks import PGD
 from advtrain.cli.eval import state_dir
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.evaluation.gauntlet import ROBUST, predict, run_gauntlet
 from advtrain.evaluation.state import STATE_FILE, fingerprint, load_state, save_state
 from advtrain.evaluation.suites import SuiteEntry

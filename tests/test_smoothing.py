@@ -19,7 +19,7 @@ from scipy.stats import binom, multivariate_normal, norm
 from torch import nn
 
 from advtrain.certification import certify
-from advtrain.certification.smoothing import (
+from advtrain.smoothing.certify import (
     ABSTAIN,
     certified_accuracy_curve,
     certify_smoothed,

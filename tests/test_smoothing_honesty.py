@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch import nn
 
-from advtrain.attacks import SmoothAdvPGD
-from advtrain.attacks.smoothadv import smoothed_log_probs
-from advtrain.certification.smoothing import ABSTAIN, predict_smoothed
-from advtrain.evaluation.smoothing_report import smoothing_section
-from advtrain.objectives import GaussianNoise, SmoothAdv, Standard
-from advtrain.regularizers.consistency import Consistency, consistency_penalty
+from advtrain.objectives import Standard
+from advtrain.smoothing.attack import SmoothAdvPGD, smoothed_log_probs
+from advtrain.smoothing.certify import ABSTAIN, predict_smoothed
+from advtrain.smoothing.consistency import Consistency, consistency_penalty
+from advtrain.smoothing.objectives import GaussianNoise, SmoothAdv
+from advtrain.smoothing.report import smoothing_section
 from tests.hydra_utils import compose_train
 from tests.test_smoothing import binary_model
 
@@ -184,7 +184,7 @@ def test_eval_cli_certifies_with_smoothing(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_radius_formula_is_sigma_times_inverse_normal() -> None:
-    from advtrain.certification.smoothing import radius_of
+    from advtrain.smoothing.certify import radius_of
 
     assert radius_of(norm.cdf(2.0), 0.5) == pytest.approx(1.0)
     assert radius_of(0.5, 0.5) == 0.0 and math.isfinite(radius_of(1 - 1e-12, 1.0))

@@ -13,7 +13,7 @@ from torch import nn
 
 from advtrain.attacks import PGD
 from advtrain.models import DigitsCNN, NormalizedModel
-from advtrain.objectives import OBJECTIVES
+from advtrain.registry import OBJECTIVES
 from advtrain.training import AdversarialModule
 from tests.scale_helpers import ROOT, TINY, train_in_process
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from advtrain.attacks import NFGSM
 from advtrain.data import MixedDataModule, SyntheticDataModule
-from advtrain.objectives import OBJECTIVES
+from advtrain.registry import OBJECTIVES
 from advtrain.regularizers import GradAlign
 from advtrain.training.callbacks import WeightPerturbation
 

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from advtrain.certification import min_margin
-from advtrain.certification.vnncomp import counterexample_valid
-from advtrain.certification.vnnlib import parse_vnnlib
 from advtrain.cli.verify import main
+from advtrain.verification.formats.vnncomp import counterexample_valid
+from advtrain.verification.formats.vnnlib import parse_vnnlib
 from tests.verify_helpers import export_onnx, one_thread, robustness_vnnlib  # noqa: F401
 
 SCRIPT = Path(sys.executable).parent / "advtrain-verify"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advtrain.certification.vnnlib import parse_vnnlib, parse_vnnlib_text
-from advtrain.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
+from advtrain.verification.formats.vnnlib import parse_vnnlib, parse_vnnlib_text
 
 HEADER = """; two inputs, three outputs
 (declare-const X_0 Real)

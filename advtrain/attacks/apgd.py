@@ -26,9 +26,9 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import positive_int
 from advtrain.threat import lp_norm
 
 _MOMENTUM = 0.75

@@ -21,54 +21,16 @@ An attack maximises a loss over a threat model (``LpBall``). Subclasses implemen
 
 from __future__ import annotations
 
-import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float
 from advtrain.attacks.losses import LOSSES, get_loss
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.modes import attack_context, check_model_mode
+from advtrain.core.numbers import as_float
 from advtrain.threat import LpBall
-
-MODEL_MODES = ("eval", "train", "keep")
-
-
-@contextlib.contextmanager
-def attack_context(model: nn.Module, model_mode: str = "eval") -> Iterator[None]:
-    """Put ``model`` in the attack's mode with frozen parameters; restore both after.
-
-    In ``"train"`` (or ``"keep"`` on a training model) BatchNorm normalises with batch
-    statistics during the attack; its running statistics (all buffers) are restored
-    afterwards, so an attack never changes the model.
-    """
-    if model_mode not in MODEL_MODES:
-        raise ConfigError(f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}")
-    modes = [(m, m.training) for m in model.modules()]
-    params = [p for p in model.parameters() if p.requires_grad]
-    with torch.inference_mode(False):
-        if model_mode != "keep":
-            model.train(model_mode == "train")
-        buffers = (
-            [(b, b.detach().clone()) for b in model.buffers()]
-            if any(m.training for m in model.modules())
-            else []
-        )
-        try:
-            for p in params:
-                p.requires_grad_(False)
-            with torch.enable_grad():
-                yield
-        finally:
-            for p in params:
-                p.requires_grad_(True)
-            for m, training in modes:
-                m.training = training
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
 
 
 def check_precision(x: Tensor) -> None:
@@ -140,11 +102,7 @@ class Attack(ABC):
             raise ConfigError(
                 "loss='dlr_targeted' needs targeted=True; untargeted attacks use 'dlr'"
             )
-        if model_mode not in MODEL_MODES:
-            raise ConfigError(
-                f"unknown model_mode {model_mode!r}; allowed: {', '.join(MODEL_MODES)}"
-            )
-        self.model_mode = model_mode
+        self.model_mode = check_model_mode(model_mode)
         self.seed = seed
         self.check_inputs = check_inputs
         if isinstance(eot_iter, bool) or int(eot_iter) != eot_iter or int(eot_iter) < 1:
@@ -283,4 +241,4 @@ def step_size(value: float | str | None, eps: float, default_ratio: float) -> fl
     return as_float(value, "step_size")
 
 
-__all__ = ["LOSSES", "MODEL_MODES", "Attack", "attack_context", "check_precision", "step_size"]
+__all__ = ["LOSSES", "Attack", "check_precision", "step_size"]

@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
 from advtrain.attacks.hyperplane import project_hyperplane_box
 from advtrain.attacks.minimum_norm import MinimumNormAttack, _col
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import positive_int
 from advtrain.threat import dual_norm, lp_norm
 
 

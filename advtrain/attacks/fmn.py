@@ -19,10 +19,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
 from advtrain.attacks.losses import margin
 from advtrain.attacks.minimum_norm import MinimumNormAttack, _col
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import positive_int
 from advtrain.threat import LpBall, dual_norm, lp_norm
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 def cross_entropy(logits: Tensor, y: Tensor, **_: Tensor) -> Tensor:

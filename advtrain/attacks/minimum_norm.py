@@ -17,7 +17,8 @@ from abc import abstractmethod
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, attack_context
+from advtrain.attacks.base import Attack
+from advtrain.core.modes import attack_context
 from advtrain.threat import lp_norm
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import non_negative
 from advtrain.attacks.base import Attack, step_size
+from advtrain.core.numbers import non_negative
 from advtrain.threat import LpBall
 
 

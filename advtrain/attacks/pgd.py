@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack, step_size
+from advtrain.core.numbers import positive_int
 
 
 class PGD(Attack):

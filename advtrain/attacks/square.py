@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import positive_int
 from advtrain.threat import lp_norm
 
 _SCHEDULE = (

@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
 from advtrain.attacks.base import Attack, step_size
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import positive_int
 
 
 class TradesKL(Attack):

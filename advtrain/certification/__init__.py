@@ -9,7 +9,7 @@ et al. 2018), ``crown`` (Zhang et al. 2018), ``lipschitz`` (Tsuzuku et al. 2018)
 from advtrain.certification.certify import METHODS, certify, margin_bounds
 from advtrain.certification.lipschitz import lipschitz_constant, lipschitz_radius
 from advtrain.certification.milp import exact_radius, min_margin
-from advtrain.certification.network import SUPPORTED, parse
+from advtrain.verification.bounds.network import SUPPORTED, parse
 
 __all__ = [
     "METHODS",

@@ -27,17 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.certification.alpha_crown import alpha_crown_bounds
-from advtrain.certification.crown import crown_bounds
-from advtrain.certification.domain import InputDomain, margin_spec
-from advtrain.certification.ibp import ibp_bounds
 from advtrain.certification.lipschitz import lipschitz_radius
 from advtrain.certification.milp import min_margin
-from advtrain.certification.network import parse
-from advtrain.certification.smoothing import certify_smoothed
-from advtrain.certification.verify import bab_certified
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.smoothing.certify import certify_smoothed
 from advtrain.threat import LpBall
+from advtrain.verification.bounds.alpha_crown import alpha_crown_bounds
+from advtrain.verification.bounds.crown import crown_bounds
+from advtrain.verification.bounds.domain import InputDomain, margin_spec
+from advtrain.verification.bounds.ibp import ibp_bounds
+from advtrain.verification.bounds.network import parse
+from advtrain.verification.verify import bab_certified
 
 METHODS = ("ibp", "crown", "lipschitz", "milp", "alpha-crown", "bab")
 
@@ -83,7 +83,7 @@ def certify(
 
     Args:
         model: A classifier on pixels in [0, 1] built from supported layers (see
-            ``advtrain.certification.network.SUPPORTED``); BatchNorm uses running statistics.
+            ``advtrain.verification.bounds.network.SUPPORTED``); BatchNorm uses running statistics.
         x: Inputs ``[B, *shape]`` inside ``bounds``; ``y``: labels ``[B]``.
         norm: ``"linf"``, ``"l2"`` or ``"l1"`` (``milp``: linf only).
         eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
@@ -106,7 +106,7 @@ def certify(
 
     ``method="smoothing"`` (randomized smoothing, Cohen et al. 2019; l2 only) takes
     ``sigma``, ``n0``, ``n``, ``alpha``, ``seed`` through ``**smoothing`` and returns
-    extra keys; see ``advtrain.certification.smoothing.certify_smoothed``.
+    extra keys; see ``advtrain.smoothing.certify.certify_smoothed``.
     """
     if method == "smoothing":
         return certify_smoothed(model, x, y, norm, eps, batch_size=batch_size, **smoothing)

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.certification.domain import margin_spec
-from advtrain.certification.ibp import spec_through_last
-from advtrain.certification.network import Affine, Network, parse
-from advtrain.regularizers.operator_norm import LayerOperator, conv_operator_norm_fft
+from advtrain.core.operator_norm import LayerOperator, conv_operator_norm_fft
 from advtrain.threat import check_norm, dual_norm
+from advtrain.verification.bounds.domain import margin_spec
+from advtrain.verification.bounds.ibp import spec_through_last
+from advtrain.verification.bounds.network import Affine, Network, parse
 
 # sup over j of ||e_y - e_j||_q, q dual to the norm in which the logits are measured
 _MARGIN_FACTOR = {"linf": 2.0, "l2": math.sqrt(2.0), "l1": 1.0}

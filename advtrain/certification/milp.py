@@ -22,9 +22,9 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor, nn
 
-from advtrain.certification.domain import InputDomain, margin_spec
-from advtrain.certification.ibp import ibp_intermediate, identity_rows
-from advtrain.certification.network import Network, parse
+from advtrain.verification.bounds.domain import InputDomain, margin_spec
+from advtrain.verification.bounds.ibp import ibp_intermediate, identity_rows
+from advtrain.verification.bounds.network import Network, parse
 
 
 @dataclass

@@ -4,7 +4,6 @@ objects from configs, run records. Only ``advtrain.cli`` instantiates configs.""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shlex
 import subprocess
@@ -19,7 +18,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.io import atomic_write_text, write_json_atomic
+from advtrain.core.modes import eval_mode
 from advtrain.models import NormalizedModel
 from advtrain.models.lipschitz import hard_lipschitz
 
@@ -81,7 +82,7 @@ def first_line(err: BaseException) -> str:
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Bad user input (:class:`advtrain.errors.ConfigError`) becomes one
+    """Bad user input (:class:`advtrain.core.errors.ConfigError`) becomes one
     ``prog: error: ...`` line and exit code 2; every other exception is a bug and
     propagates with its traceback."""
 
@@ -130,11 +131,8 @@ def check_model_fits_data(model: nn.Module, datamodule: Any) -> None:
     """One forward pass on a zero batch: the output width must equal the class count."""
     x = torch.zeros(2, *datamodule.input_shape)
     try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        with eval_mode(model), torch.no_grad():
             out = model(x)
-            model.train(was)
     except RuntimeError as err:
         raise ConfigError(
             f"the model does not accept {datamodule.name} inputs of shape {tuple(datamodule.input_shape)}: "
@@ -173,6 +171,6 @@ def write_run_record(cfg: DictConfig, out_dir: str | Path) -> None:
     """The resolved config, the git commit and the command line of a run."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record = {"git_commit": git_commit(), "command": shlex.join(sys.argv), "argv": sys.argv}
-    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(record, out / "run.json")

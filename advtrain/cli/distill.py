@@ -14,16 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from advtrain.cli.common import build_model, is_configured
-from advtrain.distillation import (
-    FrozenTeacher,
-    checkpoint_run_config,
-    load_teacher_weights,
-    read_checkpoint,
-    strip_prefix,
-)
-from advtrain.errors import ConfigError
+from advtrain.core.checkpoint import load_into, model_entries, read_file, unwrap
+from advtrain.core.errors import ConfigError
+from advtrain.distillation import FrozenTeacher, checkpoint_run_config
 
 
 def build_teacher(distill_cfg: DictConfig | None) -> FrozenTeacher | None:
@@ -33,8 +29,9 @@ def build_teacher(distill_cfg: DictConfig | None) -> FrozenTeacher | None:
     ckpt_path = distill_cfg.get("teacher_ckpt")
     model_cfg = distill_cfg.get("model")
     if ckpt_path:
-        ckpt = read_checkpoint(ckpt_path)
-        state = strip_prefix(ckpt["state_dict"], "model.")
+        ckpt = read_file(ckpt_path, "distill.teacher_ckpt")
+        ckpt = ckpt if isinstance(ckpt, dict) and "state_dict" in ckpt else {"state_dict": ckpt}
+        state = model_entries(ckpt["state_dict"]) or unwrap(ckpt, str(ckpt_path))
         run = {} if is_configured(model_cfg) else checkpoint_run_config(ckpt, ckpt_path)
         run = run or ((ckpt.get("advtrain") or {}).get("config") or {})
         model_cfg = model_cfg if is_configured(model_cfg) else OmegaConf.create(run["model"])
@@ -45,11 +42,12 @@ def build_teacher(distill_cfg: DictConfig | None) -> FrozenTeacher | None:
             else distill_cfg.get("mean") is not None
         )
         model = build_model(model_cfg, data, normalize)
-        return FrozenTeacher(load_teacher_weights(model, state, ckpt_path))
+        load_into(model, state, str(ckpt_path), f"the teacher model {_name(model)}")
+        return FrozenTeacher(model)
     if is_configured(model_cfg) and distill_cfg.get("weights"):
         model = build_model(model_cfg, _stats(distill_cfg), distill_cfg.get("mean") is not None)
-        state = read_checkpoint(distill_cfg.weights)["state_dict"]
-        load_teacher_weights(model[1], state, distill_cfg.weights)
+        state = unwrap(read_file(distill_cfg.weights, "distill.weights"), str(distill_cfg.weights))
+        load_into(model, state, str(distill_cfg.weights), f"the teacher model {_name(model)}")
         return FrozenTeacher(model)
     raise ConfigError(
         "distill needs teacher_ckpt=PATH (an advtrain checkpoint) or model=... with weights=PATH"
@@ -58,3 +56,9 @@ def build_teacher(distill_cfg: DictConfig | None) -> FrozenTeacher | None:
 
 def _stats(distill_cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.create({"mean": distill_cfg.get("mean"), "std": distill_cfg.get("std")})
+
+
+def _name(model: nn.Module) -> str:
+    """The backbone's class name (``model[1]`` of ``Sequential(Normalize, backbone)``)."""
+    inner = model[1] if isinstance(model, nn.Sequential) and len(model) == 2 else model
+    return type(inner).__name__

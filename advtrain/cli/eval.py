@@ -35,7 +35,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from advtrain._numbers import as_float
 from advtrain.cli.common import (
     build_model,
     check_group_choices,
@@ -43,81 +42,22 @@ from advtrain.cli.common import (
     is_configured,
     one_line_errors,
 )
-from advtrain.errors import ConfigError, ConfigFileNotFound
-from advtrain.evaluation import run_evaluation, write_report
-from advtrain.evaluation.export import check_export, write_model_info
-from advtrain.evaluation.figures import write_figures
-from advtrain.evaluation.report import log_report
-from advtrain.evaluation.smoothing_report import (
+from advtrain.cli.smoothing import (
     add_smoothing_section,
     check_smoothing_config,
     write_smoothing_markdown,
 )
+from advtrain.core.checkpoint import load_checkpoint, load_into, read_state_dict
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.numbers import as_float
+from advtrain.evaluation import run_evaluation, write_report
+from advtrain.evaluation.export import check_export, write_model_info
+from advtrain.evaluation.figures import write_figures
+from advtrain.evaluation.report import log_report
 from advtrain.evaluation.state import STATE_FILE, state_files
 from advtrain.evaluation.suites import check_suite
 from advtrain.models.robustbench import ZOO, clean_accuracy_warning
 from advtrain.threat import LpBall
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state_dict from ``.safetensors`` or a torch file (``weights_only=True``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigFileNotFound(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ConfigError(
-            f"{str(path)!r} does not hold a state_dict (found {type(state).__name__})"
-        )
-    return state
-
-
-def load_into(
-    model: nn.Sequential, state: dict[str, torch.Tensor], source: str, model_name: str
-) -> None:
-    """Load ``state`` into the normalised model, or into its backbone alone."""
-    targets = [model, model[1]] if isinstance(model, nn.Sequential) and len(model) == 2 else [model]
-    reports = []
-    for target in targets:
-        own = target.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-        if not (missing or unexpected or shapes):
-            target.load_state_dict(state)
-            return
-        reports.append((missing, unexpected, shapes))
-    missing, unexpected, shapes = min(reports, key=lambda r: sum(map(len, r)))
-    example = (shapes or missing or unexpected)[0]
-    raise ConfigError(
-        f"checkpoint {source!r} does not fit model {model_name}: {len(missing)} missing, "
-        f"{len(unexpected)} unexpected, {len(shapes)} mismatched tensors (first: {example!r}); "
-        "pass the model config the weights were trained with"
-    )
-
-
-def load_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], DictConfig]:
-    """State dict of the backbone-with-normalisation and the run config of a checkpoint."""
-    if not Path(path).is_file():
-        raise ConfigFileNotFound(
-            f"ckpt_path={path!r} does not exist; give an advtrain checkpoint (.ckpt)"
-        )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not ckpt.get("advtrain"):
-        raise ConfigError(
-            f"ckpt_path={path!r} is not an advtrain checkpoint; for a plain state_dict use "
-            "model=<name> data=<name> weights_path=<file>"
-        )
-    state = {
-        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
-    }
-    return state, OmegaConf.create(ckpt["advtrain"]["config"])
 
 
 def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]:
@@ -125,7 +65,8 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
     model_cfg, data_cfg = cfg.get("model"), cfg.get("data")
     normalize = bool(cfg.get("normalize", True))
     if cfg.get("ckpt_path"):
-        state, run_cfg = load_checkpoint(cfg.ckpt_path)
+        state, run = load_checkpoint(cfg.ckpt_path)
+        run_cfg = OmegaConf.create(run)
         model_cfg = model_cfg if is_configured(model_cfg) else run_cfg.model
         data_cfg = data_cfg if is_configured(data_cfg) else run_cfg.data
         normalize = bool(run_cfg.get("normalize", True))
@@ -138,14 +79,14 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
         if "path" in model_cfg:  # model=robustbench | onnx: the model reads weights_path itself
             model = instantiate(model_cfg)
             return model.eval(), data_cfg, str(model_cfg.get("name") or Path(cfg.weights_path).name)
-        state, source = load_state_dict_file(cfg.weights_path), cfg.weights_path
+        state, source = read_state_dict(cfg.weights_path), cfg.weights_path
     else:
         raise ConfigError(
             "nothing to evaluate: give ckpt_path=<advtrain .ckpt> or model=... data=... weights_path=..."
         )
     model = build_model(model_cfg, data_cfg, normalize)
     model_name = str(model_cfg.get("_target_", "model")).rsplit(".", 1)[-1]
-    load_into(model, state, str(source), model_name)
+    load_into(model, state, str(source), f"model {model_name}")
     return model.eval(), data_cfg, model_name
 
 
@@ -191,15 +132,18 @@ def build_surrogate(spec: Any) -> nn.Module | None:
     if not is_configured(spec):
         return None
     if isinstance(spec, str):
-        state, run_cfg = load_checkpoint(spec)
+        state, run = load_checkpoint(spec, "eval.surrogate")
+        run_cfg = OmegaConf.create(run)
         model = build_model(run_cfg.model, run_cfg.data, bool(run_cfg.get("normalize", True)))
-        load_into(model, state, spec, "surrogate")
+        load_into(model, state, spec, "the surrogate model")
         return model.eval()
     spec = OmegaConf.to_container(spec, resolve=True)
     weights = spec.pop("weights_path", None)
     model = instantiate(spec)
     if weights:
-        load_into(model, load_state_dict_file(weights), str(weights), "surrogate")
+        load_into(
+            model, read_state_dict(weights, "eval.surrogate"), str(weights), "the surrogate model"
+        )
     return model.eval()
 
 

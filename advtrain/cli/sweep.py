@@ -24,8 +24,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from advtrain._io import write_json_atomic
 from advtrain.cli.common import first_line, user_error
+from advtrain.core.io import atomic_write_text, write_json_atomic
 
 STATUS_FILE = "job_status.json"
 SUMMARY_FILE = "summary.json"
@@ -60,7 +60,7 @@ def record_job(out_dir: Path, error: BaseException | None, prog: str) -> None:
             if cause is not None
             else "".join(traceback.format_exception(error))
         )
-        (out_dir / "error.txt").write_text(text)
+        atomic_write_text(out_dir / "error.txt", text)
         print(text, file=sys.stderr, end="")
     write_json_atomic(status, out_dir / STATUS_FILE)
 

@@ -30,7 +30,6 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from advtrain._io import write_json_atomic
 from advtrain.cli.common import (
     build_model,
     check_group_choices,
@@ -44,8 +43,9 @@ from advtrain.cli.common import (
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
 from advtrain.cli.distill import build_teacher
 from advtrain.cli.sweep import SweepState, in_multirun, record_job
-from advtrain.errors import ConfigError, ConfigFileNotFound
-from advtrain.evaluation.statistics import proportion
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.io import write_json_atomic
+from advtrain.core.statistics import proportion
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
 from advtrain.training.tracking import log_config, log_final, prepare_trackers
 

@@ -12,6 +12,7 @@ with onnxruntime, scores the run by VNN-COMP 2021's rule against the published c
 from __future__ import annotations
 
 import csv
+import io
 import sys
 import time
 from collections import Counter
@@ -22,10 +23,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from advtrain._io import write_json_atomic
-from advtrain.certification.onnx_net import onnx_sequential
-from advtrain.certification.verify import Verdict, verify_property
-from advtrain.certification.vnncomp import (
+from advtrain.cli.common import config_dir, one_line_errors
+from advtrain.core.errors import ConfigError
+from advtrain.core.io import atomic_write_text, write_json_atomic
+from advtrain.models.onnx import onnx_forward
+from advtrain.verification.formats.onnx_net import onnx_sequential
+from advtrain.verification.formats.vnncomp import (
     RESULTS_HEADER,
     Instance,
     check_instance,
@@ -35,9 +38,7 @@ from advtrain.certification.vnncomp import (
     score,
     write_result,
 )
-from advtrain.cli.common import config_dir, one_line_errors
-from advtrain.errors import ConfigError
-from advtrain.models.onnx import onnx_forward
+from advtrain.verification.verify import Verdict, verify_property
 
 
 def _positive(cfg: DictConfig, key: str) -> float:
@@ -97,9 +98,8 @@ def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
     counts: Counter = Counter()
     per_net: dict[str, Counter] = {}
     points, start = 0, time.monotonic()
-    with results.open("w", newline="") as f, _progress(len(insts)) as bar:
-        writer = csv.writer(f)
-        writer.writerow(RESULTS_HEADER)
+    rows: list[list[Any]] = [list(RESULTS_HEADER)]
+    with _progress(len(insts)) as bar:
         task = bar.add_task("verify", total=len(insts))
         for inst in insts:
             verdict = run_instance(cfg, inst)
@@ -115,9 +115,9 @@ def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
                 c[verdict.status] += 1
                 c[judged] += 1
                 c["points"] += pts
-            writer.writerow([Path(cfg.instances).parent.name, inst.onnx, inst.vnnlib, "0.000",
-                             verdict.status, f"{verdict.seconds:.3f}"])  # fmt: skip
-            f.flush()
+            rows.append([Path(cfg.instances).parent.name, inst.onnx, inst.vnnlib, "0.000",
+                         verdict.status, f"{verdict.seconds:.3f}"])  # fmt: skip
+            _write_csv(results, rows)
             bar.update(task, advance=1, description=f"{name}: {verdict.status}")
     summary = _summary(counts, points, time.monotonic() - start, len(insts))
     summary["per_net"] = {k: _summary(v, v["points"], None, None) for k, v in per_net.items()}
@@ -125,6 +125,13 @@ def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
     write_json_atomic(summary, out / "summary.json")
     print(" ".join(f"{k}={v}" for k, v in summary.items() if k != "per_net"))
     return summary
+
+
+def _write_csv(path: Path, rows: list[list[Any]]) -> None:
+    """``rows`` as CSV at ``path``, atomically (rewritten after every instance)."""
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _summary(c: Counter, points: int, seconds: float | None, total: int | None) -> dict[str, Any]:

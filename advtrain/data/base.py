@@ -17,9 +17,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from advtrain.core.errors import ConfigError
 from advtrain.data.device_loader import DeviceLoader, dataset_tensors
 from advtrain.data.samplers import EpochSeededSampler
-from advtrain.errors import ConfigError
 
 
 class ClassificationDataModule(L.LightningDataModule, ABC):

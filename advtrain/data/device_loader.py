@@ -20,8 +20,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import Dataset, Subset
 
+from advtrain.core.errors import ConfigError
 from advtrain.data.samplers import EpochSeededSampler
-from advtrain.errors import ConfigError
 
 
 def dataset_tensors(dataset: Dataset) -> tuple[Tensor, Tensor]:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.data.base import ClassificationDataModule
 from advtrain.data.tensor_dataset import ImageTensorDataset
-from advtrain.errors import ConfigError, ConfigFileNotFound
 
 
 def read_idx(path: str | Path) -> torch.Tensor:

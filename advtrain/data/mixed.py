@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from advtrain._numbers import as_float
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.numbers import as_float
 from advtrain.data.base import ClassificationDataModule
 from advtrain.data.device_loader import dataset_tensors, random_crop_flip
 from advtrain.data.samplers import EpochSeededSampler
-from advtrain.errors import ConfigError, ConfigFileNotFound
 
 
 def load_npz(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DistributedSampler
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 class EpochSeededSampler(DistributedSampler):

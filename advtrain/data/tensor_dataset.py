@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 class ImageTensorDataset(Dataset):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.pgd import PGD
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 class TeacherKLPGD(PGD):

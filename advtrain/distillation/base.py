@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
 from advtrain.distillation.teacher import FrozenTeacher
-from advtrain.errors import ConfigError
 from advtrain.objectives.base import Objective
 
 

@@ -1,9 +1,9 @@
 """Evaluation: the attack gauntlet, gradient-masking checks, statistics and the report."""
 
+from advtrain.core.statistics import proportion, wilson_interval
 from advtrain.evaluation.defenses import BPDA, attack_view, declares_bpda, is_randomized
 from advtrain.evaluation.evaluate import Evaluation, evaluate, run_evaluation
 from advtrain.evaluation.report import render_markdown, write_report
-from advtrain.evaluation.statistics import proportion, wilson_interval
 from advtrain.evaluation.suites import SUITES, build_suite
 
 __all__ = [

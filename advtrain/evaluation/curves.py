@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import PGD, MinimumNormAttack
+from advtrain.core.statistics import wilson_interval
 from advtrain.evaluation.gauntlet import ROBUST, GauntletState
 from advtrain.evaluation.progress import StageProgress
-from advtrain.evaluation.statistics import wilson_interval
 from advtrain.evaluation.suites import SuiteEntry
 from advtrain.threat import LpBall
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 def declares_bpda(model: nn.Module) -> bool:

@@ -18,8 +18,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks import ATTACKS, FGSM, MinimumNormAttack, Square, build_attack
-from advtrain.errors import ConfigError
+from advtrain.attacks import FGSM, MinimumNormAttack, Square
+from advtrain.core.errors import ConfigError
+from advtrain.core.modes import eval_mode
+from advtrain.core.statistics import per_class, proportion
 from advtrain.evaluation import escalation, masking
 from advtrain.evaluation.certified import certified_section
 from advtrain.evaluation.curves import (
@@ -43,8 +45,8 @@ from advtrain.evaluation.gauntlet import (
 from advtrain.evaluation.perturbation import perturbation_sizes
 from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.state import STATE_FILE, fingerprint, load_state, save_state
-from advtrain.evaluation.statistics import per_class, proportion
 from advtrain.evaluation.suites import SUITES, SuiteEntry, build_suite, check_suite
+from advtrain.registry import ATTACKS, build_attack
 from advtrain.threat import LpBall
 
 MIN_NORM_ATTACKS = tuple(n for n, c in ATTACKS.items() if issubclass(c, MinimumNormAttack))
@@ -155,20 +157,15 @@ def run_evaluation(
     if len(y) == 0:
         raise ConfigError("no examples to evaluate (n_examples=0)")
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
     options = {
         "eps_curve": eps_curve, "curve_n_examples": curve_n_examples, "surrogate": surrogate,
         "eot_iter": eot_iter, "certify_method": certify_method, "state_dir": state_dir,
         "min_norm": min_norm, "escalate": escalate,
     }  # fmt: skip
-    try:
-        with StageProgress(progress) as bars:
-            evaluation = _evaluate_eval_mode(
-                model, x, y, threat, suite, seed, batch_size, bars, **options
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), StageProgress(progress) as bars:
+        evaluation = _evaluate_eval_mode(
+            model, x, y, threat, suite, seed, batch_size, bars, **options
+        )
     evaluation.report.update(
         dataset=dataset, model=model_name or type(model).__name__, suite=suite, seed=seed
     )

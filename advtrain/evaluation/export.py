@@ -13,8 +13,8 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-from advtrain._io import write_json_atomic
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.io import write_json_atomic
 
 EXPORTS = ("robustbench",)
 THREAT_MODELS = {"linf": "Linf", "l2": "L2", "l1": "L1"}

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from advtrain._io import atomic_write_text
+from advtrain.core.io import atomic_write_text
 from advtrain.evaluation.perturbation import format_size
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.io import atomic_torch_save
 from advtrain.evaluation.distributed import world
 from advtrain.evaluation.gauntlet import GauntletState
-from advtrain.training.checkpoint_io import atomic_torch_save
 
 STATE_FILE = "eval_state.pt"
 _PARTS = {"model": "other model weights", "data": "other examples", "settings": "other settings"}

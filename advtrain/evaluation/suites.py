@@ -30,8 +30,9 @@ from typing import Any
 
 from torch import nn
 
-from advtrain.attacks import ATTACKS, Attack
-from advtrain.errors import ConfigError
+from advtrain.attacks import Attack
+from advtrain.core.errors import ConfigError
+from advtrain.registry import ATTACKS
 from advtrain.threat import LpBall
 
 SUITES = ("quick", "standard", "plus", "rand", "full")

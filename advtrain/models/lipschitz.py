@@ -7,7 +7,7 @@ estimated by one step of power iteration per training forward pass
 layer 1-Lipschitz in l2. For a convolution PyTorch normalises the weight *reshaped* to
 a ``c_out x (c_in k k)`` matrix, which does not bound the convolution operator's norm
 exactly (it can exceed 1 by up to a factor ``sqrt(k*k)``); use
-``advtrain.regularizers.operator_norm`` to measure the real operator norm.
+``advtrain.core.operator_norm`` to measure the real operator norm.
 
 Used through the model-level config flag ``hard_lipschitz: true`` (see
 ``advtrain.cli.common.build_model``), or directly::
@@ -20,8 +20,8 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from advtrain.errors import ConfigError
-from advtrain.regularizers.operator_norm import is_operator_layer
+from advtrain.core.errors import ConfigError
+from advtrain.core.operator_norm import is_operator_layer
 
 
 def hard_lipschitz(model: nn.Module, n_power_iterations: int = 1) -> nn.Module:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 class Normalize(nn.Module):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
 
 
 class OnnxModel(nn.Module):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 def _shortcut(in_planes: int, planes: int, stride: int) -> nn.Sequential:

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.checkpoint import load_into, read_state_dict
+from advtrain.core.errors import ConfigError
 from advtrain.models.normalize import NormalizedModel
 from advtrain.models.preact_resnet import PreActResNet
 from advtrain.models.resnet_cifar import cifar_resnet
@@ -73,23 +72,6 @@ def architecture(name: str, num_classes: int = 10) -> nn.Module:
         f"model.architecture={name!r} is unknown; allowed: wrn-D-W (e.g. wrn-28-10), "
         "preact-resnet18, resnet18, resnet50"
     )
-
-
-def unwrap(checkpoint: object, path: str) -> dict[str, Tensor]:
-    """RobustBench's checkpoint conventions: a ``state_dict``/``model_state_dict`` wrapper
-    and ``module.`` (DataParallel) or ``model.`` prefixes on every key."""
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
-            checkpoint = checkpoint[key]
-    if not isinstance(checkpoint, dict) or not all(
-        isinstance(v, Tensor) for v in checkpoint.values()
-    ):
-        raise ConfigError(f"{path!r} does not hold a RobustBench state_dict")
-    state = dict(checkpoint)
-    for prefix in ("module.", "model."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
 
 
 def _wrn_key(key: str, n: int) -> str | None:
@@ -152,20 +134,9 @@ def load_robustbench(
             f"model.name={name!r} is not in the RobustBench table ({', '.join(ZOO)}); "
             "give model.architecture=<wrn-D-W|preact-resnet18|resnet18|resnet50>"
         )
-    if not Path(path).is_file():
-        raise ConfigFileNotFound(f"weights_path={path!r} does not exist")
-    state = rename(unwrap(torch.load(path, map_location="cpu", weights_only=True), path), arch)
+    state = rename(read_state_dict(path), arch)
     backbone = architecture(arch, num_classes)
-    own = backbone.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
-        first = (shapes or missing or unexpected)[0]
-        raise ConfigError(
-            f"{path!r} does not fit RobustBench architecture {arch}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(shapes)} mismatched tensors (first: {first!r})"
-        )
-    backbone.load_state_dict(state)
+    load_into(backbone, state, str(path), f"RobustBench architecture {arch}")
     mean = mean if mean is not None else (list(entry.mean) if entry and entry.mean else None)
     std = std if std is not None else (list(entry.std) if entry and entry.std else None)
     return NormalizedModel(backbone, mean, std).eval()

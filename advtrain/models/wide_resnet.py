@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 class WideBlock(nn.Module):

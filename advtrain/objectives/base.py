@@ -20,8 +20,8 @@ from abc import ABC, abstractmethod
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
 
 
 class Objective(nn.Module, ABC):

@@ -24,14 +24,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float
-from advtrain.certification.crown import crown_final
-from advtrain.certification.domain import InputDomain, margin_spec
-from advtrain.certification.ibp import final_from_intervals, ibp_intermediate
-from advtrain.certification.network import parse
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
 from advtrain.objectives.base import Objective
 from advtrain.threat import check_norm
+from advtrain.verification.bounds.crown import crown_final
+from advtrain.verification.bounds.domain import InputDomain, margin_spec
+from advtrain.verification.bounds.ibp import final_from_intervals, ibp_intermediate
+from advtrain.verification.bounds.network import parse
 
 
 def _ramp(step: int, warmup: int, length: int) -> float:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import non_negative
+from advtrain.core.numbers import non_negative
 from advtrain.objectives.base import Objective
 from advtrain.objectives.trades import kl_per_example
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import non_negative
+from advtrain.core.numbers import non_negative
 from advtrain.objectives.base import Objective
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import non_negative
+from advtrain.core.numbers import non_negative
 from advtrain.regularizers.base import Regularizer
 from advtrain.threat import LpBall
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
 from advtrain.regularizers.base import Regularizer
 from advtrain.threat import dual_norm, lp_norm
 

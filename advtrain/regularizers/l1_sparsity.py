@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.operator_norm import is_operator_layer
 from advtrain.regularizers.base import Regularizer
-from advtrain.regularizers.operator_norm import is_operator_layer
 
 REDUCTIONS = ("sum", "mean")
 

@@ -9,14 +9,14 @@ dense size; it logs them as ``sparsity/*`` to the run's loggers and writes
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch import nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.io import write_json_atomic
 from advtrain.regularizers.l1_sparsity import operator_weights
 
 
@@ -66,6 +66,4 @@ class SparsityReport(L.Callback):
         if trainer.is_global_zero:
             out = Path(self.output_dir or trainer.default_root_dir)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "sparsity.json").write_text(
-                json.dumps({"threshold": self.threshold, **self.stats}, indent=2) + "\n"
-            )
+            write_json_atomic({"threshold": self.threshold, **self.stats}, out / "sparsity.json")

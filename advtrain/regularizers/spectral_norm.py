@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
-from advtrain.regularizers.base import Regularizer
-from advtrain.regularizers.operator_norm import (
+from advtrain.core.errors import ConfigError
+from advtrain.core.operator_norm import (
     LayerOperator,
     is_operator_layer,
     record_input_shapes,
 )
+from advtrain.regularizers.base import Regularizer
 
 PENALTIES = ("squares", "log")
 

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from advtrain.attacks.base import Attack
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.modes import eval_mode
 from advtrain.objectives.base import Objective
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -145,14 +146,8 @@ class AdversarialModule(L.LightningModule):
         Measured on logging steps only (every ``trainer.log_every_n_steps`` batches), so
         the extra forward pass costs a fraction of a percent of an adversarial step.
         """
-        modes = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return (self.model(x).argmax(1) == y).float().mean()
-        finally:
-            for m, training in modes:
-                m.training = training
+        with eval_mode(self.model), torch.no_grad():
+            return (self.model(x).argmax(1) == y).float().mean()
 
     def _progress(self, batch_idx: int) -> dict[str, float]:
         """Training progress for scheduled regularizer weights: fractional epoch, step."""

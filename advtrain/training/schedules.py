@@ -17,7 +17,7 @@ import numpy as np
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 def piecewise_linear(

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from advtrain.certification import margin_bounds
-from advtrain.certification.domain import margin_spec
 from advtrain.models import NormalizedModel
+from advtrain.verification.bounds.domain import margin_spec
 
 CONV_CHANNELS, HIDDEN, SIDE = (16, 32), 100, 7
 MEAN, STD = [0.1307], [0.3081]
@@ -129,12 +129,12 @@ def _timed(fn, *args):
 
 def alpha_vs_crown(folder: Path, n_props: int, repeats: int) -> dict:
     """Margin lower bounds of alpha-CROWN and CROWN over each property's box."""
-    from advtrain.certification.alpha_crown import alpha_crown_bounds
-    from advtrain.certification.crown import crown_bounds
-    from advtrain.certification.domain import InputDomain
-    from advtrain.certification.network import parse
-    from advtrain.certification.onnx_net import onnx_sequential
-    from advtrain.certification.vnnlib import parse_vnnlib
+    from advtrain.verification.bounds.alpha_crown import alpha_crown_bounds
+    from advtrain.verification.bounds.crown import crown_bounds
+    from advtrain.verification.bounds.domain import InputDomain
+    from advtrain.verification.bounds.network import parse
+    from advtrain.verification.formats.onnx_net import onnx_sequential
+    from advtrain.verification.formats.vnnlib import parse_vnnlib
 
     report = {}
     for onnx in sorted(folder.glob("mnist-net_*.onnx")):
@@ -172,7 +172,7 @@ def alpha_vs_crown(folder: Path, n_props: int, repeats: int) -> dict:
 def bab_vs_milp(n_nets: int, eps: float) -> dict:
     """Time to decide local robustness by BaB and by the MILP on small random ReLU nets."""
     from advtrain.certification import min_margin
-    from advtrain.certification.verify import margin_property, verify_property
+    from advtrain.verification.verify import margin_property, verify_property
 
     t_bab, t_milp, agree, total = [], [], 0, 0
     for seed in range(n_nets):

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from advtrain.attacks import PGD
 from advtrain.certification import certify
 from advtrain.cli.common import build_model
-from advtrain.evaluation.statistics import wilson_interval
+from advtrain.core.statistics import wilson_interval
 
 
 def load_run(run: Path, which: str) -> tuple[torch.nn.Module, dict]:

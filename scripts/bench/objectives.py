@@ -38,13 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import FGSMRS, PGD
+from advtrain.core.operator_norm import lipschitz_upper_bound
+from advtrain.core.statistics import proportion
 from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
 from advtrain.distillation import ARD, RSLAD, FrozenTeacher, TeacherKLPGD
-from advtrain.evaluation.statistics import proportion
 from advtrain.models import MLP, DigitsCNN, NormalizedModel
 from advtrain.objectives import MART, TRADES, Madry, Standard
 from advtrain.regularizers import InputGradient, L1Sparsity, SpectralNorm, sparsity_stats
-from advtrain.regularizers.operator_norm import lipschitz_upper_bound
 from advtrain.training.schedules import piecewise_linear
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -320,7 +320,7 @@ def markdown(reports: list[dict[str, Any]], args: argparse.Namespace, command: s
         "per example worst case (clean-correct and adversarially correct). Train s: the sum of the "
         "method's epochs, trained round-robin one epoch at a time with the others (interleaved). "
         "Lipschitz bound: product of the Linear/Conv operator norms (power iteration on the real "
-        "operators, `advtrain.regularizers.operator_norm`), backbone only (without 1/std).",
+        "operators, `advtrain.core.operator_norm`), backbone only (without 1/std).",
         "",
     ]
     for rep in reports:

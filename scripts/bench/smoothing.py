@@ -31,16 +31,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks import SmoothAdvPGD
 from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
-from advtrain.evaluation.smoothing_report import (
+from advtrain.models import DigitsCNN, NormalizedModel
+from advtrain.smoothing.attack import SmoothAdvPGD
+from advtrain.smoothing.consistency import Consistency
+from advtrain.smoothing.objectives import GaussianNoise, SmoothAdv
+from advtrain.smoothing.report import (
     TABLE_RADII,
     plot_certified_curve,
     smoothing_section,
 )
-from advtrain.models import DigitsCNN, NormalizedModel
-from advtrain.objectives import GaussianNoise, SmoothAdv
-from advtrain.regularizers import Consistency
 
 ROOT = Path(__file__).resolve().parents[2]
 MNIST_RAW = "/work/shared/data/MNIST/raw"

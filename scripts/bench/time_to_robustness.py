@@ -53,8 +53,8 @@ import torch.nn.functional as F
 import ttr_report
 from torch import Tensor, nn
 
-from advtrain._io import atomic_write_text, write_json_atomic
 from advtrain.attacks import FGSM, FGSMRS, NFGSM, PGD, TradesKL
+from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
 from advtrain.evaluation import evaluate
 from advtrain.models import DigitsCNN, NormalizedModel

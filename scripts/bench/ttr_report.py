@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from scipy import stats
 
-from advtrain.evaluation.statistics import proportion
+from advtrain.core.statistics import proportion
 
 METHODS = ("madry_pgd40", "trades", "trades_awp", "fgsm_rs", "n_fgsm", "grad_align", "free_at")
 SINGLE_STEP = ("fgsm_rs", "n_fgsm", "grad_align")

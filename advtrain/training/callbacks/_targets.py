@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 def resolve(root: Any, path: str) -> tuple[Any, str]:

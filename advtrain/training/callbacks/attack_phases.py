@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 
 from advtrain.attacks.base import Attack
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.training.callbacks.eps_ramp import ramp_fraction
 
 

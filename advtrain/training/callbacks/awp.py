@@ -32,8 +32,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import non_negative
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import non_negative
 
 
 def perturbed_weights(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import lightning as L
 
-from advtrain._numbers import as_float
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
 from advtrain.training.callbacks._targets import resolve
 
 SHAPES = ("linear", "smooth")

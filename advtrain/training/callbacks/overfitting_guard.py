@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from advtrain.attacks.pgd import PGD
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.modes import eval_mode
 
 ACTIONS = ("rollback", "stop")
 
@@ -106,12 +107,8 @@ class OverfittingGuard(L.Callback):
         assert self._batch is not None
         x, y = (t.to(pl_module.device) for t in self._batch)
         x_adv = self._attack(pl_module)(pl_module.model, x, y)
-        was_training = pl_module.model.training
-        pl_module.model.eval()
-        with torch.no_grad():
-            acc = float((pl_module.model(x_adv).argmax(1) == y).float().mean())
-        pl_module.model.train(was_training)
-        return acc
+        with eval_mode(pl_module.model), torch.no_grad():
+            return float((pl_module.model(x_adv).argmax(1) == y).float().mean())
 
     def is_collapse(self, acc: float) -> bool:
         if self.best < 0:

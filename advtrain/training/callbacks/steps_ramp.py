@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.training.callbacks.eps_ramp import UNITS, ramp_fraction
 
 

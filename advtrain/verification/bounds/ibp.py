@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advtrain.certification.domain import InputDomain, box_lower
-from advtrain.certification.network import Network
+from advtrain.verification.bounds.domain import InputDomain, box_lower
+from advtrain.verification.bounds.network import Network
 
 Interval = tuple[Tensor, Tensor]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advtrain.certification.ibp import Interval
+from advtrain.verification.bounds.ibp import Interval
 
 _FIELDS = ("signs", "alpha", "beta")
 

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from advtrain.certification.vnnlib import Property, parse_vnnlib
-from advtrain.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.io import atomic_write_text
 from advtrain.models.onnx import onnx_forward
+from advtrain.verification.formats.vnnlib import Property, parse_vnnlib
 
 RESULTS_HEADER = ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time"]
 _PAIR = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
@@ -69,7 +70,7 @@ def format_counterexample(x: Tensor, y: Tensor) -> str:
 
 def write_result(path: str | Path, status: str, x: Tensor | None, y: Tensor | None) -> None:
     text = status + "\n" + (format_counterexample(x, y) if status == "violated" else "")
-    Path(path).write_text(text)
+    atomic_write_text(path, text)
 
 
 def read_counterexample(text: str, n_inputs: int) -> Tensor | None:

@@ -30,10 +30,10 @@ from rich.progress import Progress
 from scipy.stats import binomtest, norm
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float, positive_int
-from advtrain.attacks.base import attack_context
-from advtrain.attacks.smoothadv import check_sigma
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.modes import attack_context
+from advtrain.core.numbers import as_float, positive_int
+from advtrain.smoothing.attack import check_sigma
 from advtrain.threat import LpBall
 
 ABSTAIN = -1

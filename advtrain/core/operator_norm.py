@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.modes import eval_mode
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 OPERATOR_LAYERS = (nn.Linear, *_CONV_TYPES)
@@ -197,13 +198,10 @@ def record_input_shapes(model: nn.Module, x: Tensor) -> dict[str, tuple[int, ...
                 shapes[name] = tuple(args[0].shape[1:])
 
             handles.append(module.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return shapes

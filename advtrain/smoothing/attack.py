@@ -23,9 +23,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import as_float, positive_int
 from advtrain.attacks.base import Attack, step_size
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float, positive_int
 
 
 def check_sigma(sigma: float | str) -> float:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
-from advtrain.attacks.smoothadv import check_sigma
+from advtrain.core.numbers import positive_int
 from advtrain.objectives.base import Objective
+from advtrain.smoothing.attack import check_sigma
 
 
 def noisy_logits(model: nn.Module, x: Tensor, sigma: float, m: int) -> Tensor:

@@ -6,7 +6,7 @@ graph in order, following the one non-constant tensor, and turns every node into
 layer: Gemm and MatMul (+ a constant Add, folded into the bias) become ``nn.Linear``, Conv
 ``nn.Conv2d``, Sub / Div / Mul / Add by constants ``Elementwise``, Flatten and flattening
 Reshapes ``nn.Flatten``. The result is exactly the graph's function, so
-``advtrain.certification.network.parse`` bounds it and the attacks can run it; the graph
+``advtrain.verification.bounds.network.parse`` bounds it and the attacks can run it; the graph
 itself (run by onnxruntime, ``advtrain.models.onnx.onnx_forward``) stays the independent
 check of a counterexample. Anything else (branches, other operators) raises one line.
 """
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advtrain.certification.network import Elementwise
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.models.onnx import load_onnx_graph, onnx_input_shape
+from advtrain.verification.bounds.network import Elementwise
 
 SUPPORTED_NODES = "Flatten, Reshape (flattening), Gemm, MatMul, Add, Sub, Div, Mul, Conv, Relu"
 

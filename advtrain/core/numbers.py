@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 def as_float(value: float | int | str, name: str = "value") -> float:

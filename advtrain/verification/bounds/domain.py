@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 from advtrain.threat import check_norm
 
 

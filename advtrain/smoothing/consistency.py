@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import non_negative, positive_int
-from advtrain.attacks.smoothadv import check_sigma
-from advtrain.errors import ConfigError
-from advtrain.objectives.gaussian_noise import noisy_logits
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import non_negative, positive_int
 from advtrain.regularizers.base import Regularizer
+from advtrain.smoothing.attack import check_sigma
+from advtrain.smoothing.objectives import noisy_logits
 
 
 def consistency_penalty(logits: Tensor, eta: float) -> Tensor:

@@ -44,19 +44,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from advtrain.certification.alpha_crown import (
+from advtrain.verification.bab.falsify import pgd_box
+from advtrain.verification.bab.fixed_phase import SAFE_TOL, solve_fixed
+from advtrain.verification.bab.subdomains import SubDomains, babsr_scores, split
+from advtrain.verification.bounds.alpha_crown import (
     Relaxation,
     ascend,
     backward_bound,
     split_bounds,
 )
-from advtrain.certification.domain import InputDomain
-from advtrain.certification.falsify import pgd_box
-from advtrain.certification.fixed_phase import SAFE_TOL, solve_fixed
-from advtrain.certification.ibp import Interval
-from advtrain.certification.network import Network
-from advtrain.certification.subdomains import SubDomains, babsr_scores, split
-from advtrain.certification.vnnlib import Conjunction, Property
+from advtrain.verification.bounds.domain import InputDomain
+from advtrain.verification.bounds.ibp import Interval
+from advtrain.verification.bounds.network import Network
+from advtrain.verification.formats.vnnlib import Conjunction, Property
 
 #: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
 Confirm = Callable[[Tensor], Tensor | None]

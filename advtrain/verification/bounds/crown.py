@@ -26,8 +26,9 @@ import math
 import torch
 from torch import Tensor
 
-from advtrain.certification.domain import InputDomain
-from advtrain.certification.ibp import (
+from advtrain.core.errors import ConfigError
+from advtrain.verification.bounds.domain import InputDomain
+from advtrain.verification.bounds.ibp import (
     Interval,
     final_from_intervals,
     first_segment_ball,
@@ -35,8 +36,7 @@ from advtrain.certification.ibp import (
     identity_rows,
     interval_segment,
 )
-from advtrain.certification.network import Network
-from advtrain.errors import ConfigError
+from advtrain.verification.bounds.network import Network
 
 
 def relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:

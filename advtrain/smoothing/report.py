@@ -1,6 +1,6 @@
 """Randomized smoothing in an evaluation: certified curve, sandwich, figure and report.
 
-Cohen, Rosenfeld, Kolter 2019 (CERTIFY/PREDICT, ``advtrain.certification.smoothing``);
+Cohen, Rosenfeld, Kolter 2019 (CERTIFY/PREDICT, ``advtrain.smoothing.certify``);
 the attack on the smoothed classifier is PGD on the soft smoothed classifier with fresh
 noise every step and EOT (Salman et al. 2019; Athalye et al. 2018). Threat model: l2.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -27,18 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advtrain._numbers import positive_int
-from advtrain.attacks.smoothadv import SmoothAdvPGD, check_sigma
-from advtrain.certification.smoothing import (
+from advtrain.core.statistics import proportion, sandwich
+from advtrain.smoothing.attack import SmoothAdvPGD
+from advtrain.smoothing.certify import (
     ABSTAIN,
     certified_at,
     certify_smoothed,
-    check_alpha,
     predict_smoothed,
 )
-from advtrain.errors import ConfigError
-from advtrain.evaluation.certified import sandwich
-from advtrain.evaluation.statistics import proportion
 
 TABLE_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 FIGURE = "certified_accuracy_curve.png"
@@ -195,66 +190,3 @@ def smoothing_markdown(s: dict) -> list[str]:
         f"![certified accuracy]({FIGURE})",
     ]
     return lines
-
-
-def resolve_sigma(certify_cfg: Any, ckpt_path: str | None) -> float:
-    """``certify.sigma``, else the checkpoint's ``smoothing.sigma`` (set once in training)."""
-    if certify_cfg.get("sigma") is not None:
-        return certify_cfg.sigma
-    if ckpt_path:
-        from advtrain.cli.eval import load_checkpoint
-
-        sigma = (load_checkpoint(ckpt_path)[1].get("smoothing") or {}).get("sigma")
-        if sigma is not None:
-            return sigma
-    raise ConfigError("certify.method=smoothing needs certify.sigma=<noise std> (the checkpoint "
-                      "has no smoothing.sigma)")  # fmt: skip
-
-
-def check_smoothing_config(cfg: Any) -> float:
-    """Fail early, in one line, on a bad smoothing setup; return sigma."""
-    if cfg.eval.norm != "l2":
-        raise ConfigError(
-            f"certify.method=smoothing certifies l2; set eval.norm=l2 (got {cfg.eval.norm!r})"
-        )
-    c = cfg.certify
-    sigma = check_sigma(resolve_sigma(c, cfg.get("ckpt_path")))
-    check_alpha(c.get("alpha", 0.001))
-    for key in ("n0", "n", "predict_n", "batch_size"):
-        positive_int(c.get(key, 1), f"certify.{key}")
-    return sigma
-
-
-def add_smoothing_section(
-    report: dict, model: nn.Module, x: Tensor, y: Tensor, cfg: Any, out_dir: Path
-) -> list[Path]:
-    """``advtrain-eval certify.method=smoothing``: the section into ``report`` (also as its
-    ``certified_accuracy`` and ``sandwich``), the figure into ``out_dir``."""
-    c = cfg.certify
-    sigma = check_smoothing_config(cfg)
-    section = smoothing_section(
-        model, x, y, eps=float(report["threat_model"]["eps"]), sigma=sigma,
-        n0=c.get("n0", 100), n=c.get("n", 100_000), alpha=c.get("alpha", 0.001),
-        batch_size=c.get("batch_size", 1000), seed=int(cfg.seed),
-        predict_n=c.get("predict_n", 10_000),
-    )  # fmt: skip
-    report["smoothing"] = section
-    report["certified_accuracy"] = {
-        "method": f"smoothing, sigma={section['sigma']:g}, alpha={section['alpha']:g}",
-        "value": section["certified_accuracy"]["value"],
-        "alpha": section["alpha"],
-    }
-    report["sandwich"] = section["sandwich"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{report['model']} on {report['dataset']}: holds w.p. {section['confidence']:g}"
-    return [plot_certified_curve({"smoothed": section}, out_dir / FIGURE,
-                                 report.get("robustness_curve"), title)]  # fmt: skip
-
-
-def write_smoothing_markdown(report: dict, md_path: Path) -> None:
-    """Rewrite ``report.md`` with the smoothing section appended (atomically)."""
-    from advtrain._io import atomic_write_text
-    from advtrain.evaluation.report import render_markdown
-
-    text = render_markdown(report) + "\n".join(smoothing_markdown(report["smoothing"])) + "\n"
-    atomic_write_text(md_path, text)

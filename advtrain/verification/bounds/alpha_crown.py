@@ -31,15 +31,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advtrain.certification.crown import crown_final, crown_intermediate, relu_relaxation
-from advtrain.certification.domain import InputDomain
-from advtrain.certification.ibp import (
+from advtrain.verification.bounds.crown import crown_final, crown_intermediate, relu_relaxation
+from advtrain.verification.bounds.domain import InputDomain
+from advtrain.verification.bounds.ibp import (
     Interval,
     final_from_intervals,
     identity_rows,
     interval_segment,
 )
-from advtrain.certification.network import Network
+from advtrain.verification.bounds.network import Network
 
 #: ``(a, bias) -> min over the input set of a . x + bias`` (``InputDomain.lower`` or a box).
 Lower = Callable[[Tensor, Tensor], Tensor]

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from advtrain.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.errors import ConfigError, ConfigFileNotFound
 
 _TOKEN = re.compile(r"\(|\)|[^\s()]+")
 _VAR = re.compile(r"^([XY])_(\d+)$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from scipy.stats import binomtest
 from torch import Tensor
 
-from advtrain.errors import ConfigError
+from advtrain.core.errors import ConfigError
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -47,3 +47,24 @@ def per_class(y: Tensor, clean: Tensor, robust: Tensor) -> list[dict]:
             }
         )
     return rows
+
+
+def sandwich(certified: Tensor, robust: Tensor, clean: Tensor) -> dict:
+    """Per-example check of certified <= robust <= clean (as boolean implications)."""
+    certified, robust, clean = (t.bool().cpu() for t in (certified, robust, clean))
+    cert_not_robust = (certified & ~robust).nonzero().squeeze(1).tolist()
+    robust_not_clean = (robust & ~clean).nonzero().squeeze(1).tolist()
+    ok = not cert_not_robust and not robust_not_clean
+    detail = (
+        "certified <= robust <= clean holds for every example"
+        if ok
+        else f"BUG: {len(cert_not_robust)} certified examples were broken by an attack "
+        f"(first: {cert_not_robust[:5]}), {len(robust_not_clean)} robust but misclassified "
+        f"clean (first: {robust_not_clean[:5]})"
+    )
+    return {
+        "ok": ok,
+        "certified_but_attacked": cert_not_robust,
+        "robust_but_not_clean": robust_not_clean,
+        "detail": detail,
+    }

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain.certification.vnnlib import Property
+from advtrain.verification.formats.vnnlib import Property
 
 
 def disjunct_values(prop: Property, y: Tensor) -> Tensor:

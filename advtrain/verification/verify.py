@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from advtrain.certification.alpha_crown import (
+from advtrain.verification.bab.falsify import pgd_box
+from advtrain.verification.bab.search import bab
+from advtrain.verification.bounds.alpha_crown import (
     Relaxation,
     adaptive_alpha,
     alpha_intermediate,
     optimize,
 )
-from advtrain.certification.bab import bab
-from advtrain.certification.domain import InputDomain
-from advtrain.certification.falsify import pgd_box
-from advtrain.certification.network import parse
-from advtrain.certification.vnnlib import Conjunction, Property
+from advtrain.verification.bounds.domain import InputDomain
+from advtrain.verification.bounds.network import parse
+from advtrain.verification.formats.vnnlib import Conjunction, Property
 
 Reference = Callable[[Tensor], Tensor]
 

@@ -24,8 +24,8 @@ import torch
 from scipy.optimize import linprog
 from torch import Tensor
 
-from advtrain.certification.ibp import Interval
-from advtrain.certification.network import Network
+from advtrain.verification.bounds.ibp import Interval
+from advtrain.verification.bounds.network import Network
 
 #: An LP optimum above this proves a sub-domain safe (HiGHS' feasibility tolerance is 1e-7).
 SAFE_TOL = 1e-6
