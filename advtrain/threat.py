@@ -28,6 +28,7 @@ from torch import Tensor
 
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float
+from advtrain.core.tensors import per_example
 
 NORMS = ("linf", "l2", "l1")
 _DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
@@ -55,10 +56,6 @@ def lp_norm(t: Tensor, norm: str) -> Tensor:
 def dual_norm(norm: str) -> str:
     """The dual norm's name: linf <-> l1, l2 <-> l2."""
     return _DUAL[check_norm(norm)]
-
-
-def _view(per_example: Tensor, like: Tensor) -> Tensor:
-    return per_example.view(-1, *([1] * (like.dim() - 1)))
 
 
 def project_l1_ball(delta: Tensor, eps: float) -> Tensor:
@@ -100,10 +97,10 @@ def project_l2_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) ->
     t_hi = torch.ones_like(t_lo)
     for _ in range(_BISECTION_STEPS):
         mid = (t_lo + t_hi) / 2
-        feasible = lp_norm((delta * _view(mid, delta)).clamp(low, high), "l2") <= eps
+        feasible = lp_norm((delta * per_example(mid, delta)).clamp(low, high), "l2") <= eps
         t_lo = torch.where(feasible, mid, t_lo)
         t_hi = torch.where(feasible, t_hi, mid)
-    return (delta * _view(t_lo, delta)).clamp(low, high)
+    return (delta * per_example(t_lo, delta)).clamp(low, high)
 
 
 def project_l1_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
@@ -144,27 +141,42 @@ class LpBall:
         eps: Radius in pixel units; a float or a fraction string such as ``"8/255"``.
         bounds: The data box, ``(0, 1)`` for images in pixel space.
 
+    The radius can be changed in place (``ball.eps = 0.05``, validated like the
+    constructor's): one ``LpBall`` is shared by everything that trains against the threat
+    model (training and validation attacks, regularizers, certified objectives), so an eps
+    schedule that sets it is seen by all of them. ``with_eps`` returns a copy instead.
+
     Raises:
-        ValueError: For an unknown norm, a negative or non-finite eps, or empty bounds.
+        ConfigError: For an unknown norm, a negative or non-finite eps, or empty bounds.
     """
 
     def __init__(
         self, norm: str = "linf", eps: float | str = 0.0, bounds: tuple[float, float] = (0.0, 1.0)
     ) -> None:
         self.norm = check_norm(norm)
-        self.eps = as_float(eps, "eps")
-        if not math.isfinite(self.eps) or self.eps < 0:
-            raise ConfigError(f"eps={self.eps!r} is invalid; eps must be a finite number >= 0")
+        self.eps = eps
         lo, hi = (float(b) for b in bounds)
         if not lo < hi:
             raise ConfigError(f"bounds={tuple(bounds)!r} are invalid; need low < high")
         self.bounds = (lo, hi)
 
+    @property
+    def eps(self) -> float:
+        """The radius in pixel units."""
+        return self._eps
+
+    @eps.setter
+    def eps(self, value: float | str) -> None:
+        eps = as_float(value, "eps")
+        if not math.isfinite(eps) or eps < 0:
+            raise ConfigError(f"eps={eps!r} is invalid; eps must be a finite number >= 0")
+        self._eps = eps
+
     def __repr__(self) -> str:
         return f"LpBall(norm={self.norm!r}, eps={self.eps:.6g}, bounds={self.bounds})"
 
     def with_eps(self, eps: float | str) -> LpBall:
-        """A copy of this threat model with another radius."""
+        """A copy of this threat model with another radius (this one is left as it is)."""
         return LpBall(self.norm, eps, self.bounds)
 
     # -- geometry -------------------------------------------------------------------
@@ -191,7 +203,7 @@ class LpBall:
         if self.norm == "l2":
             norms = lp_norm(delta, "l2").clamp_min(1e-12)
             factor = (self.eps / norms).clamp(max=1.0)
-            return delta * _view(factor, delta)
+            return delta * per_example(factor, delta)
         return project_l1_ball(delta, self.eps)
 
     def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
@@ -214,7 +226,7 @@ class LpBall:
         # 1. the box projection is in the ball: it is the answer (the box is a superset)
         # 2. the ball projection is in the box: it is the answer (the ball is a superset)
         box_inside = lp_norm(boxed, self.norm) <= self.eps
-        out = torch.where(_view(box_inside, x), boxed, ball)
+        out = torch.where(per_example(box_inside, x), boxed, ball)
         ball_clipped = (ball != ball.clamp(low, high)).flatten(1).any(1)
         hard = ~box_inside & ball_clipped
         rows = hard.nonzero().squeeze(1)
@@ -252,9 +264,9 @@ class LpBall:
                 e = -torch.log(e.clamp_min(1e-12))
                 sign = torch.randint(0, 2, shape, generator=generator, device=x.device) * 2 - 1
                 direction = e * sign.to(x.dtype)
-            direction = direction / _view(lp_norm(direction, self.norm).clamp_min(1e-12), x)
+            direction = direction / per_example(lp_norm(direction, self.norm).clamp_min(1e-12), x)
             u = torch.rand(shape[0], generator=generator, device=x.device, dtype=x.dtype)
-            delta = direction * _view(self.eps * u.pow(1.0 / dim), x)
+            delta = direction * per_example(self.eps * u.pow(1.0 / dim), x)
         return self.project(x, x + delta)
 
     def ascent_direction(self, grad: Tensor, l1_sparsity: float = 0.95) -> Tensor:
@@ -266,7 +278,7 @@ class LpBall:
         if self.norm == "linf":
             return grad.sign()
         if self.norm == "l2":
-            return grad / _view(lp_norm(grad, "l2").clamp_min(1e-12), grad)
+            return grad / per_example(lp_norm(grad, "l2").clamp_min(1e-12), grad)
         flat = grad.flatten(1)
         k = max(1, round((1.0 - l1_sparsity) * flat.shape[1]))
         thresh = flat.abs().topk(k, dim=1).values[:, -1:]

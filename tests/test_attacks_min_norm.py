@@ -42,8 +42,9 @@ def _lp_min_norm(t, w, b, norm):
     if norm == "linf":  # variables d (n) and s: min s, -s <= d_i <= s
         c = np.r_[np.zeros(n), 1.0]
         a_ub = np.block([[np.eye(n), -np.ones((n, 1))], [-np.eye(n), -np.ones((n, 1))]])
-        res = linprog(c, a_ub, np.zeros(2 * n), np.r_[w, 0.0][None], [b - w @ t],
-                      bounds=[*bounds, (0, None)])  # fmt: skip
+        res = linprog(
+            c, a_ub, np.zeros(2 * n), np.r_[w, 0.0][None], [b - w @ t], bounds=[*bounds, (0, None)]
+        )
     else:  # d = p - q, p, q >= 0: min sum p + q
         c = np.ones(2 * n)
         box = [(0, max(hi, 0)) for _, hi in bounds] + [(0, max(-lo, 0)) for lo, _ in bounds]

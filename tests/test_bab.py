@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advtrain.certification import certify, min_margin, parse
-from advtrain.verification.bab.search import bab
+from advtrain.verification.bab.search import BabProblem, BaBSettings, bab
 from advtrain.verification.bab.subdomains import SubDomains, split
 from advtrain.verification.bounds.alpha_crown import (
     Relaxation,
@@ -28,7 +28,8 @@ from advtrain.verification.bounds.alpha_crown import (
 )
 from advtrain.verification.bounds.crown import crown_intermediate
 from advtrain.verification.bounds.domain import InputDomain
-from advtrain.verification.verify import margin_property, verify_property
+from advtrain.verification.verdict import Reason, Stage, Status
+from advtrain.verification.verify import VerifySettings, margin_property, verify_property
 from tests.test_bounds_soundness import random_inputs, random_network
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
 
@@ -47,8 +48,11 @@ def _wide(seed: int, depth: int = 2) -> nn.Module:
     return model.eval()
 
 
-_CASES = given(seed=st.integers(0, 10_000), eps=st.sampled_from([0.02, 0.08, 0.2]),
-               kind=st.sampled_from(["small", "wide", "deep"]))  # fmt: skip
+_CASES = given(
+    seed=st.integers(0, 10_000),
+    eps=st.sampled_from([0.02, 0.08, 0.2]),
+    kind=st.sampled_from(["small", "wide", "deep"]),
+)
 
 
 @settings(max_examples=10, deadline=None)
@@ -70,16 +74,23 @@ def _agrees_with_milp(seed: int, eps: float, kind: str) -> None:
     y = model(x).argmax(1)
     exact = min_margin(model, x, y, eps).value
     shape = tuple(x.shape[1:])
+
+    def reference(z: torch.Tensor) -> torch.Tensor:
+        return model(z.view(-1, *shape))
+
     for xi, yi, e in zip(x, y, exact.tolist()):
         prop = margin_property(xi, int(yi), 3, eps, (0.0, 1.0))
-        verdict = verify_property(model, shape, prop, lambda z: model(z.view(-1, *shape)), 30.0)
+        verdict = verify_property(model, shape, prop, reference, VerifySettings(timeout=30.0))
         if verdict.status == "holds":
             assert e > 0, f"holds but the MILP finds margin {e}"
+            assert verdict.reason == Reason.PROVED and verdict.x is None
+            assert verdict.stage in (Stage.ALPHA_CROWN, Stage.BAB)
         if verdict.status == "violated":
             assert bool(prop.in_box(verdict.x[None])[0])
             out = model(verdict.x.view(1, *shape))
             assert bool(prop.violated_by(out)[0])
             assert torch.allclose(out[0], verdict.y)
+            assert verdict.reason == Reason.COUNTEREXAMPLE
             assert e <= 1e-9
         if abs(e) > 1e-6:  # away from the boundary both must finish, and agree
             assert verdict.status == ("holds" if e > 0 else "violated")
@@ -102,8 +113,16 @@ def test_certify_bab_matches_milp_and_beats_crown() -> None:
     assert total_bab > total_crown  # branching proves what CROWN alone cannot
 
 
-def _sub_domain_minimum(model: nn.Module, lo: torch.Tensor, hi: torch.Tensor, c: torch.Tensor,
-                        layer: int, neuron: int, sign: int, n: int = 20000) -> float:  # fmt: skip
+def _sub_domain_minimum(
+    model: nn.Module,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    c: torch.Tensor,
+    layer: int,
+    neuron: int,
+    sign: int,
+    n: int = 20000,
+) -> float:
     """A dense sample's minimum of ``c . f(x)`` over the box points obeying one split."""
     g = torch.Generator().manual_seed(0)
     pts = lo + torch.rand(n, *lo.shape[1:], generator=g, dtype=lo.dtype) * (hi - lo)
@@ -154,11 +173,35 @@ def test_bab_times_out_instead_of_guessing() -> None:
     spec = torch.zeros(1, 1, 3, dtype=torch.float64)
     spec[0, 0, y], spec[0, 0, j] = 1.0, -1.0
     alpha = adaptive_alpha(root, 1)
-    res = bab(net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root, alpha, time.monotonic() - 1,
-              lambda xs: None)  # fmt: skip
-    assert res.status in ("timeout", "holds")
-    if res.status == "holds":  # only if the root bound itself is positive
+    problem = BabProblem(net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root, alpha)
+    res = bab(problem, time.monotonic() - 1, lambda xs: None)
+    assert res.status in (Status.TIMEOUT, Status.HOLDS) and res.stage == Stage.BAB
+    if res.status == Status.HOLDS:  # only if the root bound itself is positive
+        assert float(exact.value[0]) > 0 and res.reason == Reason.PROVED
+    else:
+        assert res.reason == Reason.DEADLINE and res.x is None
+
+
+def test_bab_stops_at_the_domain_limit_and_says_so() -> None:
+    """More open sub-domains than ``max_domains``: ``timeout`` (VNN-COMP's word), with the
+    domain limit (not the deadline) as the reason."""
+    model, x = _wide(3), random_inputs(3, 1)
+    net = parse(model, x.shape[1:])
+    dom = InputDomain(x, "linf", 0.3)
+    root = crown_intermediate(net, dom)
+    y = int(model(x).argmax(1))
+    exact = min_margin(model, x, torch.tensor([y]), 0.3)
+    spec = torch.zeros(1, 1, 3, dtype=torch.float64)
+    spec[0, 0, y], spec[0, 0, int(exact.other[0])] = 1.0, -1.0
+    problem = BabProblem(
+        net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root, adaptive_alpha(root, 1)
+    )
+    res = bab(problem, time.monotonic() + 60, lambda xs: None, BaBSettings(max_domains=0))
+    if res.status == Status.HOLDS:  # the root alone proved it
         assert float(exact.value[0]) > 0
+    else:
+        assert res.status == "timeout" and str(res.status) == "timeout"
+        assert res.reason == Reason.DOMAIN_LIMIT and res.domains == 1 and res.bound <= 0
 
 
 def _lying_copy(model: nn.Module, y: int) -> nn.Module:
@@ -188,9 +231,10 @@ def test_only_the_float64_recheck_prunes() -> None:
         spec = torch.zeros(1, 1, 3, dtype=torch.float64)
         spec[0, 0, y], spec[0, 0, j] = 1.0, -1.0
         fast = parse(_lying_copy(model, y), x.shape[1:])
-        res = bab(net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root, adaptive_alpha(root, 1),
-                  time.monotonic() + 5, lambda xs: None, fast=fast)  # fmt: skip
-        assert res.status != "holds"
+        alpha = adaptive_alpha(root, 1)
+        problem = BabProblem(net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root, alpha, fast)
+        res = bab(problem, time.monotonic() + 5, lambda xs: None)
+        assert res.status != Status.HOLDS
         checked += 1
     assert checked >= 2
 
@@ -241,8 +285,8 @@ def test_warm_beta_starts_each_child_at_its_parents_bound() -> None:
         spec = torch.tensor([[[1.0, -1.0, 0.0]]], dtype=torch.float64)
         alpha = adaptive_alpha(root, 1)
         signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
-        parent = SubDomains(torch.zeros(1, dtype=torch.float64), signs, alpha,
-                            [torch.zeros_like(a) for a in alpha])  # fmt: skip
+        beta = [torch.zeros_like(a) for a in alpha]
+        parent = SubDomains(torch.zeros(1, dtype=torch.float64), signs, alpha, beta)
         relax = Relaxation(parent.alpha, parent.beta, parent.signs)
         value, _, coefs = backward_bound(net, dom.lower, spec, root, relax, record=True)
         flat_coef = torch.cat([c.flatten(1) for c in coefs], 1)[0]

@@ -61,9 +61,15 @@ def test_operator_norms_against_the_dense_matrix(name: str) -> None:
 def test_lipschitz_constant_bounds_every_ratio(norm: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
-        Normalize([0.5], [0.25]), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3),
-    ).double()  # fmt: skip
+        Normalize([0.5], [0.25]),
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    ).double()
     bound = lipschitz_constant(model, (1, 4, 4), norm)
     x = torch.rand(256, 1, 4, 4, dtype=torch.float64)
     x2 = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)

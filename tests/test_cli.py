@@ -90,7 +90,9 @@ def test_resume_from_last_ckpt_continues(tmp_path: Path) -> None:
         ("data=imagenet", "unknown data 'imagenet'; allowed:"),
         ("ckpt_path=/no/such.ckpt", "does not exist"),
         ("model=mnist_cnn", "does not accept digits inputs"),
-        ("attack.eps=abc", "is not a number"),
+        ("threat.eps=abc", "eps='abc' is not a number"),
+        ("attack.eps=0.3", "attack.eps=0.3 is not read"),
+        ("attack=teacher_kl", "attack 'teacher_kl_pgd' needs a teacher"),
     ],
 )
 def test_train_bad_input_one_line(

@@ -17,9 +17,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from advtrain.attacks import Attack
-from advtrain.cli.train import _instantiate_dict, build_datamodule, build_module, train
+from advtrain.cli.common import build_all
+from advtrain.cli.train import build_datamodule, build_module, build_threat, train
 from advtrain.objectives.base import Objective
-from advtrain.training.module import _parameters
+from advtrain.training.module import accepted_parameters
 from advtrain.training.tracking import prepare_trackers
 from tests.hydra_utils import compose_train, options
 from tests.test_distill import write_teacher_checkpoint
@@ -56,16 +57,18 @@ def test_every_attack_trains_one_short_epoch(option: str, tmp_path: Path) -> Non
     base = [f"attack={option}", *SHORT, *_teacher(tmp_path, "attack", option)]
     if option == "teacher_kl":
         base.append("objective=rslad")
+    if option == "none":  # clean training: an adversarial objective needs an attack
+        base.append("objective=standard")
     cfg = compose_train(base, tmp_path)
     cfg = compose_train(base + _shrink(cfg, "attack"), tmp_path)
     metrics = train(cfg)
     assert metrics["test"]["n_examples"] > 0
-    assert cfg.attack.get("eps", cfg.threat.eps) == cfg.threat.eps
+    assert "eps" not in cfg.attack and "norm" not in cfg.attack  # the threat group's
 
 
 def _module_of(group: str, option: str, tmp_path: Path):
     cfg = compose_train([f"{group}={option}", *_teacher(tmp_path, group, option)], tmp_path)
-    return cfg, build_module(cfg, build_datamodule(cfg))
+    return cfg, build_module(cfg, build_datamodule(cfg), build_threat(cfg))
 
 
 @pytest.mark.parametrize("option", options("objective"))
@@ -119,8 +122,11 @@ def test_every_data_option_builds(option: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("option", options("regularizer"))
 def test_every_regularizer_builds(option: str, tmp_path: Path) -> None:
     cfg = compose_train([f"+regularizer@regularizers.{option}={option}"], tmp_path)
-    (regularizer,) = _instantiate_dict(cfg.regularizers)
+    threat = build_threat(cfg)
+    (regularizer,) = build_all(cfg.regularizers, threat=threat)
     assert regularizer.weight >= 0 and regularizer.name
+    regularizer.check()  # a regularizer measured in the threat model got the run's
+    assert getattr(regularizer, "threat", threat) is threat
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
@@ -128,7 +134,7 @@ def test_every_callbacks_option_builds(option: str, tmp_path: Path) -> None:
     from lightning.pytorch import Callback
 
     cfg = compose_train([f"callbacks={option}"], tmp_path)
-    callbacks = _instantiate_dict(cfg.callbacks)
+    callbacks = build_all(cfg.callbacks, threat=build_threat(cfg))
     assert all(isinstance(c, Callback) for c in callbacks)
     assert len(callbacks) == len([v for v in (cfg.callbacks or {}).values() if v])
 
@@ -141,7 +147,7 @@ def test_every_logger_builds(option: str, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_train([f"logger={option}"], tmp_path)
     prepare_trackers(cfg.logger)  # as the CLI does (MLflow's local file store)
-    loggers = _instantiate_dict(cfg.logger)
+    loggers = build_all(cfg.logger)
     assert all(isinstance(lg, Logger) for lg in loggers)
     assert (option == "none") == (not loggers)
 
@@ -155,7 +161,7 @@ def test_every_optimizer_and_scheduler_builds(group: str, tmp_path: Path) -> Non
         assert isinstance(optimizer, torch.optim.Optimizer)
         if group == "scheduler" and cfg.scheduler:
             factory = instantiate(cfg.scheduler.factory)
-            kwargs = {"total_steps": 10} if "total_steps" in _parameters(factory) else {}
+            kwargs = {"total_steps": 10} if "total_steps" in accepted_parameters(factory) else {}
             assert factory(optimizer, **kwargs) is not None
 
 

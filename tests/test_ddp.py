@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 DDP_RUN = [
     *TINY,
     "eval_attack.random_start=false",
-    "eval_attack.eps=0.25",
+    "threat.eps=0.25",
     "optimizer.lr=0.01",
     "logger=csv",
 ]
@@ -35,7 +35,7 @@ def reference_counts(ckpt_path: Path) -> tuple[int, int, int]:
     model = build_model(cfg.model, cfg.data, cfg.normalize)
     model.load_state_dict({k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()})
     model.eval()
-    attack = instantiate(cfg.eval_attack)
+    attack = instantiate(cfg.eval_attack, threat=instantiate(cfg.threat))
     x, y = instantiate(cfg.data).test_tensors()
     with torch.no_grad():
         clean = model(x).argmax(1) == y

@@ -24,11 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import PGD, Attack
-from advtrain.certification import METHODS, certify
+from advtrain.attacks.base import AttackInputs
+from advtrain.certification import METHODS, SmoothingSettings, certify
 from advtrain.distillation import TeacherKLPGD
 from advtrain.evaluation import evaluate, masking
 from advtrain.evaluation.suites import SUITES
 from advtrain.registry import ATTACKS, DISTILLATION_OBJECTIVES, OBJECTIVES, REGULARIZERS
+from advtrain.threat import LpBall
 
 # the device of model and data: the CPU here; scripts/bench/gpu_check.py sets CUDA
 CPU = torch.device(os.environ.get("ADVTRAIN_TEST_DEVICE", "cpu"))
@@ -71,10 +73,9 @@ def _on_cpu(*tensors: Tensor) -> None:
 
 
 def _budgeted(cls: type, **kwargs) -> object:
-    """``cls(**kwargs)`` with the small budgets its constructors (own and inherited
-    through ``**kwargs``) take."""
-    accepted = {p for c in cls.__mro__ if "__init__" in vars(c)
-                for p in inspect.signature(c.__init__).parameters}  # fmt: skip
+    """``cls(**kwargs)`` with the small budgets its constructor takes (every attack's
+    signature lists all of its parameters)."""
+    accepted = inspect.signature(cls).parameters
     return cls(**kwargs, **{k: v for k, v in BUDGETS.items() if k in accepted})
 
 
@@ -100,16 +101,29 @@ def test_evaluate_takes_devices_from_its_inputs(suite, meta_default):
     # eps large enough that the first attack fools every example: the suite's wiring,
     # bookkeeping, curve, checks and statistics all run; the attacks are tested above
     report = evaluate(
-        model, x, y, "linf", 0.5, suite=suite, surrogate=surrogate, eps_curve=[0.0, 0.5],
-        curve_n_examples=6, batch_size=4, certify_method="ibp",
-    )  # fmt: skip
+        model,
+        x,
+        y,
+        "linf",
+        0.5,
+        suite=suite,
+        surrogate=surrogate,
+        eps_curve=[0.0, 0.5],
+        curve_n_examples=6,
+        batch_size=4,
+        certify_method="ibp",
+    )
     assert report["n_examples"] == 6
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_certify_takes_devices_from_its_inputs(method, meta_default):
     model, (x, y) = _cpu_model(), _cpu_batch(2)
-    result = certify(model, x, y, norm="linf", eps=0.01, method=method)
+    if method == "smoothing":  # l2 only, with its sampling settings
+        smoothing = SmoothingSettings(sigma=0.25, n0=10, n=20)
+        result = certify(model, x, y, norm="l2", eps=0.1, method=method, smoothing=smoothing)
+    else:
+        result = certify(model, x, y, norm="linf", eps=0.01, method=method)
     assert len(result["certified"]) == 2
 
 
@@ -142,7 +156,9 @@ def test_regularizer_step_takes_devices_from_its_inputs(name, meta_default):
     model.train()
     outputs = {"loss": nn.functional.cross_entropy(model(x), y), "logits": model(x)}
     with torch.device(CPU):
-        regularizer = REGULARIZERS[name]()
+        cls = REGULARIZERS[name]
+        takes_threat = "threat" in inspect.signature(cls).parameters
+        regularizer = cls(threat=LpBall("linf", 0.1)) if takes_threat else cls()
     penalty = regularizer(model, (x, y), outputs)
     penalty.backward()
     _on_cpu(penalty)
@@ -171,9 +187,9 @@ class _DevicelessAttack(Attack):
 
     name = "deviceless"
 
-    def perturb(self, model, x, y, *, target, generator):
-        step = torch.zeros(len(x))  # the bug: on the default device, not on x's
-        return x + step.view(-1, 1, 1, 1)
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        step = torch.zeros(len(inputs.x))  # the bug: on the default device, not on x's
+        return inputs.x + step.view(-1, 1, 1, 1)
 
 
 def test_the_check_catches_a_device_less_factory(meta_default):

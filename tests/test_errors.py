@@ -6,9 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from advtrain.attacks import PGD
 from advtrain.cli.common import user_error
 from advtrain.core.errors import ConfigError
+from advtrain.distillation import TeacherKLPGD
+from advtrain.objectives import Madry, Standard
+from advtrain.regularizers import GradAlign
+from advtrain.training import AdversarialModule
 from tests.readme_commands import ROOT, SHORT, run
 
 BUG = "model._target_=tests.bug_models.TypeErrorWhenTraining"
@@ -29,6 +35,38 @@ def test_user_error_is_one_line_exit_2(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["advtrain-train: error: eps=-1.0 is invalid; eps must be a finite number >= 0"]
     assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("metrics.json"))
+
+
+def test_a_configuration_that_cannot_train_fails_before_fit(tmp_path: Path) -> None:
+    """``advtrain-train attack=teacher_kl`` without a teacher: one line when the module is
+    built, before the Trainer starts (no run record, no checkpoint)."""
+    proc = run(["advtrain-train", "attack=teacher_kl", *SHORT], tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "advtrain-train: error: attack 'teacher_kl_pgd' needs a teacher; "
+        "set distill=teacher distill.teacher_ckpt=PATH"
+    ]
+    assert not list(tmp_path.rglob("run.json")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize(
+    "parts,message",
+    [
+        ({"objective": Madry()}, "objective 'madry' trains on adversarial examples"),
+        ({"objective": Madry(), "attack": TeacherKLPGD("linf", 0.1)}, "needs a teacher"),
+        (
+            {"objective": Standard(), "regularizers": [GradAlign(weight=0.2)]},
+            "regularizer 'grad_align' needs a threat model",
+        ),
+    ],
+)
+def test_the_module_checks_its_parts_together(parts: dict, message: str) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with pytest.raises(ConfigError, match=message) as err:
+        AdversarialModule(model, **parts)
+    assert "\n" not in str(err.value)
+    AdversarialModule(model, Madry(), attack=PGD("linf", 0.1), regularizers=[GradAlign(eps=0.1)])
 
 
 def test_debug_mode_shows_the_traceback_of_a_user_error(tmp_path: Path) -> None:

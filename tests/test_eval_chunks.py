@@ -33,8 +33,9 @@ def test_min_chunk_sets_the_calls_not_the_results(tiny_model):
         def count(state, m=m):
             calls[m] = calls.get(m, 0) + 1
 
-        states[m] = run_gauntlet(tiny_model, x, y, entries, batch_size=500, min_chunk=m,
-                                 on_chunk=count)  # fmt: skip
+        states[m] = run_gauntlet(
+            tiny_model, x, y, entries, batch_size=500, min_chunk=m, on_chunk=count
+        )
     assert torch.equal(states[4].fooled_by, states[40].fooled_by)
     assert torch.equal(states[4].x_adv, states[40].x_adv)
     n_todo = int((states[4].fooled_by != -2).sum())

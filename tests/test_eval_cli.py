@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from advtrain.cli.eval import main
 from advtrain.cli.train import train
+from tests.test_report import CONTRACT_KEYS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FAST = [
@@ -27,10 +28,6 @@ FAST = [
     "eval.eps_curve=[0,0.1]",
     "eval.batch_size=64",
 ]
-CONTRACT_KEYS = {
-    "dataset", "model", "n_examples", "threat_model", "clean_accuracy", "robust_accuracy",
-    "attacks", "per_class", "gradient_masking", "certified_accuracy", "seconds",
-}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +99,8 @@ def test_eval_on_plain_state_dict(suffix, checkpoint, tmp_path, monkeypatch):
         (["ckpt_path={ckpt}", "eval.norm=l3"], "unknown norm 'l3'"),
         (["ckpt_path={ckpt}", "eval.eps=-0.1"], "eps"),
         (["ckpt_path={ckpt}", "eval.suite=nope"], "unknown suite 'nope'"),
+        (["ckpt_path={ckpt}", "certify.method=foo"], "certify.method='foo' is invalid; allowed"),
+        (["ckpt_path={ckpt}", "eval.batch_size=0"], "batch_size=0 is invalid"),
         (["ckpt_path={ckpt}", "eval.device=tpu"], "eval.device='tpu' is invalid"),
         (["ckpt_path={ckpt}", f"eval.device=cuda:{torch.cuda.device_count()}"], "CUDA GPU"),
         *(
@@ -182,18 +181,25 @@ def test_eval_device_cpu_gives_the_same_report(checkpoint, tmp_path, monkeypatch
 def test_onnx_export_gives_the_same_report(checkpoint, tmp_path, monkeypatch):
     """A model exported to ONNX from a trained digits checkpoint evaluates to the same
     report through ``model=onnx`` as through its checkpoint (issue 12)."""
-    from advtrain.cli.common import build_model
-    from advtrain.cli.eval import load_checkpoint, load_into
+    from omegaconf import OmegaConf
 
-    state, run_cfg = load_checkpoint(str(checkpoint))
+    from advtrain.cli.common import build_model
+    from advtrain.core.checkpoint import load_checkpoint, load_into
+
+    state, run = load_checkpoint(str(checkpoint))
+    run_cfg = OmegaConf.create(run)  # the checkpoint stores the resolved config as a dict
     model = build_model(run_cfg.model, run_cfg.data, True)
     load_into(model, state, str(checkpoint), "model")
     onnx_path = tmp_path / "net.onnx"
     torch.onnx.export(
-        model.eval(), (torch.rand(2, 1, 8, 8),), str(onnx_path), dynamo=False,
-        input_names=["x"], output_names=["logits"],
+        model.eval(),
+        (torch.rand(2, 1, 8, 8),),
+        str(onnx_path),
+        dynamo=False,
+        input_names=["x"],
+        output_names=["logits"],
         dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-    )  # fmt: skip
+    )
     base = ["eval.figures=false", *FAST]
     assert run_cli([f"ckpt_path={checkpoint}", *base], tmp_path / "ckpt", monkeypatch) == 0
     args = ["model=onnx", "data=digits", f"weights_path={onnx_path}", *base]
@@ -210,36 +216,32 @@ def test_onnx_export_gives_the_same_report(checkpoint, tmp_path, monkeypatch):
 def test_robustbench_checkpoint_through_the_cli_with_export(tmp_path, monkeypatch, capsys):
     """``model=robustbench`` loads a RobustBench-format file; ``eval.export=robustbench``
     writes model_info; a clean accuracy far below the published one is warned about."""
-    from advtrain.models.robustbench import architecture
+    from advtrain.models.robustbench import ZOO, architecture, to_robustbench
 
     torch.manual_seed(0)
-    backbone = architecture("preact-resnet18")
-    state = {"state_dict": {f"module.{k}": v for k, v in _preact_rb_names(backbone).items()}}
+    arch = ZOO["Wong2020Fast"].architecture
+    layout = to_robustbench(architecture(arch).state_dict(), arch)
+    state = {"state_dict": {f"module.{k}": v for k, v in layout.items()}}
     torch.save(state, tmp_path / "Wong2020Fast.pt")
     args = [
-        "model=robustbench", "model.name=Wong2020Fast", f"weights_path={tmp_path / 'Wong2020Fast.pt'}",
-        "data=synthetic", "data.shape=[3,32,32]", "data.n_test=4", "eval.n_examples=4",
-        "eval.eps=8/255", "eval.suite=standard", "eval.export=robustbench", "eval.figures=false",
-        "eval.eps_curve=[0]", "eval.curve_n_examples=2",
-    ]  # fmt: skip
+        "model=robustbench",
+        "model.name=Wong2020Fast",
+        f"weights_path={tmp_path / 'Wong2020Fast.pt'}",
+        "data=synthetic",
+        "data.shape=[3,32,32]",
+        "data.n_test=4",
+        "eval.n_examples=4",
+        "eval.eps=8/255",
+        "eval.suite=standard",
+        "eval.export=robustbench",
+        "eval.figures=false",
+        "eval.eps_curve=[0]",
+        "eval.curve_n_examples=2",
+    ]
     assert run_cli(args, tmp_path / "run", monkeypatch) == 0
     info_path = tmp_path / "run" / "model_info" / "synthetic" / "Linf" / "Wong2020Fast.json"
     info = json.loads(info_path.read_text())
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert info["eps"] == "8/255" and info["architecture"] == "preact-resnet18"
+    assert info["eps"] == "8/255" and info["architecture"] == "preact-resnet18-wong2020"
     assert info["autoattack_acc"] == f"{100 * report['robust_accuracy']['value']:.2f}"
     assert "far below RobustBench's published 83.34%" in capsys.readouterr().err
-
-
-def _preact_rb_names(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """advtrain's PreActResNet-18 tensors under RobustBench's names (layerK.J, shortcut.0)."""
-    import re
-
-    out = {}
-    for key, value in model.state_dict().items():
-        m = re.match(r"layers\.(\d+)\.(.*)", key)
-        if m:
-            rest = m[2].replace("shortcut.", "shortcut.0.")
-            key = f"layer{int(m[1]) // 2 + 1}.{int(m[1]) % 2}.{rest}"
-        out[key] = value
-    return out

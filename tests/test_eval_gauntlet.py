@@ -12,10 +12,10 @@ import torch.multiprocessing as mp
 
 from advtrain.attacks import FGSM, PGD
 from advtrain.core.errors import ConfigError
-from advtrain.evaluation import build_suite, run_evaluation
+from advtrain.evaluation import EvalOptions, build_suite, run_evaluation
 from advtrain.evaluation.distributed import gather_per_example, shard_indices
-from advtrain.evaluation.evaluate import _Runner
 from advtrain.evaluation.gauntlet import CLEAN_WRONG, ROBUST, attack_rows, predict, run_gauntlet
+from advtrain.evaluation.stages import Runner
 from advtrain.evaluation.state import fingerprint, load_state, save_state
 from advtrain.evaluation.suites import SUITES, SuiteEntry
 from advtrain.threat import NORMS, LpBall
@@ -97,10 +97,10 @@ def test_standard_is_autoattack_settings(norm):
 
 def test_unknown_attack_name_raises():
     """A suite naming an attack the registry lacks is a bug: it raises, never 'skips'."""
-    from advtrain.evaluation.suites import Suite, _add
+    from advtrain.evaluation.suites import Preset, Suite, _add
 
     with pytest.raises(ConfigError, match="'no_such_attack'"):
-        _add(Suite(), "x", "no_such_attack", LpBall("linf", 0.1))
+        _add(Suite(), Preset("x", "no_such_attack"), LpBall("linf", 0.1), 0, 1, None)
 
 
 def test_every_attack_at_the_evaluated_eps_counts(trained_digits_model, digits_test):
@@ -108,10 +108,16 @@ def test_every_attack_at_the_evaluated_eps_counts(trained_digits_model, digits_t
     case: on the curve's examples the reported robust set is inside each one's."""
     x, y = digits_test[0][:200], digits_test[1][:200]
     eps = 0.5  # l2: here the curve's second restart finds what PGD-20 missed
-    ev = run_evaluation(
-        trained_digits_model, x, y, "l2", eps, suite="quick", eps_curve=[0.0, eps],
-        curve_n_examples=200, escalate=False, progress=False,
-    )  # fmt: skip
+    options = EvalOptions(
+        norm="l2",
+        eps=eps,
+        suite="quick",
+        eps_curve=(0.0, eps),
+        curve_n_examples=200,
+        escalate=False,
+        progress=False,
+    )
+    ev = run_evaluation(trained_digits_model, x, y, options)
     report = ev.report
     rows = {r["name"]: r for r in report["attacks"]}
     assert {"pgd-20x2 (curve)", "fmn (min-norm)"} <= set(rows)
@@ -155,10 +161,17 @@ def test_resume_after_crash_matches_uninterrupted(tiny_model, tmp_path):
 def test_evaluate_resumes_from_state_dir(tiny_model, tmp_path):
     g = torch.Generator().manual_seed(3)
     x, y = torch.rand(12, 1, 8, 8, generator=g), torch.randint(0, 10, (12,), generator=g)
-    kw = {"suite": "quick", "eps_curve": [0.0, 0.1], "curve_n_examples": 6, "batch_size": 4}
-    first = run_evaluation(tiny_model, x, y, "linf", 0.1, state_dir=tmp_path, **kw)
+    options = EvalOptions(
+        eps=0.1,
+        suite="quick",
+        eps_curve=(0.0, 0.1),
+        curve_n_examples=6,
+        batch_size=4,
+        state_dir=tmp_path,
+    )
+    first = run_evaluation(tiny_model, x, y, options)
     assert (tmp_path / "eval_state.pt").is_file()
-    again = run_evaluation(tiny_model, x, y, "linf", 0.1, state_dir=tmp_path, **kw)
+    again = run_evaluation(tiny_model, x, y, options)
     assert torch.equal(first.fooled_by, again.fooled_by)
     assert again.report["attacks"][0]["seconds"] == first.report["attacks"][0]["seconds"]
 
@@ -178,8 +191,9 @@ def _ddp_worker(rank: int, world: int, init: str, out: str) -> None:
     y[:3] = (y[:3] + 1) % 10
     idx = shard_indices(13, rank, world)
     gathered = gather_per_example(idx * 10, idx, 13)
-    state = _Runner(model, model, 4)([SuiteEntry("fgsm", FGSM("linf", 0.05))], x, y)
-    report = run_evaluation(model, x, y, "linf", 0.05, suite="quick", eps_curve=[0.0], batch_size=4)
+    state = Runner(model, model, 4)([SuiteEntry("fgsm", FGSM("linf", 0.05))], x, y)
+    options = EvalOptions(eps=0.05, suite="quick", eps_curve=(0.0,), batch_size=4)
+    report = run_evaluation(model, x, y, options)
     if rank == 0:
         torch.save({"gathered": gathered, "fgsm": state.fooled_by, "report": report.report}, out)
     dist.destroy_process_group()
@@ -214,10 +228,10 @@ def test_full_suite_builds_and_runs(tiny_model):
     x = torch.rand(6, 1, 8, 8, generator=g)
     y = predict(tiny_model, x, 64)
     surrogate = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
-    report = run_evaluation(
-        tiny_model, x, y, "linf", 0.5, suite="full", surrogate=surrogate,
-        eps_curve=[0.0, 0.5], curve_n_examples=6,
-    ).report  # fmt: skip
+    options = EvalOptions(
+        eps=0.5, suite="full", surrogate=surrogate, eps_curve=(0.0, 0.5), curve_n_examples=6
+    )
+    report = run_evaluation(tiny_model, x, y, options).report
     kinds = {a["name"]: a["kind"] for a in report["attacks"]}
     assert kinds["transfer-mifgsm"] == "transfer" and kinds["square"] == "black"
     assert list(kinds)[:2] == ["apgd-ce", "apgd-t"] and "pgd-100x5" in kinds

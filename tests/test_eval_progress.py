@@ -9,7 +9,7 @@ import torch
 from rich.console import Console
 
 from advtrain.attacks import FGSM, PGD
-from advtrain.evaluation import run_evaluation
+from advtrain.evaluation import EvalOptions, run_evaluation
 from advtrain.evaluation.gauntlet import predict, run_gauntlet
 from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.suites import SuiteEntry
@@ -49,7 +49,9 @@ def test_no_terminal_or_disabled_prints_nothing(tiny_model, capsys):
     with StageProgress(False, console=Console(file=forced, force_terminal=True)) as bars:
         run_gauntlet(tiny_model, x, y, _entries(), batch_size=7, progress=bars)
     assert forced.getvalue() == ""
-    kw = {"suite": "quick", "eps_curve": [0.0, 0.05], "curve_n_examples": 8, "escalate": False}
-    run_evaluation(tiny_model, x, y, "linf", 0.05, **kw)  # pytest's stderr is no terminal
+    options = EvalOptions(
+        eps=0.05, suite="quick", eps_curve=(0.0, 0.05), curve_n_examples=8, escalate=False
+    )
+    run_evaluation(tiny_model, x, y, options)  # pytest's stderr is no terminal
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""

@@ -33,8 +33,10 @@ def test_lp_of_a_fixed_sub_domain_is_exact_at_its_points() -> None:
         x = dom.lo + torch.rand(dom.lo.shape, generator=g, dtype=x0.dtype) * (dom.hi - dom.lo)
         pre = _pre_activations(net, x)
         # the point's own phases on every unstable neuron: a fully fixed sub-domain holding x
-        signs = [torch.where((lo < 0) & (hi > 0), torch.where(z > 0, 1, -1), 0).to(torch.int8)
-                 for (lo, hi), z in zip(root, pre)]  # fmt: skip
+        signs = [
+            torch.where((lo < 0) & (hi > 0), torch.where(z > 0, 1, -1), 0).to(torch.int8)
+            for (lo, hi), z in zip(root, pre)
+        ]
         pieces = affine_pieces(net, root, signs, x.numel(), tuple(x.shape[1:]))
         for (m, c), z in zip(pieces, pre):
             assert torch.allclose(x.flatten() @ m.T + c, z.flatten(), atol=1e-9)

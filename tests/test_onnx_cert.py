@@ -50,10 +50,12 @@ def test_onnx_export_certifies_like_the_torch_model(tmp_path) -> None:
 
 def _graph(nodes, inits, in_shape, out_dim, path):
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *in_shape])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, *in_shape])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_dim])],
         [numpy_helper.from_array(v.numpy(), k) for k, v in inits.items()],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     onnx.save(model, str(path))
     return path
@@ -63,9 +65,17 @@ def test_converter_handles_sub_div_matmul_add_conv_reshape(tmp_path) -> None:
     """A hand-written graph with every node kind the VNN-COMP nets use; checked by onnxruntime."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    inits = {"mean": torch.tensor([0.1]).view(1, 1, 1), "std": torch.tensor([0.3]).view(1, 1, 1),
-             "cw": r(2, 1, 2, 2), "cb": r(2), "shape": torch.tensor([1, -1]),
-             "w1": r(18, 6), "b1": r(6), "w2": r(4, 6), "b2": r(4)}  # fmt: skip
+    inits = {
+        "mean": torch.tensor([0.1]).view(1, 1, 1),
+        "std": torch.tensor([0.3]).view(1, 1, 1),
+        "cw": r(2, 1, 2, 2),
+        "cb": r(2),
+        "shape": torch.tensor([1, -1]),
+        "w1": r(18, 6),
+        "b1": r(6),
+        "w2": r(4, 6),
+        "b2": r(4),
+    }
     inits["shape"] = inits["shape"].long()
     nodes = [
         helper.make_node("Sub", ["x", "mean"], ["s"]),

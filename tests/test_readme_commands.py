@@ -328,18 +328,25 @@ def test_gpu_recipe_composes(tmp_path: Path) -> None:
 
 def test_eval_of_an_onnx_model(main_run: Path) -> None:
     """The main job's best model exported to ONNX evaluates like its checkpoint."""
+    from omegaconf import OmegaConf
+
     from advtrain.cli.common import build_model
-    from advtrain.cli.eval import load_checkpoint, load_into
+    from advtrain.core.checkpoint import load_checkpoint, load_into
 
     cwd = main_run.parents[3]
     ckpt = main_run / "checkpoints" / "best.ckpt"
-    state, run_cfg = load_checkpoint(str(ckpt))
+    state, run = load_checkpoint(str(ckpt))
+    run_cfg = OmegaConf.create(run)  # the checkpoint stores the resolved config as a dict
     model = build_model(run_cfg.model, run_cfg.data, True)
     load_into(model, state, str(ckpt), "model")
     torch.onnx.export(
-        model.eval(), (torch.rand(2, 1, 8, 8),), str(cwd / "net.onnx"), dynamo=False,
-        input_names=["x"], dynamic_axes={"x": {0: "batch"}},
-    )  # fmt: skip
+        model.eval(),
+        (torch.rand(2, 1, 8, 8),),
+        str(cwd / "net.onnx"),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "batch"}},
+    )
     cmd = "uv run advtrain-eval model=onnx data=digits weights_path=net.onnx eval.suite=quick"
     before = set(run_dirs(cwd, "eval"))
     assert run_in_process([*argv_of(command(cmd)), *FEW], cwd) == 0

@@ -11,13 +11,18 @@ from advtrain.core.operator_norm import LayerOperator, record_input_shapes
 from advtrain.models.lipschitz import hard_lipschitz
 from advtrain.registry import REGULARIZERS
 from advtrain.regularizers import InputGradient, L1Sparsity, SpectralNorm, sparsity_stats
+from advtrain.threat import LpBall
+from advtrain.training.module import accepted_parameters
 
 
 @pytest.mark.parametrize("name", sorted(REGULARIZERS))
 def test_every_regularizer_takes_a_training_step(name: str, tiny_model, tiny_batch) -> None:
     x, y = tiny_batch
     model = tiny_model.train()
-    reg = REGULARIZERS[name](weight=0.5)
+    cls = REGULARIZERS[name]
+    # the ones measured in the threat model get one (advtrain-train passes the run's)
+    shared = {"threat": LpBall("linf", 0.1)} if "threat" in accepted_parameters(cls) else {}
+    reg = cls(weight=0.5, **shared)
     logits = model(x)
     outputs = {"loss": F.cross_entropy(logits, y), "logits": logits}
     penalty = reg(model, (x, y), outputs, epoch=1.0, step=10)
@@ -51,6 +56,22 @@ def test_bad_regularizer_input_is_one_clear_line(name: str, kwargs: dict, messag
     with pytest.raises(ValueError, match=message) as err:
         REGULARIZERS[name](**kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_a_threat_regularizer_reads_the_shared_ball_on_every_call(tiny_model, tiny_batch) -> None:
+    """Given ``threat``, the penalty follows its eps (an eps ramp changes it in place)."""
+    ball = LpBall("l2", 0.5)
+    shared, own = InputGradient(threat=ball), InputGradient(norm="l2", eps=0.25)
+    assert shared.threat is ball
+    before = shared.penalty(tiny_model, tiny_batch, {})
+    ball.eps = 0.25
+    after = shared.penalty(tiny_model, tiny_batch, {})
+    torch.testing.assert_close(after, before / 2)
+    torch.testing.assert_close(after, own.penalty(tiny_model, tiny_batch, {}))
+    with pytest.raises(ValueError, match="give threat or norm/eps, not both"):
+        InputGradient(norm="l2", threat=ball)
+    with pytest.raises(ValueError, match="needs a threat model"):
+        InputGradient().penalty(tiny_model, tiny_batch, {})
 
 
 def smooth_model() -> nn.Module:

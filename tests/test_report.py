@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lightning.pytorch.loggers import CSVLogger
 
 from advtrain.core.statistics import per_class, wilson_interval
-from advtrain.evaluation import render_markdown, run_evaluation, write_report
+from advtrain.evaluation import EvalOptions, render_markdown, run_evaluation, write_report
 from advtrain.evaluation.certified import sandwich
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.perturbation import perturbation_sizes, psnr
@@ -21,9 +21,18 @@ from advtrain.evaluation.report import log_report, report_metrics
 from advtrain.threat import LpBall
 
 CONTRACT_KEYS = {
-    "dataset", "model", "n_examples", "threat_model", "clean_accuracy", "robust_accuracy",
-    "attacks", "per_class", "gradient_masking", "certified_accuracy", "seconds",
-}  # fmt: skip
+    "dataset",
+    "model",
+    "n_examples",
+    "threat_model",
+    "clean_accuracy",
+    "robust_accuracy",
+    "attacks",
+    "per_class",
+    "gradient_masking",
+    "certified_accuracy",
+    "seconds",
+}
 
 
 @given(st.integers(1, 500), st.data())
@@ -75,10 +84,14 @@ def test_sandwich_flags_violations():
 @pytest.fixture(scope="module")
 def evaluation(trained_digits_model, digits_test):
     x, y = digits_test
-    return run_evaluation(
-        trained_digits_model, x[:60], y[:60], "linf", 0.1, suite="quick", dataset="digits",
-        eps_curve=[0.0, 0.05, 0.1, 0.2], curve_n_examples=40,
-    )  # fmt: skip
+    options = EvalOptions(
+        eps=0.1,
+        suite="quick",
+        dataset="digits",
+        eps_curve=(0.0, 0.05, 0.1, 0.2),
+        curve_n_examples=40,
+    )
+    return run_evaluation(trained_digits_model, x[:60], y[:60], options)
 
 
 def test_report_files_and_figures(evaluation, trained_digits_model, tmp_path):

@@ -21,6 +21,7 @@ from torch import nn
 from advtrain.certification import certify
 from advtrain.smoothing.certify import (
     ABSTAIN,
+    SmoothingSettings,
     certified_accuracy_curve,
     certify_smoothed,
     lower_confidence_bound,
@@ -146,8 +147,10 @@ def test_binary_radius_at_most_distance_for_every_example() -> None:
     x = torch.rand(80, 1, 2, 2, generator=g, dtype=torch.float64)
     margin = x.flatten(1) @ w - 0.1
     y = (margin > 0).long()
-    out = certify(model, x, y, norm="l2", eps=0.1, method="smoothing", sigma=SIGMA,
-                  n0=50, n=5000, alpha=0.001, batch_size=1000)  # fmt: skip
+    options = SmoothingSettings(sigma=SIGMA, n0=50, n=5000, alpha=0.001)
+    out = certify(
+        model, x, y, norm="l2", eps=0.1, method="smoothing", smoothing=options, batch_size=1000
+    )
     distance = margin.abs() / w.norm()
     radius = torch.tensor(out["radius"], dtype=torch.float64)
     assert (radius <= distance).all()
@@ -208,12 +211,15 @@ def test_seeded_and_batch_shape_independent_of_default_device() -> None:
 def test_bad_input_is_one_clear_line(kwargs: dict, message: str) -> None:
     model, _ = binary_model()
     x = binary_inputs([0.8])
-    args = {"norm": "l2", "eps": 0.1, "sigma": SIGMA, "n": 10, **kwargs}
+    args = {"sigma": SIGMA, "n": 10, **kwargs}
+    norm = args.pop("norm", "l2")
+    options = SmoothingSettings(**args)
     with pytest.raises(ValueError, match=message) as err:
-        certify(model, x, torch.ones(1, dtype=torch.long), method="smoothing", **args)
+        y = torch.ones(1, dtype=torch.long)
+        certify(model, x, y, norm, 0.1, method="smoothing", smoothing=options)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="takes no options"):
-        certify(model, x, torch.ones(1, dtype=torch.long), norm="l2", method="ibp", sigma=0.1)
+        certify(model, x, torch.ones(1, dtype=torch.long), "l2", method="ibp", smoothing=options)
 
 
 def test_model_in_train_mode_is_certified_in_eval_mode_and_restored() -> None:

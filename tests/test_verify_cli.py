@@ -83,9 +83,14 @@ def test_single_instances_answer_like_the_milp(files) -> None:
     assert files["margins"]["small"] > 1e-4 and files["margins"]["large"] < -1e-4
     for name in ("small", "large"):
         result = files["dir"] / f"{name}.txt"
-        proc = run_verify(f"onnx={files['onnx']}", f"vnnlib={files['props'][name]}", "timeout=60",
-                          f"result_file={result}", f"hydra.run.dir={files['dir']}/run_{name}",
-                          cwd=files["dir"])  # fmt: skip
+        proc = run_verify(
+            f"onnx={files['onnx']}",
+            f"vnnlib={files['props'][name]}",
+            "timeout=60",
+            f"result_file={result}",
+            f"hydra.run.dir={files['dir']}/run_{name}",
+            cwd=files["dir"],
+        )
         assert proc.returncode == 0, proc.stderr
         status = _expected(files["margins"][name])
         assert proc.stdout.strip().splitlines()[-1] == status
@@ -108,8 +113,9 @@ def test_benchmark_run_writes_results_summary_and_score(files) -> None:
         w.writerow(["onnx", "vnnlib", "timeout_s", "consensus", "n_tools_sat", "n_tools_unsat"])
         w.writerows([(o, v, t, truth[v], 0, 0) for o, v, t in rows])
     out = d / "bench"
-    proc = run_verify(f"instances={d / 'instances.csv'}", "timeout=20", f"hydra.run.dir={out}",
-                      cwd=d)  # fmt: skip
+    proc = run_verify(
+        f"instances={d / 'instances.csv'}", "timeout=20", f"hydra.run.dir={out}", cwd=d
+    )
     assert proc.returncode == 0, proc.stderr
     with (out / "results.csv").open() as f:
         results = list(csv.reader(f))
@@ -146,9 +152,18 @@ def test_bad_input_is_one_line_and_exit_2(files, make_args, message) -> None:
 @pytest.mark.slow
 def test_console_script_exits_2_with_one_line(files) -> None:
     """The installed script itself (a fresh process), on a missing file."""
-    proc = subprocess.run([str(SCRIPT), f"onnx={files['dir'] / 'nope.onnx'}",
-                           f"vnnlib={files['props']['small']}", f"hydra.run.dir={files['dir']}/s"],
-                          capture_output=True, text=True, cwd=files["dir"], timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            str(SCRIPT),
+            f"onnx={files['dir'] / 'nope.onnx'}",
+            f"vnnlib={files['props']['small']}",
+            f"hydra.run.dir={files['dir']}/s",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=files["dir"],
+        timeout=600,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"advtrain-verify: error: ONNX file {str(files['dir'] / 'nope.onnx')!r} does not exist"
@@ -158,8 +173,14 @@ def test_console_script_exits_2_with_one_line(files) -> None:
 def test_the_threads_setting_does_not_leak_into_the_caller(files) -> None:
     """``threads=1`` applies to the verification only: an in-process caller keeps its count."""
     torch.set_num_threads(2)  # the autouse fixture restores the count after the test
-    proc = run_verify(f"onnx={files['onnx']}", f"vnnlib={files['props']['small']}", "timeout=60",
-                      "threads=1", f"result_file={files['dir'] / 'threads.txt'}",
-                      f"hydra.run.dir={files['dir']}/run_threads", cwd=files["dir"])  # fmt: skip
+    proc = run_verify(
+        f"onnx={files['onnx']}",
+        f"vnnlib={files['props']['small']}",
+        "timeout=60",
+        "threads=1",
+        f"result_file={files['dir'] / 'threads.txt'}",
+        f"hydra.run.dir={files['dir']}/run_threads",
+        cwd=files["dir"],
+    )
     assert proc.returncode == 0, proc.stderr
     assert torch.get_num_threads() == 2

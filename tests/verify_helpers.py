@@ -22,9 +22,15 @@ def one_thread() -> Iterator[None]:
 def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     """``model`` (float32 copy) as an ONNX file with a dynamic batch axis."""
     model = model.float().eval()
-    torch.onnx.export(model, torch.zeros(1, *shape), str(path), input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-                      dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        torch.zeros(1, *shape),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        dynamo=False,
+    )
     return path
 
 

@@ -4,7 +4,8 @@
 ``conf/attack/`` and one line in ``advtrain.registry.ATTACKS``; the parametrised tests pick it up.
 """
 
-from advtrain.attacks.apgd import APGD, APGDT
+from advtrain.attacks.apgd import APGD
+from advtrain.attacks.apgd_t import APGDT
 from advtrain.attacks.base import Attack
 from advtrain.attacks.fab import FAB, FABT
 from advtrain.attacks.fgsm import FGSM, FGSMRS

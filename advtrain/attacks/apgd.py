@@ -22,14 +22,16 @@ pass only, and each iteration reuses the logits of its own gradient pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack
+from advtrain.attacks.base import Attack, AttackInputs, select_kwargs
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
-from advtrain.threat import lp_norm
+from advtrain.core.tensors import per_example
+from advtrain.threat import LpBall, lp_norm
 
 _MOMENTUM = 0.75
 
@@ -85,17 +87,37 @@ def checkpoints(steps: int, norm: str) -> set[int]:
     return out
 
 
+class _Book(NamedTuple):
+    """The results of a call, filled in over the runs (full batch)."""
+
+    result: Tensor  # the returned points
+    fooled: Tensor  # where result fools the model
+    best: Tensor  # the highest objective of an unfooled result
+
+
 class APGD(Attack):
     """Auto-PGD with CE, DLR or targeted-DLR loss (Croce & Hein 2020; l1: 2021).
 
     Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``; ignored when ``threat`` is given.
+        eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
         steps: Iterations per restart (AutoAttack: 100).
         restarts: Runs from fresh random starts; only still-robust examples rerun.
         rho: Oscillation threshold: the step is halved when the objective rose in at
             most ``rho`` of a window's steps.
         early_stop: Examples leave the loop once fooled (the result of evaluation);
             off, every example runs all steps and returns its highest-loss point.
-        **kwargs: See ``Attack`` (``loss`` defaults to ``"ce"``).
+        threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
+        bounds: The data box.
+        loss: The loss to maximise: ``"ce"`` (default), ``"dlr"``, or
+            ``"dlr_targeted"`` with ``targeted=True`` (``advtrain.attacks.losses``).
+        targeted: Minimise the loss towards target labels (random wrong classes
+            unless the call gives ``target``).
+        model_mode: ``"eval"``, ``"train"`` or ``"keep"`` (see ``Attack``).
+        seed: Seed of the random starts (``None``: torch's global generator).
+        check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Forward/backward draws averaged per gradient (EOT, Athalye et al.
+            2018; AutoAttack's ``rand`` version uses 20).
 
     For the untargeted attack the result is the first fooling iterate, else the
     iterate with the highest objective. Examples misclassified on clean input are
@@ -106,14 +128,34 @@ class APGD(Attack):
 
     def __init__(
         self,
-        *args,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        *,
         steps: int = 100,
         restarts: int = 1,
         rho: float = 0.75,
         early_stop: bool = True,
-        **kwargs,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "ce",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            norm=norm,
+            eps=eps,
+            threat=threat,
+            bounds=bounds,
+            loss=loss,
+            targeted=targeted,
+            model_mode=model_mode,
+            seed=seed,
+            check_inputs=check_inputs,
+            eot_iter=eot_iter,
+        )
         if not 0 < float(rho) <= 1:
             raise ConfigError(f"rho={rho!r} is invalid; need 0 < rho <= 1")
         self.steps = positive_int(steps, "steps")
@@ -122,30 +164,28 @@ class APGD(Attack):
         self.early_stop = bool(early_stop)
 
     # -- entry point ------------------------------------------------------------------
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        kw = self.loss_kwargs(model, x, y)
-        with torch.no_grad():
-            clean_logits = model(x)
-        todo = (clean_logits.argmax(1) == y).nonzero().squeeze(1)
-        result = x.clone()
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        best = torch.full((len(x),), float("-inf"), device=x.device)
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        kw, clean_logits, book = self._prepare(model, inputs)
+        todo = (clean_logits.argmax(1) == inputs.y).nonzero().squeeze(1)
         for _ in range(self.restarts):
-            todo = todo[~fooled[todo]]
+            todo = todo[~book.fooled[todo]]
             if len(todo) == 0:
                 break
-            sub_t = target[todo] if target is not None else None
-            sub_kw = {k: v[todo] for k, v in kw.items()}
-            self.run(model, x, y, todo, sub_t, sub_kw, generator, result, fooled, best)
-        return result
+            target = inputs.target[todo] if inputs.target is not None else None
+            self.run(model, inputs, todo, target, select_kwargs(kw, todo), book)
+        return book.result
+
+    def _prepare(
+        self, model: nn.Module, inputs: AttackInputs
+    ) -> tuple[dict[str, Tensor], Tensor, _Book]:
+        """The loss tensors, the clean logits and an empty book (the clean inputs)."""
+        x = inputs.x
+        kw = self.loss_kwargs(model, x, inputs.y)
+        with torch.no_grad():
+            clean_logits = model(x)
+        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        best = torch.full((len(x),), float("-inf"), device=x.device)
+        return kw, clean_logits, _Book(x.clone(), fooled, best)
 
     def success(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         """Per-example success of an iterate (see ``Attack.is_fooled``)."""
@@ -155,50 +195,63 @@ class APGD(Attack):
     def run(
         self,
         model: nn.Module,
-        x_all: Tensor,
-        y_all: Tensor,
+        inputs: AttackInputs,
         idx: Tensor,
         target: Tensor | None,
         kw: dict[str, Tensor],
-        generator: torch.Generator | None,
-        result: Tensor,
-        fooled: Tensor,
-        best: Tensor,
+        book: _Book,
     ) -> None:
-        """One APGD run on the examples ``idx``; writes into ``result``/``fooled``/``best``."""
-        state, logits = self._init_state(model, x_all[idx], y_all[idx], idx, target, kw, generator)
-        self._record(state, logits, result, fooled, best)
+        """One APGD run on the examples ``idx`` of ``inputs`` (``target`` and ``kw``
+        already restricted to them); writes into ``book``."""
+        state, logits = self._init_state(model, inputs, idx, target, kw)
+        self._record(state, logits, book)
         marks = checkpoints(self.steps, self.norm)
         for i in range(self.steps):
             if self.early_stop:
-                self._drop_fooled(state, fooled)
+                self._drop_fooled(state, book.fooled)
                 if len(state.idx) == 0:
                     return
             self._step(state, first=i == 0)
             logits = self._evaluate(model, state, need_grad=i < self.steps - 1)
-            self._record(state, logits, result, fooled, best)
+            self._record(state, logits, book)
             if i in marks:
                 self._checkpoint(state, i, marks)
         # examples never fooled return their best point
-        self._write_best(state, result, fooled, best)
+        self._write_best(state, book)
 
-    def _init_state(self, model, x, y, idx, target, kw, generator) -> tuple[_State, Tensor]:
+    def _init_state(
+        self,
+        model: nn.Module,
+        inputs: AttackInputs,
+        idx: Tensor,
+        target: Tensor | None,
+        kw: dict[str, Tensor],
+    ) -> tuple[_State, Tensor]:
         """The random start, its objective and gradient: the state of a fresh run."""
-        x_adv = self._random_start(x, generator)
+        x, y = inputs.x[idx], inputs.y[idx]
+        x_adv = self._random_start(x, inputs.generator)
         value, grad, logits = self.input_gradient(model, x_adv, y, target, **kw)
-        n, shape = len(x), (len(x), *([1] * (x.dim() - 1)))
-        alpha = 1.0 if self.norm == "l1" else 2.0
-        zeros = torch.zeros(n, device=x.device)
+        n, alpha = len(x), 1.0 if self.norm == "l1" else 2.0
         state = _State(
-            idx=idx, x=x, y=y, target=target, kw=kw,
-            x_adv=x_adv, x_old=x_adv.clone(), grad=grad, value=value,
-            x_best=x_adv.clone(), grad_best=grad.clone(), value_best=value.clone(),
-            step=torch.full(shape, alpha * self.eps, device=x.device, dtype=x.dtype),
-            n_increase=zeros.clone(), best_at_check=value.clone(),
+            idx=idx,
+            x=x,
+            y=y,
+            target=target,
+            kw=kw,
+            x_adv=x_adv,
+            x_old=x_adv.clone(),
+            grad=grad,
+            value=value,
+            x_best=x_adv.clone(),
+            grad_best=grad.clone(),
+            value_best=value.clone(),
+            step=per_example(torch.full((n,), alpha * self.eps, device=x.device, dtype=x.dtype), x),
+            n_increase=torch.zeros(n, device=x.device),
+            best_at_check=value.clone(),
             reduced_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
             topk=torch.full((n,), 0.2, device=x.device),
             sparsity_old=torch.full((n,), float(x[0].numel()), device=x.device),
-        )  # fmt: skip
+        )
         return state, logits
 
     def _random_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -206,11 +259,11 @@ class APGD(Attack):
         sphere, or gaussian noise projected onto the l1 ball and box."""
         if self.norm == "linf":
             t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-            t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            t = t / per_example(t.flatten(1).abs().amax(1).clamp_min(1e-12), x)
             return self.threat.project(x, x + self.eps * t)
         t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         if self.norm == "l2":
-            t = t / lp_norm(t, "l2").clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            t = t / per_example(lp_norm(t, "l2").clamp_min(1e-12), x)
             return self.threat.project(x, x + self.eps * t)
         return self.threat.project(x, x + t)
 
@@ -221,7 +274,7 @@ class APGD(Attack):
             direction = _sparse_direction(s.grad, s.topk)
             s.x_old, s.x_adv = s.x_adv, self.threat.project(s.x, s.x_adv + s.step * direction)
             return
-        z = self.threat.project(s.x, s.x_adv + s.step * self.threat.ascent_direction(s.grad))
+        z = self.ascent_step(s.x, s.x_adv, s.grad, s.step)
         a = 1.0 if first else _MOMENTUM
         moved = s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_old)
         s.x_old, s.x_adv = s.x_adv, self.threat.project(s.x, moved)
@@ -242,22 +295,23 @@ class APGD(Attack):
         s.value_best = torch.where(improved, value, s.value_best)
         return logits
 
-    def _record(self, s: _State, logits: Tensor, result, fooled, best) -> None:
+    def _record(self, s: _State, logits: Tensor, book: _Book) -> None:
         """Store the iterates that just fooled the model (the first one per example)."""
-        new = self.success(logits, s.y, s.target) & ~fooled[s.idx]
+        new = self.success(logits, s.y, s.target) & ~book.fooled[s.idx]
         if bool(new.any()):
-            result[s.idx[new]] = s.x_adv[new]
-            fooled[s.idx[new]] = True
+            book.result[s.idx[new]] = s.x_adv[new]
+            book.fooled[s.idx[new]] = True
 
     def _drop_fooled(self, s: _State, fooled: Tensor) -> None:
         done = fooled[s.idx]
         if bool(done.any()):
             s.keep(~done)
 
-    def _write_best(self, s: _State, result, fooled, best) -> None:
-        better = ~fooled[s.idx] & (s.value_best > best[s.idx])
-        result[s.idx[better]] = s.x_best[better]
-        best[s.idx[better]] = s.value_best[better]
+    def _write_best(self, s: _State, book: _Book) -> None:
+        """Where no iterate fooled the model: keep the best point if it beats the book's."""
+        better = ~book.fooled[s.idx] & (s.value_best > book.best[s.idx])
+        book.result[s.idx[better]] = s.x_best[better]
+        book.best[s.idx[better]] = s.value_best[better]
 
     def _checkpoint(self, s: _State, i: int, marks: set[int]) -> None:
         """Halve the step (linf, l2) or adapt sparsity (l1); restart reduced ones from the best."""
@@ -300,58 +354,4 @@ def _sparse_direction(grad: Tensor, topk: Tensor) -> Tensor:
     return sign.view_as(grad)
 
 
-class APGDT(APGD):
-    """APGD-T as AutoAttack runs it: targeted DLR towards each of the top-``n_target_classes``
-    classes of the clean prediction in turn, on the examples still robust.
-
-    Success is misclassification (any wrong class), as in AutoAttack's robust accuracy.
-
-    Args:
-        n_target_classes: How many runner-up classes to target (AutoAttack: 9).
-        **kwargs: See ``APGD``; ``loss`` defaults to ``"dlr_targeted"``.
-    """
-
-    name = "apgd_t"
-    draws_targets = False
-
-    def __init__(
-        self, *args, n_target_classes: int = 9, loss: str = "dlr_targeted", **kwargs
-    ) -> None:
-        kwargs.pop("targeted", None)
-        super().__init__(*args, loss=loss, targeted=True, **kwargs)
-        self.n_target_classes = positive_int(n_target_classes, "n_target_classes")
-
-    def success(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-        return logits.argmax(1) != y
-
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        kw = self.loss_kwargs(model, x, y)
-        with torch.no_grad():
-            clean_logits = model(x)
-        ranked = clean_logits.argsort(dim=1, descending=True)
-        todo = (ranked[:, 0] == y).nonzero().squeeze(1)
-        result = x.clone()
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        best = torch.full((len(x),), float("-inf"), device=x.device)
-        n_targets = min(self.n_target_classes, clean_logits.shape[1] - 1)
-        for rank in range(1, n_targets + 1):
-            for _ in range(self.restarts):
-                todo = todo[~fooled[todo]]
-                if len(todo) == 0:
-                    return result
-                sub_kw = {k: v[todo] for k, v in kw.items()}
-                self.run(
-                    model, x, y, todo, ranked[todo, rank], sub_kw, generator, result, fooled, best
-                )
-        return result
-
-
-__all__ = ["APGD", "APGDT", "checkpoints"]
+__all__ = ["APGD", "checkpoints"]

@@ -1,7 +1,10 @@
 """The attack base class: the cross-cutting work every attack shares.
 
 An attack maximises a loss over a threat model (``LpBall``). Subclasses implement
-``perturb``; ``__call__`` wraps it so that, whatever the subclass does:
+``perturb(model, inputs)`` (``inputs``: an ``AttackInputs`` with the examples, labels,
+targets and the call's random generator) and list all of their constructor's
+parameters, the base's included; ``__call__`` wraps ``perturb`` so that, whatever the
+subclass does:
 
 * the model is passed on every call and never stored: ``x_adv = attack(model, x, y)``;
 * the model runs in eval mode during the attack (``model_mode="eval"``), or in train
@@ -22,6 +25,7 @@ An attack maximises a loss over a threat model (``LpBall``). Subclasses implemen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +50,33 @@ def check_precision(x: Tensor) -> None:
             f"attack inputs are {x.dtype} (trainer.precision=*-true); the eps-ball needs "
             "float32 inputs: use trainer.precision=bf16-mixed or 32-true"
         )
+
+
+class AttackInputs(NamedTuple):
+    """The examples of one attack call, as ``perturb`` receives them.
+
+    Attributes:
+        x: The clean inputs (a detached copy).
+        y: Their labels.
+        target: The target labels of a targeted call (drawn at random when the caller
+            gives none and the attack ``draws_targets``), else ``None``.
+        generator: The call's random generator (``None``: torch's global one).
+    """
+
+    x: Tensor
+    y: Tensor
+    target: Tensor | None
+    generator: torch.Generator | None
+
+    def select(self, idx: Tensor) -> AttackInputs:
+        """The examples at ``idx`` (the same generator)."""
+        target = self.target[idx] if self.target is not None else None
+        return AttackInputs(self.x[idx], self.y[idx], target, self.generator)
+
+
+def select_kwargs(kw: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
+    """The per-example loss tensors (``Attack.loss_kwargs``) at ``idx``."""
+    return {k: v[idx] for k, v in kw.items()}
 
 
 class Attack(ABC):
@@ -116,7 +147,7 @@ class Attack(ABC):
 
     @eps.setter
     def eps(self, value: float | str) -> None:
-        self.threat = self.threat.with_eps(value)
+        self.threat.eps = value  # in place: every holder of the ball sees it
 
     @property
     def norm(self) -> str:
@@ -140,7 +171,7 @@ class Attack(ABC):
             generator = self._generator(x.device)
             if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
-            x_adv = self.perturb(model, x, y, target=target, generator=generator)
+            x_adv = self.perturb(model, AttackInputs(x, y, target, generator))
             x_adv = self.output_ball().project(x, x_adv.detach())
         return x_adv
 
@@ -150,15 +181,7 @@ class Attack(ABC):
         return self.threat
 
     @abstractmethod
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
         """The attack proper. Runs with frozen parameters and gradients enabled."""
 
     # -- helpers for subclasses -------------------------------------------------------
@@ -166,6 +189,11 @@ class Attack(ABC):
         if self.seed is None:
             return None
         return torch.Generator(device=device).manual_seed(int(self.seed))
+
+    def ascent_step(self, x: Tensor, x_adv: Tensor, grad: Tensor, size: float | Tensor) -> Tensor:
+        """A steepest-ascent step of length ``size`` along ``grad`` from ``x_adv``,
+        projected onto the threat model around ``x``."""
+        return self.threat.project(x, x_adv + size * self.threat.ascent_direction(grad))
 
     def objective(self, logits: Tensor, y: Tensor, target: Tensor | None, **kw: Tensor) -> Tensor:
         """Per-example value to *maximise*: the loss, or minus the loss to the target
@@ -241,4 +269,4 @@ def step_size(value: float | str | None, eps: float, default_ratio: float) -> fl
     return as_float(value, "step_size")
 
 
-__all__ = ["LOSSES", "Attack", "check_precision", "step_size"]
+__all__ = ["LOSSES", "Attack", "AttackInputs", "check_precision", "select_kwargs", "step_size"]

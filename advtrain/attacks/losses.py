@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advtrain.core.errors import ConfigError
+from advtrain.core.tensors import kl_per_example, pick, without_class
 
 
 def cross_entropy(logits: Tensor, y: Tensor, **_: Tensor) -> Tensor:
@@ -24,20 +25,21 @@ def cross_entropy(logits: Tensor, y: Tensor, **_: Tensor) -> Tensor:
 
 
 def _other_max(logits: Tensor, y: Tensor) -> Tensor:
-    true = F.one_hot(y, logits.shape[1]).bool()
-    return logits.masked_fill(true, float("-inf")).amax(dim=1)
+    """``max_{j != y} z_j`` per example."""
+    return without_class(logits, y).amax(dim=1)
 
 
 def margin(logits: Tensor, y: Tensor, **_: Tensor) -> Tensor:
+    """The Carlini-Wagner margin ``max_{j != y} z_j - z_y`` (> 0: misclassified)."""
     logits = logits.float()
-    return _other_max(logits, y) - logits.gather(1, y[:, None]).squeeze(1)
+    return _other_max(logits, y) - pick(logits, y)
 
 
 def dlr(logits: Tensor, y: Tensor, **_: Tensor) -> Tensor:
     """Untargeted DLR: ``-(z_y - max_{j!=y} z_j) / (z_pi1 - z_pi3)``."""
     logits = logits.float()
     top = logits.sort(dim=1, descending=True).values
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_y = pick(logits, y)
     return -(z_y - _other_max(logits, y)) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
@@ -54,8 +56,8 @@ def dlr_targeted(
     if true_labels is None:
         raise ConfigError("dlr_targeted needs the true labels (true_labels=...)")
     top = logits.sort(dim=1, descending=True).values
-    z_true = logits.gather(1, true_labels[:, None]).squeeze(1)
-    z_target = logits.gather(1, y[:, None]).squeeze(1)
+    z_true = pick(logits, true_labels)
+    z_target = pick(logits, y)
     return (z_true - z_target) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
 
 
@@ -65,9 +67,7 @@ def kl_divergence(
     """KL(softmax(clean_logits) || softmax(logits)) per example (TRADES)."""
     if clean_logits is None:
         raise ConfigError("the kl loss needs the clean logits (clean_logits=...)")
-    log_p_adv = F.log_softmax(logits.float(), dim=1)
-    p_clean = F.softmax(clean_logits.float(), dim=1)
-    return F.kl_div(log_p_adv, p_clean, reduction="none").sum(dim=1)
+    return kl_per_example(clean_logits, logits, log_space=False)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {

@@ -15,35 +15,65 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, step_size
+from advtrain.attacks.base import Attack, AttackInputs, step_size
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
-from advtrain.threat import lp_norm
+from advtrain.core.tensors import per_example
+from advtrain.threat import LpBall, lp_norm
 
 
 class MIFGSM(Attack):
     """Momentum iterative FGSM (Dong et al. 2018).
 
     Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``; ignored when ``threat`` is given.
+        eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
         steps: Number of iterations (paper: 10).
         step_size: Step length; default ``eps / steps`` (the paper's ``alpha = eps / T``).
         decay: Momentum factor ``mu`` (paper: 1.0).
         random_start: Start from a uniform point of the ball (the paper starts at ``x``).
-        **kwargs: See ``Attack``.
+        threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
+        bounds: The data box.
+        loss: The loss to maximise (``advtrain.attacks.losses.LOSSES``).
+        targeted: Minimise the loss towards target labels (a targeted transfer attack).
+        model_mode: ``"eval"``, ``"train"`` or ``"keep"`` (see ``Attack``).
+        seed: Seed of the random start (``None``: torch's global generator).
+        check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Forward/backward draws averaged per gradient (EOT, Athalye et al. 2018).
     """
 
     name = "mifgsm"
 
     def __init__(
         self,
-        *args,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        *,
         steps: int = 10,
         step_size: float | str | None = None,
         decay: float = 1.0,
         random_start: bool = False,
-        **kwargs,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "ce",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            norm=norm,
+            eps=eps,
+            threat=threat,
+            bounds=bounds,
+            loss=loss,
+            targeted=targeted,
+            model_mode=model_mode,
+            seed=seed,
+            check_inputs=check_inputs,
+            eot_iter=eot_iter,
+        )
         if float(decay) < 0:
             raise ConfigError(f"decay={decay!r} is invalid; need decay >= 0")
         self.steps = positive_int(steps, "steps")
@@ -55,25 +85,16 @@ class MIFGSM(Attack):
     def step_size(self) -> float:
         return step_size(self._step_size, self.eps, 1.0 / self.steps)
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        x, y, target, generator = inputs
         kw = self.loss_kwargs(model, x, y)
         x_adv = self.threat.random_init(x, generator) if self.random_start else x.clone()
         momentum = torch.zeros_like(x)
         for _ in range(self.steps):
             _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
-            grad = grad / lp_norm(grad, "l1").clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+            grad = grad / per_example(lp_norm(grad, "l1").clamp_min(1e-12), x)
             momentum = self.decay * momentum + grad
-            x_adv = self.threat.project(
-                x, x_adv + self.step_size * self.threat.ascent_direction(momentum)
-            )
+            x_adv = self.ascent_step(x, x_adv, momentum, self.step_size)
         return x_adv
 
 

@@ -17,8 +17,9 @@ from abc import abstractmethod
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack
+from advtrain.attacks.base import Attack, AttackInputs
 from advtrain.core.modes import attack_context
+from advtrain.core.tensors import per_example
 from advtrain.threat import lp_norm
 
 
@@ -39,42 +40,24 @@ class MinimumNormAttack(Attack):
             generator = self._generator(x.device)
             if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
-            x_adv, norms = self.search(model, x, y, target, generator, stop=None)
+            x_adv, norms = self.search(model, AttackInputs(x, y, target, generator), stop=None)
             x_adv = x_adv.detach().clamp(*self.threat.bounds)
             with torch.no_grad():
                 fooled = model(x_adv).argmax(1) != y
             # the norms are those of the returned (box-clamped) points, found or not
             norms = torch.where(fooled, lp_norm(x_adv - x, self.norm), float("inf"))
-        return torch.where(_col(fooled, x), x_adv, x), norms
+        return torch.where(per_example(fooled, x), x_adv, x), norms
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
-        x_adv, norms = self.search(model, x, y, target, generator, stop=self.eps)
-        return torch.where(_col(norms <= self.eps, x), x_adv, x)
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        x_adv, norms = self.search(model, inputs, stop=self.eps)
+        return torch.where(per_example(norms <= self.eps, inputs.x), x_adv, inputs.x)
 
     @abstractmethod
     def search(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-        stop: float | None,
+        self, model: nn.Module, inputs: AttackInputs, stop: float | None
     ) -> tuple[Tensor, Tensor]:
         """Return ``(x_adv, norms)``. With ``stop`` set an example may leave the search
         once its norm is at most ``stop`` (an eps-bounded call needs no smaller one)."""
-
-
-def _col(per_example: Tensor, like: Tensor) -> Tensor:
-    return per_example.view(-1, *([1] * (like.dim() - 1)))
 
 
 __all__ = ["MinimumNormAttack"]

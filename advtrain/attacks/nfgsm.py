@@ -16,10 +16,9 @@ ball of the same norm, the step along the norm's steepest-ascent direction).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, step_size
+from advtrain.attacks.base import Attack, AttackInputs, step_size
 from advtrain.core.numbers import non_negative
 from advtrain.threat import LpBall
 
@@ -28,17 +27,52 @@ class NFGSM(Attack):
     """Noisy FGSM, no projection onto the eps-ball (de Jorge et al. 2022); for training.
 
     Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``; ignored when ``threat`` is given.
+        eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
         noise: Radius of the uniform noise in units of eps (``k``; 2 in the paper).
         step_size: Step length in the attack's norm; default ``eps`` (the paper's).
-        **kwargs: See ``Attack``.
+        threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
+        bounds: The data box.
+        loss: The loss to maximise (``advtrain.attacks.losses.LOSSES``).
+        targeted: Minimise the loss towards target labels (random wrong classes
+            unless the call gives ``target``).
+        model_mode: ``"eval"``, ``"train"`` or ``"keep"`` (see ``Attack``).
+        seed: Seed of the noise (``None``: torch's global generator).
+        check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Forward/backward draws averaged for the gradient (EOT, Athalye et al.
+            2018).
     """
 
     name = "n_fgsm"
 
     def __init__(
-        self, *args, noise: float | str = 2.0, step_size: float | str | None = None, **kwargs
+        self,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        *,
+        noise: float | str = 2.0,
+        step_size: float | str | None = None,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "ce",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            norm=norm,
+            eps=eps,
+            threat=threat,
+            bounds=bounds,
+            loss=loss,
+            targeted=targeted,
+            model_mode=model_mode,
+            seed=seed,
+            check_inputs=check_inputs,
+            eot_iter=eot_iter,
+        )
         self.noise = non_negative(noise, "noise")
         self._step_size = step_size
 
@@ -50,15 +84,8 @@ class NFGSM(Attack):
         """The ball of radius ``noise * eps + step_size`` (``3 eps`` by default)."""
         return self.threat.with_eps(self.noise * self.eps + self.step_size)
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        x, y, target, generator = inputs
         kw = self.loss_kwargs(model, x, y)
         x0 = self.threat.with_eps(self.noise * self.eps).random_init(x, generator)
         _, grad, _ = self.input_gradient(model, x0, y, target, **kw)

@@ -17,35 +17,66 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, step_size
+from advtrain.attacks.base import Attack, AttackInputs, select_kwargs, step_size
 from advtrain.core.numbers import positive_int
+from advtrain.threat import LpBall
 
 
 class PGD(Attack):
     """PGD with random start, restarts and optional per-example early stop.
 
     Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``; ignored when ``threat`` is given.
+        eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
         steps: Number of gradient steps.
         step_size: Step length; default ``2.5 * eps / steps`` (Madry et al. 2018).
         random_start: Start from a uniform point of the ball (else from ``x``).
         restarts: Independent runs; each example keeps its best.
         early_stop: Freeze each example once it is misclassified (or hits its target).
-        **kwargs: See ``Attack``.
+        threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
+        bounds: The data box.
+        loss: The loss to maximise (``advtrain.attacks.losses.LOSSES``).
+        targeted: Minimise the loss towards target labels (random wrong classes
+            unless the call gives ``target``).
+        model_mode: ``"eval"``, ``"train"`` or ``"keep"`` (see ``Attack``).
+        seed: Seed of the attack's randomness (``None``: torch's global generator).
+        check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Forward/backward draws averaged per gradient (EOT, Athalye et al. 2018).
     """
 
     name = "pgd"
 
     def __init__(
         self,
-        *args,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        *,
         steps: int = 10,
         step_size: float | str | None = None,
         random_start: bool = True,
         restarts: int = 1,
         early_stop: bool = False,
-        **kwargs,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "ce",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            norm=norm,
+            eps=eps,
+            threat=threat,
+            bounds=bounds,
+            loss=loss,
+            targeted=targeted,
+            model_mode=model_mode,
+            seed=seed,
+            check_inputs=check_inputs,
+            eot_iter=eot_iter,
+        )
         self.steps = positive_int(steps, "steps")
         self._step_size = step_size
         self.random_start = bool(random_start)
@@ -60,13 +91,14 @@ class PGD(Attack):
         return self.threat.random_init(x, generator) if self.random_start else x.clone()
 
     def _step(self, x: Tensor, x_adv: Tensor, grad: Tensor) -> Tensor:
-        return self.threat.project(x, x_adv + self.step_size * self.threat.ascent_direction(grad))
+        return self.ascent_step(x, x_adv, grad, self.step_size)
 
-    def _run_plain(self, model, x, y, target, generator, kw) -> Tensor:
+    def _run_plain(self, model: nn.Module, inputs: AttackInputs, kw: dict[str, Tensor]) -> Tensor:
         """``steps`` ascent steps, last iterate returned: the training hot path.
 
         For linf the ball-box intersection is a box: one clamp to precomputed bounds.
         """
+        x, y, target, generator = inputs
         x_adv = self._start(x, generator)
         if self.norm == "linf":
             low, high = self.threat.linf_box(x)
@@ -80,14 +112,17 @@ class PGD(Attack):
             x_adv = self._step(x, x_adv, grad)
         return x_adv
 
-    def _run_tracked(self, model, x, y, target, generator, kw) -> tuple[Tensor, Tensor, Tensor]:
+    def _run_tracked(
+        self, model: nn.Module, inputs: AttackInputs, kw: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """One restart with early stop; returns ``(x_adv, fooled, final objective)``."""
+        x, y, target, generator = inputs
         x_adv = self._start(x, generator)
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         values = torch.full((len(x),), float("-inf"), device=x.device)
         active = torch.arange(len(x), device=x.device)
         for step in range(self.steps + 1):
-            sub_kw = {k: v[active] for k, v in kw.items()}
+            sub_kw = select_kwargs(kw, active)
             sub_t = target[active] if target is not None else None
             if step == self.steps:  # the last iterate only needs its logits
                 with torch.no_grad():
@@ -110,18 +145,12 @@ class PGD(Attack):
             x_adv[active] = self._step(x[active], x_adv[active], grad)
         return x_adv, fooled, values
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
+    def _run_restarts(
+        self, model: nn.Module, inputs: AttackInputs, kw: dict[str, Tensor]
     ) -> Tensor:
-        kw = self.loss_kwargs(model, x, y)
-        if self.restarts == 1 and not self.early_stop:
-            return self._run_plain(model, x, y, target, generator, kw)
+        """``restarts`` tracked runs, each on the examples not yet fooled; each example
+        keeps its best (fooled, else the highest objective)."""
+        x = inputs.x
         best = x.clone()
         best_fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         best_values = torch.full((len(x),), float("-inf"), device=x.device)
@@ -129,10 +158,8 @@ class PGD(Attack):
             todo = (~best_fooled).nonzero().squeeze(1)
             if len(todo) == 0:
                 break
-            sub_kw = {k: v[todo] for k, v in kw.items()}
-            sub_t = target[todo] if target is not None else None
             x_r, fooled_r, values_r = self._run_tracked(
-                model, x[todo], y[todo], sub_t, generator, sub_kw
+                model, inputs.select(todo), select_kwargs(kw, todo)
             )
             better = fooled_r | (values_r > best_values[todo])
             idx = todo[better]
@@ -140,3 +167,9 @@ class PGD(Attack):
             best_values[idx] = values_r[better]
             best_fooled[idx] = fooled_r[better]
         return best
+
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        kw = self.loss_kwargs(model, inputs.x, inputs.y)
+        if self.restarts == 1 and not self.early_stop:
+            return self._run_plain(model, inputs, kw)
+        return self._run_restarts(model, inputs, kw)

@@ -19,10 +19,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack
+from advtrain.attacks.base import Attack, AttackInputs
+from advtrain.attacks.losses import margin
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
-from advtrain.threat import lp_norm
+from advtrain.core.tensors import per_example
+from advtrain.threat import LpBall, lp_norm
 
 _SCHEDULE = (
     (10, 1),
@@ -69,11 +71,19 @@ class Square(Attack):
     """Square Attack, linf and l2, untargeted or targeted.
 
     Args:
+        norm: ``"linf"`` or ``"l2"``; ignored when ``threat`` is given.
+        eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
         n_queries: Query budget per example (default 5,000, as in AutoAttack).
         p_init: Initial fraction of pixels in a square (AutoAttack: 0.8).
-        loss: ``"margin"`` (default) or ``"ce"``.
         restarts: Independent runs for the examples still robust.
-        **kwargs: See ``Attack``.
+        threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
+        bounds: The data box.
+        loss: ``"margin"`` (default) or ``"ce"``.
+        targeted: Push towards target labels (random wrong classes unless the call
+            gives ``target``).
+        model_mode: ``"eval"``, ``"train"`` or ``"keep"`` (see ``Attack``).
+        seed: Seed of the random search (``None``: torch's global generator).
+        check_inputs: Raise when inputs lie outside the data box.
     """
 
     name = "square"
@@ -81,16 +91,33 @@ class Square(Attack):
 
     def __init__(
         self,
-        *args,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        *,
         n_queries: int = 5000,
         p_init: float = 0.8,
-        loss: str = "margin",
         restarts: int = 1,
-        **kwargs,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "margin",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
     ) -> None:
         if loss not in ("margin", "ce"):
             raise ConfigError(f"Square loss={loss!r} is invalid; allowed: margin, ce")
-        super().__init__(*args, loss=loss, **kwargs)
+        super().__init__(
+            norm=norm,
+            eps=eps,
+            threat=threat,
+            bounds=bounds,
+            loss=loss,
+            targeted=targeted,
+            model_mode=model_mode,
+            seed=seed,
+            check_inputs=check_inputs,
+        )
         if not 0 < float(p_init) <= 1:
             raise ConfigError(f"p_init={p_init!r} is invalid; need 0 < p_init <= 1")
         self.n_queries = positive_int(n_queries, "n_queries")
@@ -104,24 +131,15 @@ class Square(Attack):
         """``(margin, loss)``; the attack succeeds at ``margin <= 0`` and minimises ``loss``."""
         logits = model(x).float()
         label = target if self.targeted else y
-        z_label = logits.gather(1, label[:, None]).squeeze(1)
-        z_other = logits.scatter(1, label[:, None], float("-inf")).amax(1)
-        margin = z_other - z_label if self.targeted else z_label - z_other
+        m = margin(logits, label) if self.targeted else -margin(logits, label)
         if self.loss_name == "margin":
-            return margin, margin
+            return m, m
         ce = nn.functional.cross_entropy(logits, label, reduction="none")
-        return margin, (ce if self.targeted else -ce)
+        return m, (ce if self.targeted else -ce)
 
     # -- the attack -----------------------------------------------------------------------
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        x, y, target, generator = inputs
         if x.dim() != 4:
             raise ConfigError(
                 f"Square needs images [batch, channels, h, w]; got shape {tuple(x.shape)}"
@@ -134,17 +152,25 @@ class Square(Attack):
             if len(todo) == 0:
                 break
             sub_t = target[todo] if target is not None else None
-            x_adv, margin = self._run(model, x[todo], y[todo], sub_t, generator)
+            x_adv, margin_r = self._run(model, x[todo], y[todo], sub_t, generator)
             result[todo] = x_adv
-            todo = todo[margin > 0]
+            todo = todo[margin_r > 0]
         return result
 
-    def _run(self, model, x, y, target, generator) -> tuple[Tensor, Tensor]:
+    def _run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
+        """One random search from a fresh start: the points and their margins."""
         with torch.no_grad():
             x_best = self._init(x, generator)
-            margin, loss = self.margin_and_loss(model, x_best, y, target)
+            margins, loss = self.margin_and_loss(model, x_best, y, target)
             for i in range(self.n_queries - 1):
-                active = (margin > 0).nonzero().squeeze(1)
+                active = (margins > 0).nonzero().squeeze(1)
                 if len(active) == 0:
                     break
                 sub_t = target[active] if target is not None else None
@@ -153,9 +179,9 @@ class Square(Attack):
                 better = l_new < loss[active]
                 loss[active] = torch.where(better, l_new, loss[active])
                 accept = better | (m_new <= 0)
-                margin[active] = torch.where(accept, m_new, margin[active])
+                margins[active] = torch.where(accept, m_new, margins[active])
                 x_best[active[accept]] = x_new[accept]
-        return x_best, margin
+        return x_best, margins
 
     def _init(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         if self.norm == "linf":
@@ -174,10 +200,12 @@ class Square(Attack):
             for vw in range(start, w - s + 1, s):
                 signs = self._signs((b, c, 1, 1), x, generator)
                 delta[:, :, vh : vh + s, vw : vw + s] += pattern * signs
-        delta = delta / _col(lp_norm(delta, "l2").clamp_min(1e-12), x)
+        delta = delta / per_example(lp_norm(delta, "l2").clamp_min(1e-12), x)
         return self.threat.project(x, x + self.eps * delta)
 
-    def _propose(self, x: Tensor, x_best: Tensor, i: int, generator) -> Tensor:
+    def _propose(
+        self, x: Tensor, x_best: Tensor, i: int, generator: torch.Generator | None
+    ) -> Tensor:
         c, h, w = x.shape[1:]
         p = p_selection(self.p_init, i, self.n_queries)
         s = max(round((p * h * w) ** 0.5), 1)
@@ -192,7 +220,9 @@ class Square(Attack):
             return self.threat.project(x, x_new)
         return self._propose_l2(x, x_best, max(s, 3) | 1 if min(h, w) >= 3 else s, generator)
 
-    def _propose_l2(self, x: Tensor, x_best: Tensor, s: int, generator) -> Tensor:
+    def _propose_l2(
+        self, x: Tensor, x_best: Tensor, s: int, generator: torch.Generator | None
+    ) -> Tensor:
         """Move the perturbation mass of window 2 (and of window 1) into window 1."""
         n, c, h, w = x.shape
         s = min(s, h, w)
@@ -209,32 +239,32 @@ class Square(Attack):
         old = old / old.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt().add(1e-12)
         new = self._pattern(s, x, generator) * self._signs((n, c, 1, 1), x, generator) + old
         budget = ((self.eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
-        new = new / new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt().add(1e-12) * _col(budget, x)
+        new = (
+            new
+            / new.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt().add(1e-12)
+            * per_example(budget, x)
+        )
         delta[win2] = 0.0
         delta[win1] = new
-        delta = delta / _col(lp_norm(delta, "l2").clamp_min(1e-12), x)
+        delta = delta / per_example(lp_norm(delta, "l2").clamp_min(1e-12), x)
         return self.threat.project(x, x + self.eps * delta)
 
     # -- randomness -------------------------------------------------------------------------
     @staticmethod
-    def _signs(shape: tuple[int, ...], like: Tensor, generator) -> Tensor:
+    def _signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
         bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
         return (bits * 2 - 1).to(like.dtype)
 
     @staticmethod
-    def _int(high: int, generator) -> int:
+    def _int(high: int, generator: torch.Generator | None) -> int:
         """A uniform integer in ``[0, high]``."""
         device = generator.device if generator is not None else torch.device("cpu")
         return int(torch.randint(0, high + 1, (1,), generator=generator, device=device).item())
 
-    def _pattern(self, s: int, like: Tensor, generator) -> Tensor:
+    def _pattern(self, s: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
         """``_eta(s)``, transposed with probability 1/2 (as in the paper's code)."""
         pattern = _eta(s, like)
         return pattern.T.contiguous() if self._int(1, generator) else pattern
-
-
-def _col(per_example: Tensor, like: Tensor) -> Tensor:
-    return per_example.view(-1, *([1] * (like.dim() - 1)))
 
 
 __all__ = ["Square", "p_selection"]

@@ -12,35 +12,65 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, step_size
+from advtrain.attacks.base import Attack, AttackInputs, step_size
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
+from advtrain.threat import LpBall
 
 
 class TradesKL(Attack):
     """TRADES' KL attack (Zhang et al. 2019).
 
     Args:
+        norm: ``"linf"``, ``"l2"`` or ``"l1"``; ignored when ``threat`` is given.
+        eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
         steps: Ascent steps (paper: 10 on CIFAR-10, 40 on MNIST).
         step_size: Step length; default ``eps / 4`` (paper: 0.007 for eps 0.031).
         init_std: Standard deviation of the gaussian start (paper: 0.001).
-        **kwargs: See ``Attack``; the loss is always ``"kl"``.
+        threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
+        bounds: The data box.
+        loss: Always ``"kl"`` (the divergence from the clean prediction).
+        targeted: Minimise the KL instead of maximising it (labels are not used); the
+            TRADES attack is untargeted.
+        model_mode: ``"eval"``, ``"train"`` or ``"keep"`` (see ``Attack``).
+        seed: Seed of the gaussian start (``None``: torch's global generator).
+        check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Forward/backward draws averaged per gradient (EOT, Athalye et al. 2018).
     """
 
     name = "trades_kl"
 
     def __init__(
         self,
-        *args,
+        norm: str = "linf",
+        eps: float | str = 8 / 255,
+        *,
         steps: int = 10,
         step_size: float | str | None = None,
         init_std: float = 0.001,
-        **kwargs,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "kl",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
-        loss = kwargs.pop("loss", "kl")
         if loss != "kl":
             raise ConfigError(f"TradesKL loss={loss!r} is invalid; allowed: kl")
-        super().__init__(*args, loss="kl", **kwargs)
+        super().__init__(
+            norm=norm,
+            eps=eps,
+            threat=threat,
+            bounds=bounds,
+            loss=loss,
+            targeted=targeted,
+            model_mode=model_mode,
+            seed=seed,
+            check_inputs=check_inputs,
+            eot_iter=eot_iter,
+        )
         if float(init_std) < 0:
             raise ConfigError(f"init_std={init_std!r} is invalid; need init_std >= 0")
         self.steps = positive_int(steps, "steps")
@@ -51,23 +81,14 @@ class TradesKL(Attack):
     def step_size(self) -> float:
         return step_size(self._step_size, self.eps, 0.25)
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        x, y, target, generator = inputs
         kw = self.loss_kwargs(model, x, y)  # the clean logits, computed once
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_adv = self.threat.project(x, x + self.init_std * noise)
         for _ in range(self.steps):
             _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
-            x_adv = self.threat.project(
-                x, x_adv + self.step_size * self.threat.ascent_direction(grad)
-            )
+            x_adv = self.ascent_step(x, x_adv, grad, self.step_size)
         return x_adv
 
 

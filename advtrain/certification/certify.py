@@ -1,27 +1,34 @@
-"""``certify()``: provable robustness of each example, by one of four methods.
+"""``certify()``: provable robustness of each example, by a method named in ``METHODS``.
 
 * ``ibp``: interval bound propagation (Gowal et al. 2018);
 * ``crown``: backward linear relaxation (Zhang et al. 2018), never looser than IBP;
+* ``alpha-crown``: CROWN with optimised relaxation slopes (Xu et al. 2021), never looser
+  than CROWN;
 * ``lipschitz``: the margin certificate of Tsuzuku, Sato, Sugiyama 2018 with a global
   Lipschitz bound (product of layer operator norms); also returns certified radii;
 * ``milp``: exact verification (Tjeng et al. 2019), linf only, small networks only;
-* ``alpha-crown``: CROWN with optimised relaxation slopes (Xu et al. 2021), never looser
-  than CROWN;
 * ``bab``: complete verification, branch and bound with beta-CROWN (Wang et al. 2021),
   linf only; an example is certified when the answer is ``holds`` (a timeout or a
-  counterexample confirmed on the model leaves it uncertified).
+  counterexample confirmed on the model leaves it uncertified);
+* ``smoothing``: randomized smoothing (Cohen et al. 2019), l2 only; a certificate of the
+  smoothed classifier that holds with probability ``1 - alpha``.
 
 Threat model: an l_p ball (linf, l2, l1) of radius eps (pixel units) intersected with the
 data box. An example is certified when a lower bound of ``f_y(x) - f_j(x)`` is positive for
 every ``j != y`` over the whole ball, so a certified example is also correctly classified.
 Bounds are computed in float64 by default (a copy of the model), so that rounding cannot
 turn a margin of ~1e-7 into a wrong certificate.
+
+Every method is a ``Certifier``, ``(model, x, y, threat, settings) -> CertifyResult``;
+``certify()`` checks the request, runs the one named and writes the result dict.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,39 +37,176 @@ from torch import Tensor, nn
 from advtrain.certification.lipschitz import lipschitz_radius
 from advtrain.certification.milp import min_margin
 from advtrain.core.errors import ConfigError
-from advtrain.smoothing.certify import certify_smoothed
+from advtrain.smoothing.certify import SmoothingSettings, certify_smoothed
 from advtrain.threat import LpBall
-from advtrain.verification.bounds.alpha_crown import alpha_crown_bounds
-from advtrain.verification.bounds.crown import crown_bounds
-from advtrain.verification.bounds.domain import InputDomain, margin_spec
-from advtrain.verification.bounds.ibp import ibp_bounds
-from advtrain.verification.bounds.network import parse
+from advtrain.verification.bounds import (
+    BoundFn,
+    alpha_crown_bounds,
+    bound_margins,
+    crown_bounds,
+    ibp_bounds,
+)
 from advtrain.verification.verify import bab_certified
 
-METHODS = ("ibp", "crown", "lipschitz", "milp", "alpha-crown", "bab")
 
+@dataclass(frozen=True)
+class CertifySettings:
+    """The certifiers' options; each method reads the ones it needs.
 
-def margin_bounds(model: nn.Module, x: Tensor, y: Tensor, norm: str = "linf", eps: float = 0.1,
-                  method: str = "crown", bounds: tuple[float, float] = (0.0, 1.0)) -> Tensor:  # fmt: skip
-    """Lower bounds ``[B, K-1]`` of ``f_y(x') - f_j(x')`` over the ball, ``j != y`` in order.
-
-    Args:
-        method: ``"ibp"``, ``"crown"``, ``"crown-ibp"`` (CROWN with IBP intermediate
-            bounds) or ``"alpha-crown"`` (not differentiable).
-        Differentiable in the model's parameters (used by certified training).
+    Attributes:
+        batch_size: Examples per bound computation (CROWN's memory grows with it);
+            ``smoothing``: noise draws per forward pass.
+        dtype: Precision of the bound computation (a copy of the model is converted).
+        timeout: ``bab``: seconds per example.
+        smoothing: ``smoothing``: sigma, n0, n, alpha, seed.
     """
-    net = parse(model, x.shape[1:])
-    domain = InputDomain(x, norm, eps, bounds)
-    spec = margin_spec(y, net.shapes[-1][0], x.dtype)
-    if method == "ibp":
-        return ibp_bounds(net, domain, spec)
-    if method in ("crown", "crown-ibp"):
-        return crown_bounds(net, domain, spec, "crown" if method == "crown" else "ibp")
-    if method == "alpha-crown":
-        return alpha_crown_bounds(net, domain, spec)
-    raise ConfigError(
-        f"unknown bound method {method!r}; allowed: ibp, crown, crown-ibp, alpha-crown"
+
+    batch_size: int = 64
+    dtype: torch.dtype = torch.float64
+    timeout: float = 60.0
+    smoothing: SmoothingSettings | None = None
+
+
+@dataclass(frozen=True)
+class CertifyResult:
+    """Per example: certified or not, and the certified radius (methods that give one);
+    ``extra``: further keys of the method's report (smoothing's sigma, alpha, ...)."""
+
+    certified: list[bool]
+    radius: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Certifier = Callable[[nn.Module, Tensor, Tensor, LpBall, CertifySettings], CertifyResult]
+
+
+def _prepared(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> tuple[nn.Module, Tensor, Tensor]:
+    """Inputs checked against the box; a copy of the model in ``settings.dtype`` and eval
+    mode (the caller's model is untouched); ``x`` and ``y`` on its device, ``x`` in its dtype."""
+    if len(x):
+        threat.check_inputs(x)
+    model = copy.deepcopy(model).to(settings.dtype).eval()
+    device = next(iter(model.parameters()), x).device
+    return model, x.detach().to(device=device, dtype=settings.dtype), y.to(device)
+
+
+def _linf_only(method: str, threat: LpBall) -> None:
+    if threat.norm != "linf":
+        raise ConfigError(f"method {method!r} supports norm 'linf' only; got norm={threat.norm!r}")
+
+
+def _by_bounds(
+    bound: BoundFn, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, batch_size: int
+) -> CertifyResult:
+    """Certified where every margin's lower bound by ``bound`` is positive."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+            low = bound_margins(bound, model, xb, yb, threat.norm, threat.eps, threat.bounds)
+            parts.append((low > 0).all(1))
+    certified = torch.cat(parts) if parts else y.new_zeros(0, dtype=torch.bool)
+    return CertifyResult([bool(c) for c in certified])
+
+
+def certify_ibp(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> CertifyResult:
+    """Interval bound propagation (Gowal et al. 2018)."""
+    model, x, y = _prepared(model, x, y, threat, settings)
+    return _by_bounds(ibp_bounds, model, x, y, threat, settings.batch_size)
+
+
+def certify_crown(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> CertifyResult:
+    """CROWN (Zhang et al. 2018), never looser than IBP."""
+    model, x, y = _prepared(model, x, y, threat, settings)
+    return _by_bounds(crown_bounds, model, x, y, threat, settings.batch_size)
+
+
+def certify_alpha_crown(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> CertifyResult:
+    """alpha-CROWN (Xu et al. 2021), never looser than CROWN."""
+    model, x, y = _prepared(model, x, y, threat, settings)
+    return _by_bounds(alpha_crown_bounds, model, x, y, threat, settings.batch_size)
+
+
+def certify_lipschitz(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> CertifyResult:
+    """The Lipschitz-margin certificate (Tsuzuku et al. 2018) with its radii."""
+    model, x, y = _prepared(model, x, y, threat, settings)
+    radius = lipschitz_radius(model, x, y, threat.norm, batch_size=settings.batch_size)
+    return CertifyResult([bool(c) for c in radius > threat.eps], [float(r) for r in radius])
+
+
+def certify_milp(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> CertifyResult:
+    """The exact minimum margin by MILP (Tjeng et al. 2019); linf, small networks."""
+    _linf_only("milp", threat)
+    model, x, y = _prepared(model, x, y, threat, settings)
+    margins = min_margin(model, x, y, threat.eps, threat.bounds).value
+    return CertifyResult([bool(c) for c in margins > 0])
+
+
+def certify_bab(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> CertifyResult:
+    """Branch and bound with beta-CROWN (Wang et al. 2021): certified when it says holds."""
+    _linf_only("bab", threat)
+    model, x, y = _prepared(model, x, y, threat, settings)
+    holds = bab_certified(model, x, y, threat.eps, threat.bounds, settings.timeout)
+    return CertifyResult([bool(c) for c in holds])
+
+
+def certify_smoothing(
+    model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
+) -> CertifyResult:
+    """Randomized smoothing's CERTIFY (Cohen et al. 2019) on the model as it is (l2)."""
+    s = settings.smoothing
+    if s is None:
+        raise ConfigError("method 'smoothing' needs smoothing=SmoothingSettings(sigma=...)")
+    out = certify_smoothed(
+        model,
+        x,
+        y,
+        threat.norm,
+        threat.eps,
+        sigma=s.sigma,
+        n0=s.n0,
+        n=s.n,
+        alpha=s.alpha,
+        batch_size=settings.batch_size,
+        seed=s.seed,
     )
+    keys = ("method", "norm", "eps", "certified", "certified_accuracy", "radius")
+    return CertifyResult(
+        out["certified"], out["radius"], {k: v for k, v in out.items() if k not in keys}
+    )
+
+
+METHODS: dict[str, Certifier] = {
+    "ibp": certify_ibp,
+    "crown": certify_crown,
+    "lipschitz": certify_lipschitz,
+    "milp": certify_milp,
+    "alpha-crown": certify_alpha_crown,
+    "bab": certify_bab,
+    "smoothing": certify_smoothing,
+}
+
+
+def check_method(name: str) -> str:
+    """``name`` if it is a certification method, else one line naming the allowed ones."""
+    if name not in METHODS:
+        allowed = ", ".join(METHODS)
+        raise ConfigError(f"unknown certification method {name!r}; allowed: {allowed}")
+    return name
 
 
 def certify(
@@ -77,86 +221,52 @@ def certify(
     batch_size: int = 64,
     dtype: torch.dtype = torch.float64,
     timeout: float = 60.0,
-    **smoothing: Any,
+    smoothing: SmoothingSettings | None = None,
 ) -> dict:
     """Certify each example against every perturbation in the l_p ball.
 
     Args:
         model: A classifier on pixels in [0, 1] built from supported layers (see
-            ``advtrain.verification.bounds.network.SUPPORTED``); BatchNorm uses running statistics.
+            ``advtrain.verification.bounds.SUPPORTED``); BatchNorm uses running statistics.
         x: Inputs ``[B, *shape]`` inside ``bounds``; ``y``: labels ``[B]``.
-        norm: ``"linf"``, ``"l2"`` or ``"l1"`` (``milp``: linf only).
+        norm: ``"linf"``, ``"l2"`` or ``"l1"`` (``milp``, ``bab``: linf only;
+            ``smoothing``: l2 only).
         eps: Radius in pixel units (fractions such as ``"8/255"`` accepted).
-        method: ``"ibp"``, ``"crown"``, ``"alpha-crown"``, ``"lipschitz"``, ``"milp"``
-            (exact, tiny nets), ``"bab"`` (complete: beta-CROWN branch and bound) or
-            ``"smoothing"`` (see below).
+        method: A name in ``METHODS`` (see the module docstring).
         bounds: The data box.
-        batch_size: Examples per bound computation (CROWN's memory grows with it).
-        dtype: Precision of the bound computation (a copy of the model is converted).
-        timeout: ``bab`` only: seconds per example.
+        batch_size, dtype, timeout, smoothing: See ``CertifySettings``; ``smoothing`` is
+            required by, and only allowed with, ``method="smoothing"``.
 
     Returns:
         ``{"method", "norm", "eps", "certified": [bool], "certified_accuracy": float,
         "radius": [float] | None}``; ``radius`` (the certified radius in ``norm``) is
-        given by ``lipschitz`` only.
+        given by ``lipschitz`` and ``smoothing`` only, which also adds the keys of
+        ``advtrain.smoothing.certify.certify_smoothed``.
 
     Raises:
-        ValueError: For an unknown method or norm, a bad eps, inputs outside the box,
-            mismatched lengths, ``milp`` with a norm other than linf, or an unsupported layer.
-
-    ``method="smoothing"`` (randomized smoothing, Cohen et al. 2019; l2 only) takes
-    ``sigma``, ``n0``, ``n``, ``alpha``, ``seed`` through ``**smoothing`` and returns
-    extra keys; see ``advtrain.smoothing.certify.certify_smoothed``.
+        ConfigError: For an unknown method or norm, a bad eps, inputs outside the box,
+            mismatched lengths, a norm the method does not support, smoothing options
+            with another method, or an unsupported layer.
     """
-    if method == "smoothing":
-        return certify_smoothed(model, x, y, norm, eps, batch_size=batch_size, **smoothing)
-    if smoothing:
-        raise ConfigError(f"method {method!r} takes no options {sorted(smoothing)}")
-    if method not in METHODS:
-        allowed = ", ".join((*METHODS, "smoothing"))
-        raise ConfigError(f"unknown certification method {method!r}; allowed: {allowed}")
+    certifier = METHODS[check_method(method)]
+    if smoothing is not None and method != "smoothing":
+        raise ConfigError(f"method {method!r} takes no options; smoothing= is for 'smoothing'")
     threat = LpBall(norm, eps, bounds)
     if len(x) != len(y):
         raise ConfigError(f"x has {len(x)} examples but y has {len(y)}; they must match")
-    if method in ("milp", "bab") and threat.norm != "linf":
-        raise ConfigError(f"method {method!r} supports norm 'linf' only; got norm={threat.norm!r}")
-    if len(x):
-        threat.check_inputs(x)
-    model = _converted(model, dtype)
-    device = next(iter(model.parameters()), x).device
-    x, y = x.detach().to(device=device, dtype=dtype), y.to(device)
-    if method == "bab":
-        certified, radius = bab_certified(model, x, y, threat.eps, threat.bounds, timeout), None
-    else:
-        certified, radius = _run(model, x, y, threat, method, batch_size)
+    result = certifier(model, x, y, threat, CertifySettings(batch_size, dtype, timeout, smoothing))
+    return _report(method, threat, result)
+
+
+def _report(method: str, threat: LpBall, result: CertifyResult) -> dict:
+    """``certify()``'s dict (DESIGN.md) from a certifier's result."""
+    certified = result.certified
     return {
         "method": method,
         "norm": threat.norm,
         "eps": threat.eps,
-        "certified": [bool(c) for c in certified],
-        "certified_accuracy": float(certified.sum()) / len(certified)
-        if len(certified)
-        else math.nan,
-        "radius": None if radius is None else [float(r) for r in radius],
+        "certified": certified,
+        "certified_accuracy": sum(certified) / len(certified) if certified else math.nan,
+        "radius": result.radius,
+        **result.extra,
     }
-
-
-def _run(model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, method: str,
-         batch_size: int) -> tuple[Tensor, Tensor | None]:  # fmt: skip
-    if method == "milp":
-        return min_margin(model, x, y, threat.eps, threat.bounds).value > 0, None
-    if method == "lipschitz":
-        radius = lipschitz_radius(model, x, y, threat.norm, batch_size=batch_size)
-        return radius > threat.eps, radius
-    parts = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            low = margin_bounds(model, xb, yb, threat.norm, threat.eps, method, threat.bounds)
-            parts.append((low > 0).all(1))
-    return torch.cat(parts) if parts else y.new_zeros(0, dtype=torch.bool), None
-
-
-def _converted(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """A copy of ``model`` in ``dtype`` and eval mode (the caller's model is untouched)."""
-    return copy.deepcopy(model).to(dtype).eval()

@@ -32,9 +32,7 @@ from torch import Tensor, nn
 
 from advtrain.core.operator_norm import LayerOperator, conv_operator_norm_fft
 from advtrain.threat import check_norm, dual_norm
-from advtrain.verification.bounds.domain import margin_spec
-from advtrain.verification.bounds.ibp import spec_through_last
-from advtrain.verification.bounds.network import Affine, Network, parse
+from advtrain.verification.bounds import Affine, Network, margin_spec, parse, spec_through_last
 
 # sup over j of ||e_y - e_j||_q, q dual to the norm in which the logits are measured
 _MARGIN_FACTOR = {"linf": 2.0, "l2": math.sqrt(2.0), "l1": 1.0}

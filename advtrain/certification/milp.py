@@ -22,9 +22,14 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 from torch import Tensor, nn
 
-from advtrain.verification.bounds.domain import InputDomain, margin_spec
-from advtrain.verification.bounds.ibp import ibp_intermediate, identity_rows
-from advtrain.verification.bounds.network import Network, parse
+from advtrain.verification.bounds import (
+    InputDomain,
+    Network,
+    ibp_intermediate,
+    identity_rows,
+    margin_spec,
+    parse,
+)
 
 
 @dataclass
@@ -52,8 +57,13 @@ def dense_segments(net: Network) -> list[tuple[np.ndarray, np.ndarray]]:
 class _Program:
     """The MILP's variables and constraints for one example; the objective varies with ``j``."""
 
-    def __init__(self, layers: list[tuple[np.ndarray, np.ndarray]], lo: np.ndarray, hi: np.ndarray,
-                 pre: list[tuple[np.ndarray, np.ndarray]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        layers: list[tuple[np.ndarray, np.ndarray]],
+        lo: np.ndarray,
+        hi: np.ndarray,
+        pre: list[tuple[np.ndarray, np.ndarray]],
+    ) -> None:
         self.var_lo, self.var_hi, self.integer = [lo], [hi], [np.zeros(len(lo))]
         self.rows: list[tuple[dict[int, np.ndarray], np.ndarray, np.ndarray]] = []
         self.n = len(lo)
@@ -103,9 +113,13 @@ class _Program:
         w, b = self.last
         cost = np.zeros(self.n)
         cost[self.last_offset : self.last_offset + w.shape[1]] = c @ w
-        res = milp(cost, constraints=self.constraints(), integrality=np.concatenate(self.integer),
-                   bounds=Bounds(np.concatenate(self.var_lo), np.concatenate(self.var_hi)),
-                   options={"mip_rel_gap": 1e-9})  # fmt: skip
+        res = milp(
+            cost,
+            constraints=self.constraints(),
+            integrality=np.concatenate(self.integer),
+            bounds=Bounds(np.concatenate(self.var_lo), np.concatenate(self.var_hi)),
+            options={"mip_rel_gap": 1e-9},
+        )
         if res.status != 0:
             raise RuntimeError(f"MILP failed: {res.message}")
         return float(res.fun + c @ b), res.x
@@ -133,22 +147,27 @@ def min_margin(
     values, points, others = [], [], []
     for i in range(len(x)):
         pre_i = [(lo[i].flatten().numpy(), hi[i].flatten().numpy()) for lo, hi in pre]
-        program = _Program(
-            layers, domain.lo[i].flatten().numpy(), domain.hi[i].flatten().numpy(), pre_i
-        )
-        best = (math.inf, None, -1)
-        for j, c in enumerate(spec[i]):
-            value, sol = program.solve(c)
-            if value < best[0]:
-                best = (value, sol, j)
-        values.append(best[0])
-        points.append(torch.from_numpy(best[1][: x[i].numel()]).view_as(x[i]))
-        others.append(best[2] + int(best[2] >= int(y[i])))
+        box = (domain.lo[i].flatten().numpy(), domain.hi[i].flatten().numpy())
+        value, sol, j = _worst_class(_Program(layers, *box, pre_i), spec[i])
+        values.append(value)
+        points.append(torch.from_numpy(sol[: x[i].numel()]).view_as(x[i]))
+        others.append(j + int(j >= int(y[i])))
     return MarginResult(
         torch.tensor(values, dtype=torch.float64, device="cpu"),
         torch.stack(points),
         torch.tensor(others, dtype=torch.long, device="cpu"),
     )
+
+
+def _worst_class(program: _Program, spec: np.ndarray) -> tuple[float, np.ndarray, int]:
+    """The smallest exact margin over the rows of ``spec`` (``[K-1, K]``), its solution
+    and its row (the first one on ties)."""
+    best = (math.inf, None, -1)
+    for j, c in enumerate(spec):
+        value, sol = program.solve(c)
+        if value < best[0]:
+            best = (value, sol, j)
+    return best
 
 
 def exact_radius(

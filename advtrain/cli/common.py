@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -23,6 +23,7 @@ from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.core.modes import eval_mode
 from advtrain.models import NormalizedModel
 from advtrain.models.lipschitz import hard_lipschitz
+from advtrain.training.module import accepted_parameters
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
@@ -54,6 +55,40 @@ def check_group_choices(argv: list[str]) -> None:
         for choice in value.split(","):
             if choice and choice != "null" and choice not in options:
                 raise ConfigError(f"unknown {group} {choice!r}; allowed: {', '.join(options)}")
+
+
+# the threat model's keys: the attacks and regularizers read the one LpBall, hold none
+THREAT_KEYS = ("norm", "eps")
+
+
+def check_threat_keys(settings: list[tuple[str, Any]]) -> None:
+    """Refuse ``attack.eps``, ``eval_attack.norm``, ``regularizers.<name>.eps`` (a
+    command-line override or a composed config's key) with one line: the threat model is
+    one object, set in the threat group."""
+    for key, value in settings:
+        name = key.lstrip("+~")
+        parts = name.split(".")
+        depth = 3 if parts[0] == "regularizers" else 2
+        users = ("attack", "eval_attack", "regularizers")
+        if parts[0] in users and len(parts) == depth and parts[-1] in THREAT_KEYS:
+            also = " (or threat=l2, threat=l1)" if parts[-1] == "norm" else ""
+            raise ConfigError(
+                f"{name}={value} is not read: the training and validation attacks and the "
+                f"regularizers share one threat model; set threat.{parts[-1]}={value}{also}"
+            )
+
+
+def threat_settings(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` of the composed attack, eval_attack and regularizer nodes."""
+    nodes = [(k, cfg.get(k)) for k in ("attack", "eval_attack")]
+    nodes += [(f"regularizers.{k}", v) for k, v in (cfg.get("regularizers") or {}).items()]
+    return [
+        (f"{name}.{key}", node[key])
+        for name, node in nodes
+        if is_configured(node)
+        for key in THREAT_KEYS
+        if key in node
+    ]
 
 
 def user_error(err: BaseException) -> ConfigError | None:
@@ -108,6 +143,29 @@ def is_configured(cfg: Any) -> bool:
     return cfg is not None and not (isinstance(cfg, DictConfig) and len(cfg) == 0)
 
 
+def takes(cfg: DictConfig, name: str) -> bool:
+    """Whether the constructor a config's ``_target_`` names has a parameter ``name``."""
+    try:
+        target = get_object(cfg._target_)
+    except (ImportError, ValueError):  # not importable: instantiate() says so itself
+        return False
+    return name in accepted_parameters(target)
+
+
+def build(cfg: DictConfig, **shared: Any) -> Any:
+    """``instantiate(cfg)``, handing it those ``shared`` objects (the run's threat model,
+    the distillation teacher) that its constructor names."""
+    return instantiate(cfg, **{k: v for k, v in shared.items() if takes(cfg, k)})
+
+
+def build_all(cfg: DictConfig | None, **shared: Any) -> list[Any]:
+    """Every configured entry with a ``_target_`` of a dict node (callbacks, loggers,
+    regularizers), each built by ``build`` with the ``shared`` objects it names."""
+    if not is_configured(cfg):
+        return []
+    return [build(v, **shared) for v in cfg.values() if is_configured(v) and "_target_" in v]
+
+
 def build_model(model_cfg: DictConfig, data_cfg: DictConfig | None, normalize: bool) -> nn.Module:
     """Instantiate the backbone and put the data set's normalisation inside it.
 
@@ -145,24 +203,18 @@ def check_model_fits_data(model: nn.Module, datamodule: Any) -> None:
         )
 
 
+def _git(*args: str) -> str:
+    """The output of ``git <args>`` in the package's checkout (raises when git fails)."""
+    out = subprocess.run(
+        ["git", *args], capture_output=True, text=True, cwd=PACKAGE_DIR, timeout=10, check=True
+    )
+    return out.stdout.strip()
+
+
 def git_commit() -> str | None:
+    """The checkout's commit, ``-dirty`` when it has changes; ``None`` outside a checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=PACKAGE_DIR,
-            timeout=10,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            cwd=PACKAGE_DIR,
-            timeout=10,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
+        return _git("rev-parse", "HEAD") + ("-dirty" if _git("status", "--porcelain") else "")
     except (OSError, subprocess.SubprocessError):
         return None
 

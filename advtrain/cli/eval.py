@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,10 @@ import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from advtrain.cli.common import (
+    build_all,
     build_model,
     check_group_choices,
     config_dir,
@@ -44,20 +46,17 @@ from advtrain.cli.common import (
 )
 from advtrain.cli.smoothing import (
     add_smoothing_section,
-    check_smoothing_config,
+    smoothing_options,
     write_smoothing_markdown,
 )
 from advtrain.core.checkpoint import load_checkpoint, load_into, read_state_dict
 from advtrain.core.errors import ConfigError, ConfigFileNotFound
-from advtrain.core.numbers import as_float
-from advtrain.evaluation import run_evaluation, write_report
+from advtrain.evaluation import EvalOptions, Evaluation, run_evaluation, write_report
 from advtrain.evaluation.export import check_export, write_model_info
 from advtrain.evaluation.figures import write_figures
 from advtrain.evaluation.report import log_report
 from advtrain.evaluation.state import STATE_FILE, state_files
-from advtrain.evaluation.suites import check_suite
-from advtrain.models.robustbench import ZOO, clean_accuracy_warning
-from advtrain.threat import LpBall
+from advtrain.models.robustbench import ZOO, clean_accuracy_warning, threat_model_warning
 
 
 def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]:
@@ -111,19 +110,39 @@ def eval_device(spec: Any, devices: int = 1) -> torch.device:
     return torch.device(text if index else "cuda:0")
 
 
-def check_eval_config(cfg: DictConfig) -> None:
-    """Fail early, with one line, on a bad norm, eps, suite, device or example count."""
+def check_eval_config(cfg: DictConfig) -> EvalOptions:
+    """Fail early (before a model loads or a process spawns), with one line, on a bad
+    device, example count, export or evaluation option; return the options."""
     ev = cfg.eval
-    LpBall(ev.norm, ev.eps)
+    options = evaluation_options(cfg)
     eval_device(ev.get("device"), int(ev.get("devices", 1)))
-    check_suite(ev.suite)
-    check_export(ev.get("export"), ev.suite)
+    check_export(ev.get("export"), options.suite)
     if ev.n_examples is not None and int(ev.n_examples) < 1:
         raise ConfigError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
     if int(ev.get("devices", 1)) < 1:
         raise ConfigError(f"eval.devices={ev.devices!r} is invalid; need an integer >= 1")
-    for e in ev.get("eps_curve") or []:
-        LpBall(ev.norm, e)
+    return options
+
+
+def evaluation_options(cfg: DictConfig) -> EvalOptions:
+    """``EvalOptions`` from ``cfg.eval``, ``cfg.seed`` and ``cfg.certify``: what the
+    config says (the surrogate, state dir, device and names are added once loaded)."""
+    ev = cfg.eval
+    method = (cfg.get("certify") or {}).get("method")
+    smoothing = method == "smoothing"  # its own section (add_smoothing_section)
+    return EvalOptions(
+        norm=ev.norm,
+        eps=ev.eps,
+        suite=ev.suite,
+        seed=cfg.seed,
+        batch_size=ev.batch_size,
+        eps_curve=list(ev.eps_curve) if ev.get("eps_curve") else None,
+        curve_n_examples=ev.get("curve_n_examples", 200),
+        eot_iter=ev.get("eot_iter", 8),
+        certify_method=None if smoothing else method,
+        smoothing=smoothing_options(cfg) if smoothing else None,
+        progress=bool(ev.get("progress", True)),
+    )
 
 
 def build_surrogate(spec: Any) -> nn.Module | None:
@@ -160,29 +179,9 @@ def state_dir(cfg: DictConfig) -> Path:
     return folder
 
 
-def evaluation_options(cfg: DictConfig) -> dict[str, Any]:
-    """The keyword options of ``run_evaluation`` taken from ``cfg.eval`` and ``cfg.certify``."""
-    ev = cfg.eval
-    curve = ev.get("eps_curve")
-    return {
-        "norm": ev.norm,
-        "eps": ev.eps,
-        "suite": ev.suite,
-        "seed": cfg.seed,
-        "batch_size": ev.batch_size,
-        "eps_curve": [as_float(e, "eval.eps_curve") for e in curve] if curve else None,
-        "curve_n_examples": ev.get("curve_n_examples", 200),
-        "eot_iter": ev.get("eot_iter", 8),
-        "certify_method": (cfg.get("certify") or {}).get("method"),
-        "state_dir": state_dir(cfg),
-        "surrogate": build_surrogate(ev.get("surrogate")),
-        "progress": bool(ev.get("progress", True)),
-    }
-
-
 def run_eval(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as configured; write report.json/report.md/figures; return the report."""
-    check_eval_config(cfg)
+    options = check_eval_config(cfg)
     if int(cfg.eval.get("devices", 1)) > 1 and not dist.is_initialized():
         return spawn_eval(cfg)
     torch.manual_seed(cfg.seed)
@@ -190,24 +189,35 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     model, data_cfg, model_name = resolve_model_and_data(cfg)
     datamodule = instantiate(data_cfg)
     x, y = datamodule.test_tensors(limit=cfg.eval.n_examples)
-    options = evaluation_options(cfg)
-    smoothing = options["certify_method"] == "smoothing"  # its own section (smoothing_report)
-    if smoothing:
-        check_smoothing_config(cfg)
-        options["certify_method"] = None
-    if options["surrogate"] is not None:
-        options["surrogate"] = options["surrogate"].to(device)
+    options = replace(
+        options,
+        dataset=datamodule.name,
+        model_name=model_name,
+        state_dir=state_dir(cfg),
+        surrogate=build_surrogate(cfg.eval.get("surrogate")),
+        device=device,
+    )
     model, x, y = model.to(device), x.to(device), y.to(device)
-    result = run_evaluation(model, x, y, dataset=datamodule.name, model_name=model_name, **options)
-    report = result.report
+    result = run_evaluation(model, x, y, options)
     if dist.is_initialized() and dist.get_rank() != 0:
-        return report
-    out = Path(cfg.paths.output_dir)
+        return result.report
+    return write_outputs(cfg, result, model, (x, y), options)
+
+
+def write_outputs(
+    cfg: DictConfig,
+    result: Evaluation,
+    model: nn.Module,
+    data: tuple[Tensor, Tensor],
+    options: EvalOptions,
+) -> dict[str, Any]:
+    """report.json, report.md and the figures into the run dir (with the smoothing
+    section when configured), the loggers and the one-line summary; returns the report."""
+    report, out = result.report, Path(cfg.paths.output_dir)
     figures = write_figures(result, model, out) if cfg.eval.get("figures", True) else []
-    if smoothing:
-        figures += add_smoothing_section(report, model, x, y, cfg, out)
+    figures += add_smoothing_section(report, model, *data, options, out)
     json_path, md_path = write_report(report, out)
-    if smoothing:
+    if options.smoothing is not None:
         write_smoothing_markdown(report, md_path)
     publish(cfg, report, out)
     for logger in instantiate_loggers(cfg.get("logger")):
@@ -223,21 +233,26 @@ def publish(cfg: DictConfig, report: dict, out: Path) -> None:
         model_cfg.get("name") if "load_robustbench" in str(model_cfg.get("_target_")) else None
     )
     if zoo_name:
-        warning = clean_accuracy_warning(zoo_name, report["clean_accuracy"], report["n_examples"])
-        if warning:
-            print(f"advtrain-eval: warning: {warning}", file=sys.stderr)
+        threat = report["threat_model"]
+        for warning in (
+            clean_accuracy_warning(zoo_name, report["clean_accuracy"], report["n_examples"]),
+            threat_model_warning(zoo_name, threat["norm"], float(threat["eps"])),
+        ):
+            if warning:
+                print(f"advtrain-eval: warning: {warning}", file=sys.stderr)
     if cfg.eval.get("export") == "robustbench":
-        arch = model_cfg.get("architecture_name") or (ZOO[zoo_name].architecture
-                                                      if zoo_name in ZOO else None)  # fmt: skip
+        arch = model_cfg.get("architecture_name") or _zoo_architecture(zoo_name)
         path = write_model_info(report, out, str(zoo_name or report["model"]), arch)
         print(f"RobustBench model_info: {path}")
 
 
+def _zoo_architecture(zoo_name: str | None) -> str | None:
+    return ZOO[zoo_name].architecture if zoo_name in ZOO else None
+
+
 def instantiate_loggers(cfg: Any) -> list[Any]:
     """Loggers of the ``logger`` group (a dict of configs with ``_target_``)."""
-    if not is_configured(cfg):
-        return []
-    return [instantiate(c) for c in cfg.values() if is_configured(c) and "_target_" in c]
+    return build_all(cfg)
 
 
 def print_summary(report: dict, json_path: Path) -> None:
@@ -271,8 +286,8 @@ def _spawned(rank: int, world_size: int, init_file: str, cfg_yaml: str) -> None:
     if eval_device(cfg.eval.get("device"), world_size).type == "cuda":
         torch.cuda.set_device(rank)  # one GPU per process; NCCL gathers on it
         backend = "nccl"
-    dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size)  # fmt: skip
+    init_method = f"file://{init_file}"
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
     try:
         run_eval(cfg)
     finally:

@@ -2,7 +2,8 @@
 
 The smoothing certificate, its report section and figure live in ``advtrain/smoothing/``;
 this module reads ``certify.*`` (sigma from the command line or from the checkpoint that
-was trained with it), checks it before anything runs, and writes the section.
+was trained with it) into ``SmoothingOptions``, checked before anything runs, and writes
+the section.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from torch import Tensor, nn
 from advtrain.core.checkpoint import load_checkpoint
 from advtrain.core.errors import ConfigError
 from advtrain.core.io import atomic_write_text
-from advtrain.core.numbers import positive_int
+from advtrain.evaluation.options import EvalOptions, SmoothingOptions
 from advtrain.evaluation.report import render_markdown
-from advtrain.smoothing.attack import check_sigma
-from advtrain.smoothing.certify import check_alpha
 from advtrain.smoothing.report import (
     FIGURE,
     plot_certified_curve,
@@ -35,37 +34,50 @@ def resolve_sigma(certify_cfg: Any, ckpt_path: str | None) -> float:
         sigma = (load_checkpoint(ckpt_path)[1].get("smoothing") or {}).get("sigma")
         if sigma is not None:
             return sigma
-    raise ConfigError("certify.method=smoothing needs certify.sigma=<noise std> (the checkpoint "
-                      "has no smoothing.sigma)")  # fmt: skip
+    raise ConfigError(
+        "certify.method=smoothing needs certify.sigma=<noise std> (the checkpoint has no "
+        "smoothing.sigma)"
+    )
 
 
-def check_smoothing_config(cfg: Any) -> float:
-    """Fail early, in one line, on a bad smoothing setup; return sigma."""
+def smoothing_options(cfg: Any) -> SmoothingOptions:
+    """``certify.*`` of ``certify.method=smoothing``, checked (one line for a bad value)."""
     if cfg.eval.norm != "l2":
         raise ConfigError(
             f"certify.method=smoothing certifies l2; set eval.norm=l2 (got {cfg.eval.norm!r})"
         )
     c = cfg.certify
-    sigma = check_sigma(resolve_sigma(c, cfg.get("ckpt_path")))
-    check_alpha(c.get("alpha", 0.001))
-    for key in ("n0", "n", "predict_n", "batch_size"):
-        positive_int(c.get(key, 1), f"certify.{key}")
-    return sigma
+    return SmoothingOptions(
+        sigma=resolve_sigma(c, cfg.get("ckpt_path")),
+        n0=c.get("n0", 100),
+        n=c.get("n", 100_000),
+        alpha=c.get("alpha", 0.001),
+        predict_n=c.get("predict_n", 10_000),
+        batch_size=c.get("batch_size", 1000),
+    )
 
 
 def add_smoothing_section(
-    report: dict, model: nn.Module, x: Tensor, y: Tensor, cfg: Any, out_dir: Path
+    report: dict, model: nn.Module, x: Tensor, y: Tensor, options: EvalOptions, out_dir: Path
 ) -> list[Path]:
     """``advtrain-eval certify.method=smoothing``: the section into ``report`` (also as its
     ``certified_accuracy`` and ``sandwich``), the figure into ``out_dir``."""
-    c = cfg.certify
-    sigma = check_smoothing_config(cfg)
+    s = options.smoothing
+    if s is None:
+        return []
     section = smoothing_section(
-        model, x, y, eps=float(report["threat_model"]["eps"]), sigma=sigma,
-        n0=c.get("n0", 100), n=c.get("n", 100_000), alpha=c.get("alpha", 0.001),
-        batch_size=c.get("batch_size", 1000), seed=int(cfg.seed),
-        predict_n=c.get("predict_n", 10_000),
-    )  # fmt: skip
+        model,
+        x,
+        y,
+        eps=float(report["threat_model"]["eps"]),
+        sigma=s.sigma,
+        n0=s.n0,
+        n=s.n,
+        alpha=s.alpha,
+        batch_size=s.batch_size,
+        seed=options.seed,
+        predict_n=s.predict_n,
+    )
     report["smoothing"] = section
     report["certified_accuracy"] = {
         "method": f"smoothing, sigma={section['sigma']:g}, alpha={section['alpha']:g}",
@@ -75,8 +87,8 @@ def add_smoothing_section(
     report["sandwich"] = section["sandwich"]
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{report['model']} on {report['dataset']}: holds w.p. {section['confidence']:g}"
-    return [plot_certified_curve({"smoothed": section}, out_dir / FIGURE,
-                                 report.get("robustness_curve"), title)]  # fmt: skip
+    curve = report.get("robustness_curve")
+    return [plot_certified_curve({"smoothed": section}, out_dir / FIGURE, curve, title)]
 
 
 def write_smoothing_markdown(report: dict, md_path: Path) -> None:

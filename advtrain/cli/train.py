@@ -3,7 +3,7 @@
 Examples::
 
     advtrain-train                                   # digits, PGD-10, linf 0.1
-    advtrain-train attack.eps=8/255 experiment=cifar10_pgd
+    advtrain-train threat.eps=8/255 experiment=cifar10_pgd
     advtrain-train -m objective=madry,standard threat.eps=0.05,0.1
     advtrain-train trainer=ddp_cpu                  # 2 processes on CPU (gloo)
     advtrain-train -m hparams_search=optuna         # TPE over lr, weight decay, ...
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,20 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from advtrain.attacks.base import Attack
 from advtrain.cli.common import (
+    build,
+    build_all,
     build_model,
     check_group_choices,
     check_model_fits_data,
+    check_threat_keys,
     config_dir,
     debug_mode,
     is_configured,
     one_line_errors,
+    takes,
+    threat_settings,
     write_run_record,
 )
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
@@ -46,6 +53,7 @@ from advtrain.cli.sweep import SweepState, in_multirun, record_job
 from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.core.io import write_json_atomic
 from advtrain.core.statistics import proportion
+from advtrain.threat import LpBall
 from advtrain.training import AdversarialModule, AtomicCheckpointIO
 from advtrain.training.tracking import log_config, log_final, prepare_trackers
 
@@ -53,37 +61,47 @@ PROG = "advtrain-train"
 RESUME_CHOICES = ("auto", "never")
 
 
-def _instantiate_dict(cfg: DictConfig | None) -> list[Any]:
-    if not is_configured(cfg):
-        return []
-    return [instantiate(v) for v in cfg.values() if is_configured(v) and "_target_" in v]
+def build_threat(cfg: DictConfig) -> LpBall | None:
+    """The run's one threat model, built from the ``threat`` group (``None``: threat=null)."""
+    if not is_configured(cfg.get("threat")):
+        return None
+    threat = instantiate(cfg.threat)
+    if not isinstance(threat, LpBall):
+        raise ConfigError(f"threat built a {type(threat).__name__}, not an advtrain.threat.LpBall")
+    return threat
 
 
-def _teacher_kwarg(cfg: DictConfig, teacher: Any) -> dict[str, Any]:
-    return {"teacher": teacher} if teacher is not None and "teacher" in cfg else {}
+def build_attack(node: Any, threat: LpBall | None, teacher: Any = None) -> Attack | None:
+    """An attack on the run's threat model (every attack takes ``threat``); ``None`` for
+    attack=none."""
+    if not is_configured(node):
+        return None
+    if threat is None:
+        raise ConfigError("the attacks need a threat model; choose threat=linf, l2 or l1")
+    return instantiate(
+        node, threat=threat, **({"teacher": teacher} if takes(node, "teacher") else {})
+    )
 
 
-def build_module(cfg: DictConfig, datamodule: Any) -> AdversarialModule:
-    """The LightningModule of a run: model, attacks, objective, optimizer, scheduler."""
+def build_module(cfg: DictConfig, datamodule: Any, threat: LpBall | None) -> AdversarialModule:
+    """The LightningModule of a run: model, attacks, objective, optimizer, scheduler and
+    regularizers; every part that reads the threat model gets the one object ``threat``."""
+    check_threat_keys(threat_settings(cfg))
     model = build_model(cfg.model, cfg.data, cfg.normalize)
     check_model_fits_data(model, datamodule)
-    teacher = build_teacher(cfg.get("distill"))  # configs with a `teacher` key receive it
-    objective = instantiate(cfg.objective, **_teacher_kwarg(cfg.objective, teacher))
-    attack_kwargs = _teacher_kwarg(cfg.attack, teacher) if is_configured(cfg.attack) else {}
-    attack = instantiate(cfg.attack, **attack_kwargs) if is_configured(cfg.attack) else None
-    eval_attack = instantiate(cfg.eval_attack) if is_configured(cfg.get("eval_attack")) else None
+    teacher = build_teacher(cfg.get("distill"))
     scheduler = cfg.get("scheduler")
     module_cfg = cfg.get("module") or {"_target_": "advtrain.training.AdversarialModule"}
     # a partial first: ``config`` is also the name of instantiate's own first argument
     module = instantiate(module_cfg, _partial_=True)(
         model=model,
-        objective=objective,
-        attack=attack,
-        eval_attack=eval_attack,
+        objective=build(cfg.objective, threat=threat, teacher=teacher),
+        attack=build_attack(cfg.attack, threat, teacher),
+        eval_attack=build_attack(cfg.get("eval_attack"), threat),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler.factory) if is_configured(scheduler) else None,
         scheduler_interval=scheduler.interval if is_configured(scheduler) else "epoch",
-        regularizers=_instantiate_dict(cfg.get("regularizers")),
+        regularizers=build_all(cfg.get("regularizers"), threat=threat),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
     if not isinstance(module, AdversarialModule):
@@ -149,16 +167,18 @@ def build_datamodule(cfg: DictConfig) -> Any:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job described by a composed config; return its metrics."""
+    start = time.monotonic()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, out_dir)
     datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
+    threat = build_threat(cfg)
+    module = build_module(cfg, datamodule, threat)
     if cfg.get("compile"):
         module.model.compile()
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    callbacks = build_all(cfg.get("callbacks"), threat=threat)
     prepare_trackers(cfg.get("logger"))
-    loggers = _instantiate_dict(cfg.get("logger"))
+    loggers = build_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -170,6 +190,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         val_metrics = dict(trainer.callback_metrics)
         test_metrics = run_test(cfg, trainer, module, datamodule)
     metrics = summarise(val_metrics, test_metrics, trainer.current_epoch)
+    metrics["seconds"] = round(time.monotonic() - start, 1)
     if trainer.is_global_zero:
         write_json_atomic(metrics, out_dir / "metrics.json")
         print_summary(metrics, out_dir)
@@ -248,6 +269,7 @@ def main() -> float | None:
         # a DDP rank started by Lightning: run the parent's job, not the parent's sweep
         sys.argv = child_argv(sys.argv[0])
     check_group_choices(sys.argv[1:])
+    check_threat_keys([tuple(a.split("=", 1)) for a in sys.argv[1:] if "=" in a])
     if debug_mode():  # Hydra then shows whole tracebacks, of user errors too
         os.environ["HYDRA_FULL_ERROR"] = "1"
     torch.set_float32_matmul_precision("high")

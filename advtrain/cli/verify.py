@@ -16,6 +16,7 @@ import io
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from advtrain.cli.common import config_dir, one_line_errors
 from advtrain.core.errors import ConfigError
 from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.models.onnx import onnx_forward
+from advtrain.verification.bab.search import BaBSettings
 from advtrain.verification.formats.onnx_net import onnx_sequential
 from advtrain.verification.formats.vnncomp import (
     RESULTS_HEADER,
@@ -38,7 +40,8 @@ from advtrain.verification.formats.vnncomp import (
     score,
     write_result,
 )
-from advtrain.verification.verify import Verdict, verify_property
+from advtrain.verification.verdict import Reason, Status, Verdict
+from advtrain.verification.verify import VerifySettings, verify_property
 
 
 def _positive(cfg: DictConfig, key: str) -> float:
@@ -57,18 +60,26 @@ def run_instance(cfg: DictConfig, inst: Instance) -> Verdict:
         n_in *= s
     if n_in != len(prop.lo):
         raise ConfigError(f"{inst.vnnlib} has {len(prop.lo)} inputs but {inst.onnx} takes {n_in}")
-    timeout = min(inst.timeout, _positive(cfg, "timeout"))
-    verdict = verify_property(
-        model, shape, prop, lambda x: onnx_forward(inst.onnx, x), timeout,
-        restarts=int(cfg.attack.restarts), steps=int(cfg.attack.steps),
-        batch=int(cfg.bab.batch), iters=int(cfg.bab.iters),
-    )  # fmt: skip
-    if verdict.seconds > timeout:
-        verdict.status = "timeout"  # VNN-COMP: an answer after the timeout does not count
+    settings = _settings(cfg, min(inst.timeout, _positive(cfg, "timeout")))
+
+    def reference(x: torch.Tensor) -> torch.Tensor:
+        return onnx_forward(inst.onnx, x)
+
+    verdict = verify_property(model, shape, prop, reference, settings)
+    if verdict.seconds > settings.timeout:  # VNN-COMP: an answer after the timeout does not count
+        verdict = replace(verdict, status=Status.TIMEOUT, reason=Reason.DEADLINE)
     return verdict
 
 
-def _single(cfg: DictConfig, out: Path) -> str:
+def _settings(cfg: DictConfig, timeout: float) -> VerifySettings:
+    """The pipeline's settings from ``cfg.attack`` and ``cfg.bab`` (see conf/verify.yaml)."""
+    bab = BaBSettings(batch=int(cfg.bab.batch), iters=int(cfg.bab.iters))
+    return VerifySettings(
+        timeout, restarts=int(cfg.attack.restarts), steps=int(cfg.attack.steps), bab=bab
+    )
+
+
+def _single(cfg: DictConfig, out: Path) -> Status:
     inst = Instance(Path(cfg.onnx), Path(cfg.vnnlib), _positive(cfg, "timeout"))
     verdict = run_instance(cfg, inst)
     path = Path(cfg.result_file) if cfg.result_file else out / "result.txt"
@@ -82,8 +93,14 @@ def _progress(total: int):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, disable=not console.is_terminal)  # fmt: skip
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
 
 
 def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
@@ -97,34 +114,47 @@ def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
     cex_dir.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
     per_net: dict[str, Counter] = {}
-    points, start = 0, time.monotonic()
+    start = time.monotonic()
     rows: list[list[Any]] = [list(RESULTS_HEADER)]
     with _progress(len(insts)) as bar:
         task = bar.add_task("verify", total=len(insts))
         for inst in insts:
-            verdict = run_instance(cfg, inst)
-            name = f"{inst.onnx.stem}_{inst.vnnlib.stem}"
-            write_result(cex_dir / f"{name}.txt", verdict.status, verdict.x, verdict.y)
-            ok = verdict.status == "violated" and counterexample_valid(
-                inst.onnx, check_instance(inst), (cex_dir / f"{name}.txt").read_text()
-            )
-            want = expected.get((inst.onnx.name, inst.vnnlib.name))
-            pts, judged = score(verdict.status, ok, want)
-            points += pts
-            for c in (counts, per_net.setdefault(inst.onnx.name, Counter())):
-                c[verdict.status] += 1
-                c[judged] += 1
-                c["points"] += pts
-            rows.append([Path(cfg.instances).parent.name, inst.onnx, inst.vnnlib, "0.000",
-                         verdict.status, f"{verdict.seconds:.3f}"])  # fmt: skip
+            verdict, name = _scored_instance(cfg, inst, cex_dir, expected, counts, per_net)
+            benchmark = Path(cfg.instances).parent.name
+            status, seconds = str(verdict.status), f"{verdict.seconds:.3f}"
+            rows.append([benchmark, inst.onnx, inst.vnnlib, "0.000", status, seconds])
             _write_csv(results, rows)
             bar.update(task, advance=1, description=f"{name}: {verdict.status}")
-    summary = _summary(counts, points, time.monotonic() - start, len(insts))
+    summary = _summary(counts, counts["points"], time.monotonic() - start, len(insts))
     summary["per_net"] = {k: _summary(v, v["points"], None, None) for k, v in per_net.items()}
     summary["results_csv"] = str(results)
     write_json_atomic(summary, out / "summary.json")
     print(" ".join(f"{k}={v}" for k, v in summary.items() if k != "per_net"))
     return summary
+
+
+def _scored_instance(
+    cfg: DictConfig,
+    inst: Instance,
+    cex_dir: Path,
+    expected: dict[tuple[str, str], str],
+    counts: Counter,
+    per_net: dict[str, Counter],
+) -> tuple[Verdict, str]:
+    """Verify ``inst``, write its result file, check a counterexample again from that file
+    and add the answer and its VNN-COMP 2021 points to ``counts`` and ``per_net``."""
+    verdict = run_instance(cfg, inst)
+    name = f"{inst.onnx.stem}_{inst.vnnlib.stem}"
+    write_result(cex_dir / f"{name}.txt", verdict.status, verdict.x, verdict.y)
+    ok = verdict.status == Status.VIOLATED and counterexample_valid(
+        inst.onnx, check_instance(inst), (cex_dir / f"{name}.txt").read_text()
+    )
+    pts, judged = score(verdict.status, ok, expected.get((inst.onnx.name, inst.vnnlib.name)))
+    for c in (counts, per_net.setdefault(inst.onnx.name, Counter())):
+        c[str(verdict.status)] += 1
+        c[judged] += 1
+        c["points"] += pts
+    return verdict, name
 
 
 def _write_csv(path: Path, rows: list[list[Any]]) -> None:
@@ -135,9 +165,15 @@ def _write_csv(path: Path, rows: list[list[Any]]) -> None:
 
 
 def _summary(c: Counter, points: int, seconds: float | None, total: int | None) -> dict[str, Any]:
-    s = {"solved": c["holds"] + c["violated"], "holds": c["holds"], "violated": c["violated"],
-         "timeouts": c["timeout"], "wrong": c["wrong"], "unconfirmed": c["unconfirmed"],
-         "score": points}  # fmt: skip
+    s = {
+        "solved": c["holds"] + c["violated"],
+        "holds": c["holds"],
+        "violated": c["violated"],
+        "timeouts": c["timeout"],
+        "wrong": c["wrong"],
+        "unconfirmed": c["unconfirmed"],
+        "score": points,
+    }
     if total is not None:
         s["instances"] = total
     if seconds is not None:

@@ -7,11 +7,10 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from advtrain.data.base import ClassificationDataModule
-from advtrain.data.tensor_dataset import ImageTensorDataset
+from advtrain.data.tensor_dataset import TensorDataModule
 
 
-class DigitsDataModule(ClassificationDataModule):
+class DigitsDataModule(TensorDataModule):
     """scikit-learn digits as 1x8x8 images in [0, 1] (pixel values / 16).
 
     The test split is a stratified ``test_fraction`` drawn with ``split_seed`` (fixed,
@@ -38,12 +37,3 @@ class DigitsDataModule(ClassificationDataModule):
         )
         self._train = (x[train_idx], y[train_idx])
         self._test = (x[test_idx], y[test_idx])
-
-    def train_labels(self) -> torch.Tensor:
-        return self._train[1]
-
-    def train_dataset(self, augment: bool) -> ImageTensorDataset:
-        return ImageTensorDataset(*self._train)
-
-    def test_dataset(self) -> ImageTensorDataset:
-        return ImageTensorDataset(*self._test)

@@ -150,6 +150,21 @@ class MixedLoader:
             yield torch.cat([x_real, x_aux]), torch.cat([self.real_labels[r], self.aux_labels[a]])
 
 
+def split_batch(aux_fraction: float | str, batch_size: int) -> tuple[float, int, int]:
+    """``(aux_fraction, n_real, n_aux)``: a batch's real and auxiliary examples, checked."""
+    fraction = as_float(aux_fraction, "aux_fraction")
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"aux_fraction={aux_fraction!r} is invalid; need a number in [0, 1)")
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
+        raise ConfigError(f"batch_size={batch_size!r} is invalid; need an integer >= 1")
+    n_aux = round(fraction * int(batch_size))
+    if int(batch_size) - n_aux < 1:
+        raise ConfigError(
+            f"aux_fraction={aux_fraction!r} leaves no real example in a batch of {batch_size}"
+        )
+    return fraction, int(batch_size) - n_aux, n_aux
+
+
 class MixedDataModule(L.LightningDataModule):
     """A real data module whose training batches also draw from generated data.
 
@@ -190,18 +205,8 @@ class MixedDataModule(L.LightningDataModule):
         super().__init__()
         self.real = real
         self.aux_path = str(aux_path)
-        self.aux_fraction = as_float(aux_fraction, "aux_fraction")
-        if not 0.0 <= self.aux_fraction < 1.0:
-            raise ConfigError(f"aux_fraction={aux_fraction!r} is invalid; need a number in [0, 1)")
-        if isinstance(batch_size, bool) or int(batch_size) < 1:
-            raise ConfigError(f"batch_size={batch_size!r} is invalid; need an integer >= 1")
-        self.batch_size = int(batch_size)
-        self.n_aux = round(self.aux_fraction * self.batch_size)
-        self.n_real = self.batch_size - self.n_aux
-        if self.n_real < 1:
-            raise ConfigError(
-                f"aux_fraction={aux_fraction!r} leaves no real example in a batch of {batch_size}"
-            )
+        self.aux_fraction, self.n_real, self.n_aux = split_batch(aux_fraction, batch_size)
+        self.batch_size = self.n_real + self.n_aux
         self.seed = int(seed)
         self.aux_augment = (
             real.crop_padding if aux_crop_padding is None else int(aux_crop_padding),

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from advtrain.data.base import ClassificationDataModule
-from advtrain.data.tensor_dataset import ImageTensorDataset
+from advtrain.data.tensor_dataset import TensorDataModule
 
 
 def synthetic_images(
@@ -21,7 +20,7 @@ def synthetic_images(
     return x.clamp(0, 1), y
 
 
-class SyntheticDataModule(ClassificationDataModule):
+class SyntheticDataModule(TensorDataModule):
     """Random class-prototype images of any shape (e.g. MNIST- or CIFAR-shaped).
 
     Args:
@@ -53,12 +52,3 @@ class SyntheticDataModule(ClassificationDataModule):
         self._test = synthetic_images(
             n_test, self.input_shape, self.num_classes, self.seed + 2, noise
         )
-
-    def train_labels(self) -> torch.Tensor:
-        return self._train[1]
-
-    def train_dataset(self, augment: bool) -> ImageTensorDataset:
-        return ImageTensorDataset(*self._train)
-
-    def test_dataset(self) -> ImageTensorDataset:
-        return ImageTensorDataset(*self._test)

@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from advtrain.core.errors import ConfigError
+from advtrain.data.base import ClassificationDataModule
 
 
 class ImageTensorDataset(Dataset):
@@ -42,3 +43,20 @@ class ImageTensorDataset(Dataset):
         if self.flip and bool(torch.rand(()) < 0.5):
             x = x.flip(-1)
         return x, self.labels[i]
+
+
+class TensorDataModule(ClassificationDataModule):
+    """A data module whose splits are held as tensors: a subclass sets ``_train`` and
+    ``_test`` to ``(images, labels)`` (images in [0, 1]) in its constructor."""
+
+    _train: tuple[Tensor, Tensor]
+    _test: tuple[Tensor, Tensor]
+
+    def train_labels(self) -> Tensor:
+        return self._train[1]
+
+    def train_dataset(self, augment: bool) -> ImageTensorDataset:
+        return ImageTensorDataset(*self._train)
+
+    def test_dataset(self) -> ImageTensorDataset:
+        return ImageTensorDataset(*self._test)

@@ -15,6 +15,7 @@ import gzip
 import pickle
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -23,16 +24,28 @@ from torchvision import datasets, transforms
 from advtrain.data.base import ClassificationDataModule
 
 
-class _CIFAR10Files(datasets.CIFAR10):
-    """CIFAR-10 whose integrity check can skip the md5 sums."""
+class _OptionalMd5:
+    """Mixin of a torchvision data set whose integrity check can skip the md5 sums: with
+    ``verify_md5=False`` its files being there is enough (``_files_present``)."""
 
-    def __init__(self, *args, verify_md5: bool = True, **kwargs) -> None:
+    def __init__(self, *args: Any, verify_md5: bool = True, **kwargs: Any) -> None:
+        # the torchvision constructors differ (train= / split=) and check integrity inside
         self.verify_md5 = verify_md5
         super().__init__(*args, **kwargs)
 
+    def _files_present(self) -> bool:
+        raise NotImplementedError
+
     def _check_integrity(self) -> bool:
         if self.verify_md5:
-            return super()._check_integrity()
+            return super()._check_integrity()  # type: ignore[misc]
+        return self._files_present()
+
+
+class _CIFAR10Files(_OptionalMd5, datasets.CIFAR10):
+    """CIFAR-10 whose integrity check can skip the md5 sums."""
+
+    def _files_present(self) -> bool:
         folder = Path(self.root) / self.base_folder
         return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
 
@@ -58,16 +71,10 @@ class _CIFAR100Files(_CIFAR10Files, datasets.CIFAR100):
     meta = datasets.CIFAR100.meta
 
 
-class _SVHNFiles(datasets.SVHN):
+class _SVHNFiles(_OptionalMd5, datasets.SVHN):
     """SVHN whose integrity check can skip the md5 sum."""
 
-    def __init__(self, *args, verify_md5: bool = True, **kwargs) -> None:
-        self.verify_md5 = verify_md5
-        super().__init__(*args, **kwargs)
-
-    def _check_integrity(self) -> bool:
-        if self.verify_md5:
-            return super()._check_integrity()
+    def _files_present(self) -> bool:
         return (Path(self.root) / self.filename).is_file()
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.distillation.base import DistillationObjective, soft_kl
+from advtrain.distillation.base import DistillationObjective
 
 
 class ARD(DistillationObjective):
@@ -37,7 +37,7 @@ class ARD(DistillationObjective):
     def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
         teacher_logits = self.teacher(x)
         logits_adv = model(x_adv)
-        distill = soft_kl(teacher_logits, logits_adv, self.temperature) * self.temperature**2
+        distill = self.teacher_kl(teacher_logits, logits_adv)
         out = {"distill_kl": distill.detach(), "logits": logits_adv}
         loss = self.alpha * distill
         if self.alpha < 1.0:

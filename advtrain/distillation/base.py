@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float
+from advtrain.core.tensors import kl_terms
 from advtrain.distillation.teacher import FrozenTeacher
 from advtrain.objectives.base import Objective
 
 
 def soft_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """``KL(softmax(t / T) || softmax(s / T))`` summed over classes, batch mean."""
-    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True)
+    """``KL(softmax(t / T) || softmax(s / T))`` summed over classes, batch mean (as
+    ``F.kl_div``'s ``batchmean``: the sum of all terms over the batch size)."""
+    return kl_terms(teacher_logits, student_logits, temperature).sum() / len(teacher_logits)
 
 
 class DistillationObjective(Objective):
@@ -36,6 +35,12 @@ class DistillationObjective(Objective):
         self.temperature = as_float(temperature, "temperature")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={temperature!r} is invalid; need a number > 0")
+
+    def teacher_kl(self, teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+        """``T^2 * soft_kl``: the distillation term at the objective's temperature (the
+        ``T^2`` keeps gradient magnitudes comparable across temperatures, Hinton et al.
+        2015)."""
+        return soft_kl(teacher_logits, student_logits, self.temperature) * self.temperature**2
 
     @staticmethod
     def check_fraction(value: float | str, name: str) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from advtrain.distillation.base import DistillationObjective, soft_kl
+from advtrain.distillation.base import DistillationObjective
 
 
 class RSLAD(DistillationObjective):
@@ -41,9 +41,8 @@ class RSLAD(DistillationObjective):
         teacher_logits = self.teacher(x)
         logits = model(x)
         logits_adv = model(x_adv)
-        t2 = self.temperature**2
-        robust = soft_kl(teacher_logits, logits_adv, self.temperature) * t2
-        natural = soft_kl(teacher_logits, logits, self.temperature) * t2
+        robust = self.teacher_kl(teacher_logits, logits_adv)
+        natural = self.teacher_kl(teacher_logits, logits)
         loss = self.adv_weight * robust + (1.0 - self.adv_weight) * natural
         return {
             "loss": loss,

@@ -1,8 +1,9 @@
 """Certified accuracy in an evaluation, and the sandwich check.
 
-``advtrain.certification.certify(model, x, y, norm, eps, method)`` (IBP: Gowal et al.
-2018; CROWN: Zhang et al. 2018; Lipschitz bounds; exact MILP) gives per-example
-certificates. For every example the three accuracies must nest:
+``advtrain.certification.certify(model, x, y, norm, eps, method)`` gives per-example
+certificates by a method of ``advtrain.certification.METHODS`` (IBP: Gowal et al. 2018;
+CROWN: Zhang et al. 2018; alpha-CROWN; Lipschitz bounds; exact MILP; branch and bound;
+``check_method`` names them). For every example the three accuracies must nest:
 certified => robust under every attack => clean correct. A certified example that an
 attack fooled (or that is misclassified) means a bug in the certifier or the attack;
 it is printed loudly and recorded in the report.

@@ -79,6 +79,51 @@ def _square(threat: LpBall, seed: int, n_queries: int) -> Square | None:
     return Square(threat=threat, n_queries=SQUARE_FACTOR * n_queries, restarts=2, seed=seed)
 
 
+def _randomized(threat: LpBall, seed: int) -> list[Escalation]:
+    """``deterministic``: APGD-CE and APGD-DLR with EOT over ``RAND_EOT`` draws."""
+    out = []
+    for loss in ("ce", "dlr"):
+        attack = APGD(threat=threat, loss=loss, steps=100, eot_iter=RAND_EOT, seed=seed)
+        out.append(Escalation("deterministic", SuiteEntry(f"apgd-{loss} eot-{RAND_EOT}", attack)))
+    return out
+
+
+def _log_outputs(threat: LpBall, seed: int, attack_model: nn.Module) -> Escalation:
+    """``logits_not_probabilities``: APGD-CE on ``log`` of the outputs."""
+    attack = APGD(threat=threat, loss="ce", steps=100, seed=seed)
+    entry = SuiteEntry("apgd-ce on log-outputs", attack)
+    return Escalation("logits_not_probabilities", entry, LogOutputs(attack_model))
+
+
+def _gradient(check: str, threat: LpBall, seed: int, model: nn.Module) -> list[Escalation]:
+    """Vanishing, shattered or saturated gradients: BPDA with the identity backward (when
+    the model has a preprocessing) and APGD-DLR with 2 restarts."""
+    out = []
+    if _has_preprocessing(model):
+        attack = APGD(threat=threat, loss="ce", steps=100, seed=seed)
+        entry = SuiteEntry("apgd-ce bpda-identity", attack)
+        out.append(Escalation(check, entry, IdentityBackward(model)))
+    attack = APGD(threat=threat, loss="dlr", steps=100, restarts=2, seed=seed)
+    out.append(Escalation(check, SuiteEntry("apgd-dlr x2", attack)))
+    return out
+
+
+def _black_box(check: str, threat: LpBall, seed: int, n_queries: int) -> list[Escalation]:
+    """Square with ``SQUARE_FACTOR`` times the suite's queries and 2 restarts (linf, l2)."""
+    square = _square(threat, seed, n_queries)
+    if square is None:
+        return []
+    name = f"square {SQUARE_FACTOR * n_queries} queries x2"
+    return [Escalation(check, SuiteEntry(name, square, "black"))]
+
+
+def _transfer(threat: LpBall, seed: int, surrogate: nn.Module) -> Escalation:
+    """``white_box_strongest``: MI-FGSM with 100 steps crafted on the surrogate."""
+    attack = MIFGSM(threat=threat, steps=100, seed=seed)
+    entry = SuiteEntry("transfer-mifgsm-100", attack, "transfer", surrogate)
+    return Escalation("white_box_strongest", entry)
+
+
 def plan(
     failed: list[str],
     threat: LpBall,
@@ -97,35 +142,19 @@ def plan(
     """
     out: list[Escalation] = []
     if "deterministic" in failed:
-        for loss in ("ce", "dlr"):
-            attack = APGD(threat=threat, loss=loss, steps=100, eot_iter=RAND_EOT, seed=seed)
-            out.append(
-                Escalation("deterministic", SuiteEntry(f"apgd-{loss} eot-{RAND_EOT}", attack))
-            )
+        out += _randomized(threat, seed)
     if "logits_not_probabilities" in failed:
-        attack = APGD(threat=threat, loss="ce", steps=100, seed=seed)
-        entry = SuiteEntry("apgd-ce on log-outputs", attack)
-        out.append(Escalation("logits_not_probabilities", entry, LogOutputs(attack_model)))
+        out.append(_log_outputs(threat, seed, attack_model))
     gradient = [
         c for c in ("input_gradients", "large_eps_breaks", "single_step_weaker") if c in failed
     ]
     if gradient:
-        if _has_preprocessing(model):
-            attack = APGD(threat=threat, loss="ce", steps=100, seed=seed)
-            entry = SuiteEntry("apgd-ce bpda-identity", attack)
-            out.append(Escalation(gradient[0], entry, IdentityBackward(model)))
-        attack = APGD(threat=threat, loss="dlr", steps=100, restarts=2, seed=seed)
-        out.append(Escalation(gradient[0], SuiteEntry("apgd-dlr x2", attack)))
+        out += _gradient(gradient[0], threat, seed, model)
     if gradient or "white_box_strongest" in failed:
-        square = _square(threat, seed, n_queries)
-        if square is not None:
-            name = f"square {SQUARE_FACTOR * n_queries} queries x2"
-            check = gradient[0] if gradient else "white_box_strongest"
-            out.append(Escalation(check, SuiteEntry(name, square, "black")))
+        check = gradient[0] if gradient else "white_box_strongest"
+        out += _black_box(check, threat, seed, n_queries)
     if "white_box_strongest" in failed and surrogate is not None:
-        attack = MIFGSM(threat=threat, steps=100, seed=seed)
-        entry = SuiteEntry("transfer-mifgsm-100", attack, "transfer", surrogate)
-        out.append(Escalation("white_box_strongest", entry))
+        out.append(_transfer(threat, seed, surrogate))
     if "monotone_in_eps" in failed:
         attack = APGD(threat=threat, loss="ce", steps=100, restarts=5, seed=seed)
         out.append(Escalation("monotone_in_eps", SuiteEntry("apgd-ce x5", attack)))

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,7 +18,41 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from advtrain.evaluation.gauntlet import predict
+
+if TYPE_CHECKING:
+    from advtrain.evaluation.evaluate import Evaluation
+
+
+def _plot_points(ax: plt.Axes, curve: list[dict]) -> np.ndarray:
+    """The PGD curve with its Wilson 95% band; returns the radii in order."""
+    pts = sorted(curve, key=lambda p: p["eps"])
+    e = np.array([p["eps"] for p in pts])
+    acc = 100 * np.array([p["robust_accuracy"] for p in pts])
+    lo = 100 * np.array([p["ci95"][0] for p in pts])
+    hi = 100 * np.array([p["ci95"][1] for p in pts])
+    ax.fill_between(e, lo, hi, alpha=0.25, label="Wilson 95% interval")
+    ax.plot(e, acc, marker="o", label="robust accuracy (PGD-20, 2 restarts)")
+    return e
+
+
+def _plot_from_norms(ax: plt.Axes, norms: list[float | None], top: float, attack: str) -> None:
+    """The step curve read off per-example minimal distances, on ``[0, top]``."""
+    found = np.sort(np.array([v for v in norms if v is not None], dtype=float))
+    grid = np.linspace(0.0, top, 200)
+    robust = 100 * (len(norms) - np.searchsorted(found, grid, side="right")) / len(norms)
+    label = f"from minimal distances ({attack})"
+    ax.plot(grid, robust, color="C2", drawstyle="steps-post", label=label)
+
+
+def _box_note(ax: plt.Axes, box_point: dict) -> None:
+    note = (
+        f"at eps={box_point['eps']:.3g} (whole box): "
+        f"{100 * box_point['robust_accuracy']:.1f}% (should be ~0)"
+    )
+    ax.text(0.02, 0.03, note, transform=ax.transAxes, fontsize=8)
 
 
 def plot_curve(
@@ -38,34 +73,28 @@ def plot_curve(
     (per-example minimal distances of a minimum-norm attack, ``None`` where none was
     found) add the curve read off them: accuracy at every eps at once, a step function.
     """
-    pts = sorted(curve, key=lambda p: p["eps"])
-    e = np.array([p["eps"] for p in pts])
-    acc = 100 * np.array([p["robust_accuracy"] for p in pts])
-    lo = 100 * np.array([p["ci95"][0] for p in pts])
-    hi = 100 * np.array([p["ci95"][1] for p in pts])
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    ax.fill_between(e, lo, hi, alpha=0.25, label="Wilson 95% interval")
-    ax.plot(e, acc, marker="o", label="robust accuracy (PGD-20, 2 restarts)")
+    e = _plot_points(ax, curve)
     if norms is not None and len(norms):
-        found = np.sort(np.array([v for v in norms if v is not None], dtype=float))
-        grid = np.linspace(0.0, float(e.max()) if len(e) else eps, 200)
-        robust = 100 * (len(norms) - np.searchsorted(found, grid, side="right")) / len(norms)
-        ax.plot(grid, robust, color="C2", drawstyle="steps-post",
-                label=f"from minimal distances ({norms_attack})")  # fmt: skip
+        _plot_from_norms(ax, norms, float(e.max()) if len(e) else eps, norms_attack)
     ax.axvline(eps, color="gray", linestyle="--", label=f"evaluated eps = {eps:.4g}")
     if worst_case is not None:
-        ax.plot([eps], [100 * worst_case], marker="*", markersize=12, color="C3", linestyle="",
-                label=f"worst case over the suite: {100 * worst_case:.1f}%")  # fmt: skip
+        label = f"worst case over the suite: {100 * worst_case:.1f}%"
+        ax.plot(
+            [eps],
+            [100 * worst_case],
+            marker="*",
+            markersize=12,
+            color="C3",
+            linestyle="",
+            label=label,
+        )
     ax.set_xlabel(f"eps ({norm}, pixel units)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.set_title(title or "Robustness curve")
     if box_point is not None:
-        note = (
-            f"at eps={box_point['eps']:.3g} (whole box): "
-            f"{100 * box_point['robust_accuracy']:.1f}% (should be ~0)"
-        )
-        ax.text(0.02, 0.03, note, transform=ax.transAxes, fontsize=8)
+        _box_note(ax, box_point)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -79,10 +108,29 @@ def _image(t: Tensor) -> np.ndarray:
     return img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
 
 
-def _adv_title(pred: str, found: bool, found_by: list[str] | None, j: int) -> str:
+def _panels(
+    x: Tensor, x_adv: Tensor, titles: tuple[str, str, bool], found_by: str | None
+) -> list[tuple[Tensor, str, str]]:
+    """One column: clean, adversarial and amplified perturbation, with titles and colours.
+
+    ``titles``: the clean panel's title, the adversarial prediction's name and whether it
+    is wrong; ``found_by``: the attack that found the adversarial example.
+    """
+    clean_title, adv_pred, fooled = titles
+    delta = x_adv - x
+    scale = float(delta.abs().max())
+    found = scale > 0
+    amplified = (0.5 + 0.5 * delta / scale).clamp(0, 1) if found else delta + 0.5
     if not found:
-        return "robust (no attack\nsucceeded)"
-    return f"adv pred {pred}" + (f"\nby {found_by[j]}" if found_by else "")
+        adv_title = "robust (no attack\nsucceeded)"
+    else:
+        adv_title = f"adv pred {adv_pred}" + (f"\nby {found_by}" if found_by is not None else "")
+    size = f"|d|inf={scale:.3f}\nshown x{0.5 / scale:.0f}" if found else "none found"
+    return [
+        (x, clean_title, "k"),
+        (x_adv, adv_title, "red" if fooled else "k"),
+        (amplified, size, "k"),
+    ]
 
 
 def plot_examples(
@@ -103,16 +151,9 @@ def plot_examples(
     names = class_names or [str(i) for i in range(int(max(y.max(), pred_adv.max())) + 1)]
     fig, axes = plt.subplots(3, n, figsize=(1.5 * n + 0.8, 5.0), dpi=120, squeeze=False)
     for j in range(n):
-        delta = x_adv[j] - x[j]
-        scale = float(delta.abs().max())
-        found = scale > 0
-        amplified = (0.5 + 0.5 * delta / scale).clamp(0, 1) if found else delta + 0.5
-        fooled = bool(pred_adv[j] != y[j])
-        panels = [
-            (x[j], f"true {names[y[j]]}\npred {names[pred_clean[j]]}", "k"),
-            (x_adv[j], _adv_title(names[pred_adv[j]], found, found_by, j), "red" if fooled else "k"),
-            (amplified, f"|d|inf={scale:.3f}\nshown x{0.5 / scale:.0f}" if found else "none found", "k"),
-        ]  # fmt: skip
+        clean_title = f"true {names[y[j]]}\npred {names[pred_clean[j]]}"
+        titles = (clean_title, names[pred_adv[j]], bool(pred_adv[j] != y[j]))
+        panels = _panels(x[j], x_adv[j], titles, found_by[j] if found_by else None)
         for i, (img, title, color) in enumerate(panels):
             ax = axes[i, j]
             ax.imshow(_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -140,35 +181,43 @@ def pick_examples(fooled_by: Tensor, k: int = 8) -> Tensor:
     return torch.tensor(chosen[:k], dtype=torch.long)
 
 
-def write_figures(evaluation, model, out_dir: Path, batch_size: int = 256) -> list[Path]:
-    """Draw both figures of an ``Evaluation`` into ``out_dir``; return their paths."""
-    from advtrain.evaluation.gauntlet import predict
+def _curve_figure(report: dict, path: Path) -> Path:
+    tm = report["threat_model"]
+    distance = report.get("minimal_distance") or {}
+    return plot_curve(
+        report["robustness_curve"],
+        tm["eps"],
+        tm["norm"],
+        path,
+        f"{report['model']} on {report['dataset']} ({tm['norm']})",
+        report.get("large_eps_point"),
+        report["robust_accuracy"]["value"],
+        distance.get("per_example"),
+        distance.get("attack", "min-norm"),
+    )
 
+
+def _examples_figure(
+    evaluation: Evaluation, model: nn.Module, path: Path, batch_size: int
+) -> Path | None:
+    idx = pick_examples(evaluation.fooled_by)
+    if not len(idx):
+        return None
+    device = next(model.parameters()).device
+    x, x_adv, y = evaluation.x[idx], evaluation.x_adv[idx], evaluation.y[idx]
+    pred_clean = predict(model, x.to(device), batch_size).cpu()
+    pred_adv = predict(model, x_adv.to(device), batch_size).cpu()
+    names = [a["name"] for a in evaluation.report["attacks"]]
+    found_by = [names[k] if k >= 0 else "" for k in evaluation.fooled_by[idx].tolist()]
+    return plot_examples(x, x_adv, y, pred_clean, pred_adv, path, found_by=found_by)
+
+
+def write_figures(
+    evaluation: Evaluation, model: nn.Module, out_dir: Path, batch_size: int = 256
+) -> list[Path]:
+    """Draw both figures of an ``Evaluation`` into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = evaluation.report
-    tm = report["threat_model"]
-    paths = [
-        plot_curve(
-            report["robustness_curve"],
-            tm["eps"],
-            tm["norm"],
-            out_dir / "robustness_curve.png",
-            f"{report['model']} on {report['dataset']} ({tm['norm']})",
-            report.get("large_eps_point"),
-            report["robust_accuracy"]["value"],
-            (report.get("minimal_distance") or {}).get("per_example"),
-            (report.get("minimal_distance") or {}).get("attack", "min-norm"),
-        )
-    ]
-    idx = pick_examples(evaluation.fooled_by)
-    if len(idx):
-        device = next(model.parameters()).device
-        x, x_adv, y = evaluation.x[idx], evaluation.x_adv[idx], evaluation.y[idx]
-        pred_clean = predict(model, x.to(device), batch_size).cpu()
-        pred_adv = predict(model, x_adv.to(device), batch_size).cpu()
-        names = [a["name"] for a in report["attacks"]]
-        found_by = [names[k] if k >= 0 else "" for k in evaluation.fooled_by[idx].tolist()]
-        path = out_dir / "adversarial_examples.png"
-        paths.append(plot_examples(x, x_adv, y, pred_clean, pred_adv, path, found_by=found_by))
-    return paths
+    paths = [_curve_figure(evaluation.report, out_dir / "robustness_curve.png")]
+    examples = _examples_figure(evaluation, model, out_dir / "adversarial_examples.png", batch_size)
+    return paths if examples is None else [*paths, examples]

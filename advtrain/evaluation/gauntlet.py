@@ -29,7 +29,7 @@ from advtrain.evaluation.suites import SuiteEntry
 CLEAN_WRONG, ROBUST = -2, -1
 #: Smallest attack call of a chunked stage (see ``chunk_size``). Small stages (the points
 #: surviving APGD-CE) run in one call up to this size: on a CPU, 103 survivors in one call
-#: instead of chunks of 32 took 0.91x the time at identical results (docs/bench_ev2.md).
+#: instead of chunks of 32 took 0.91x the time at identical results (docs/evaluation_vs_autoattack.md).
 MIN_CHUNK = 128
 
 
@@ -83,36 +83,39 @@ def chunk_size(n_todo: int, batch_size: int, min_chunk: int = MIN_CHUNK, steps: 
     return max(1, min(batch_size, max(min_chunk, -(-n_todo // steps))))
 
 
-def _run_entry(
-    k: int,
-    entry: SuiteEntry,
-    models: tuple[nn.Module, nn.Module],
-    data: tuple[Tensor, Tensor],
-    state: GauntletState,
-    batch_size: int,
-    on_chunk: Callable[[GauntletState], None] | None,
-    progress: StageProgress | None = None,
-    min_chunk: int = MIN_CHUNK,
-) -> None:
-    attack_model, model = models
-    x, y = data
-    todo, device = (state.robust & ~state.attacked[:, k]).nonzero().squeeze(1), x.device
+@dataclass(frozen=True)
+class _Job:
+    """What every attack of one gauntlet run shares (see ``run_gauntlet``'s arguments)."""
+
+    model: nn.Module
+    attack_model: nn.Module
+    x: Tensor
+    y: Tensor
+    batch_size: int
+    on_chunk: Callable[[GauntletState], None] | None
+    progress: StageProgress | None
+    min_chunk: int
+
+
+def _run_entry(job: _Job, k: int, entry: SuiteEntry, state: GauntletState) -> None:
+    """Attack ``k`` on the still-robust examples it has not attacked yet, in chunks."""
+    todo = (state.robust & ~state.attacked[:, k]).nonzero().squeeze(1)
     t0 = time.perf_counter()
-    if progress is not None:
-        progress.stage(entry.name, len(todo), _robust_fraction(state))
-    chunk = chunk_size(len(todo), batch_size, min_chunk)
+    if job.progress is not None:
+        job.progress.stage(entry.name, len(todo), _robust_fraction(state))
+    chunk = chunk_size(len(todo), job.batch_size, job.min_chunk)
     for start in range(0, len(todo), chunk):
         idx = todo[start : start + chunk]
-        sel = idx.to(device)
-        x_adv, correct = attack_chunk(entry, attack_model, model, x[sel], y[sel])
+        sel = idx.to(job.x.device)
+        x_adv, correct = attack_chunk(entry, job.attack_model, job.model, job.x[sel], job.y[sel])
         fooled = idx[~correct.cpu()]
         state.fooled_by[fooled] = k
         state.x_adv[fooled] = x_adv[~correct].detach().cpu()
         state.attacked[idx, k] = True
-        if progress is not None:
-            progress.advance(len(idx), _robust_fraction(state))
-        if on_chunk is not None:
-            on_chunk(state)
+        if job.progress is not None:
+            job.progress.advance(len(idx), _robust_fraction(state))
+        if job.on_chunk is not None:
+            job.on_chunk(state)
     state.seconds.append(time.perf_counter() - t0)
 
 
@@ -156,12 +159,10 @@ def run_gauntlet(
     attack_model = attack_model if attack_model is not None else model
     if state.attacked is None:
         state.attacked = state.fooled_by.new_zeros((len(y), len(entries)), dtype=torch.bool)
+    job = _Job(model, attack_model, x, y, batch_size, on_chunk, progress, min_chunk)
     while state.attack_index < len(entries):
         k = state.attack_index
-        _run_entry(
-            k, entries[k], (attack_model, model), (x, y), state, batch_size, on_chunk, progress,
-            min_chunk,
-        )  # fmt: skip
+        _run_entry(job, k, entries[k], state)
         state.attack_index = k + 1
         if on_chunk is not None:
             on_chunk(state)

@@ -17,7 +17,13 @@
   randomized models (every white-box attack averages its gradient over ``eot_iter``
   draws).
 
-Attacks are looked up in ``advtrain.attacks.ATTACKS`` by name; a name the library does
+One source of truth for the attack settings: the attack classes' defaults ARE
+AutoAttack's standard settings (APGD: 100 steps, rho 0.75; APGD-T and FAB-T: 9 target
+classes; Square: 5,000 queries; ...), and so are the presets in ``conf/attack/`` that
+training and ``eval_attack`` use. A suite's ``Preset`` names only what differs from those
+defaults (``tests/test_eval_suites.py`` checks both).
+
+Attacks are looked up in ``advtrain.registry.ATTACKS`` by name; a name the library does
 not have is a bug in the suite and raises. Only an attack that cannot run in this
 setting (no surrogate for the transfer attack, a norm the method does not support) is
 listed as skipped, with the reason.
@@ -25,7 +31,9 @@ listed as skipped, with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from torch import nn
@@ -62,56 +70,105 @@ class Suite:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Preset:
+    """One attack of a suite, by what differs from its class's defaults.
+
+    Attributes:
+        name: The report name.
+        attack: The name in ``advtrain.registry.ATTACKS``.
+        kind: ``"white"``, ``"black"`` or ``"transfer"`` (see ``SuiteEntry``).
+        settings: Keyword arguments that differ from the class's defaults.
+        l1: Further settings for the l1 threat model (AutoAttack's l1 version).
+        eot: ``"suite"``: the evaluation's EOT draws (a randomized model); ``"rand"``:
+            always ``RAND_EOT``; ``"none"``: no EOT (black-box and transfer attacks).
+    """
+
+    name: str
+    attack: str
+    kind: str = "white"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    l1: Mapping[str, Any] = field(default_factory=dict)
+    eot: str = "suite"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        object.__setattr__(self, "l1", MappingProxyType(dict(self.l1)))
+
+
+_APGD_CE = Preset("apgd-ce", "apgd", l1={"restarts": 5})
+_APGD_T = Preset("apgd-t", "apgd_t", l1={"n_target_classes": 5})
+_FAB_T = Preset("fab-t", "fab_t")
+_SQUARE = Preset("square", "square", "black", eot="none")
+_STANDARD = (_APGD_CE, _APGD_T, _FAB_T, _SQUARE)
+_FIVE = {"restarts": 5}
+_DLR = {"loss": "dlr"}
+
+#: Every suite's attacks, in the order they run.
+PRESETS: dict[str, tuple[Preset, ...]] = {
+    "quick": (Preset("pgd-20", "pgd", settings={"steps": 20}),),
+    "standard": _STANDARD,
+    "plus": (
+        Preset("apgd-ce", "apgd", settings=_FIVE),
+        Preset("apgd-dlr", "apgd", settings={**_DLR, **_FIVE}),
+        Preset("fab", "fab", settings=_FIVE),
+        _SQUARE,
+        Preset("apgd-t", "apgd_t"),
+        _FAB_T,
+    ),
+    "rand": (
+        Preset("apgd-ce", "apgd", eot="rand"),
+        Preset("apgd-dlr", "apgd", settings=_DLR, eot="rand"),
+    ),
+    "full": (
+        *_STANDARD,
+        Preset("pgd-100x5", "pgd", settings={"steps": 100, "restarts": 5, "early_stop": True}),
+        Preset("transfer-mifgsm", "mifgsm", "transfer", settings={"steps": 20}, eot="none"),
+    ),
+}
+
+
 def check_suite(suite: str) -> str:
+    """``suite`` if it is one of ``SUITES``, else one line naming the allowed ones."""
     if suite not in SUITES:
         raise ConfigError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
     return suite
 
 
-def _add(
-    out: Suite,
-    name: str,
-    registry_name: str,
-    threat: LpBall,
-    kind: str = "white",
-    surrogate: nn.Module | None = None,
-    **kwargs: Any,
-) -> None:
-    cls = ATTACKS.get(registry_name)
+def _attack_class(preset: Preset) -> type[Attack]:
+    cls = ATTACKS.get(preset.attack)
     if cls is None:
         raise ConfigError(
-            f"suite attack {name!r} needs {registry_name!r}, which is not in advtrain.attacks; "
-            f"allowed: {', '.join(ATTACKS)}"
+            f"suite attack {preset.name!r} needs {preset.attack!r}, which is not in "
+            f"advtrain.attacks; allowed: {', '.join(ATTACKS)}"
         )
-    if threat.norm not in cls.norms:
-        out.skipped.append((name, f"{cls.__name__} does not support {threat.norm}"))
+    return cls
+
+
+def _eot(preset: Preset, eot_iter: int) -> dict[str, int]:
+    draws = {"suite": eot_iter, "rand": RAND_EOT, "none": 1}[preset.eot]
+    return {"eot_iter": draws} if draws > 1 else {}
+
+
+def _add(
+    out: Suite,
+    preset: Preset,
+    threat: LpBall,
+    seed: int,
+    eot_iter: int,
+    surrogate: nn.Module | None,
+) -> None:
+    if preset.kind == "transfer" and surrogate is None:
+        out.skipped.append((preset.name, "no surrogate model given (eval.surrogate)"))
         return
-    out.entries.append(SuiteEntry(name, cls(threat=threat, **kwargs), kind, surrogate))
-
-
-def _standard(out: Suite, threat: LpBall, seed: int, eot: dict[str, int]) -> None:
-    l1 = threat.norm == "l1"
-    _add(out, "apgd-ce", "apgd", threat, loss="ce", steps=100, restarts=5 if l1 else 1,
-         seed=seed, **eot)  # fmt: skip
-    _add(out, "apgd-t", "apgd_t", threat, n_target_classes=5 if l1 else 9, steps=100,
-         seed=seed, **eot)  # fmt: skip
-    _add(out, "fab-t", "fab_t", threat, steps=100, n_target_classes=9, seed=seed, **eot)
-    _add(out, "square", "square", threat, kind="black", n_queries=5000, seed=seed)
-
-
-def _plus(out: Suite, threat: LpBall, seed: int, eot: dict[str, int]) -> None:
-    _add(out, "apgd-ce", "apgd", threat, loss="ce", steps=100, restarts=5, seed=seed, **eot)
-    _add(out, "apgd-dlr", "apgd", threat, loss="dlr", steps=100, restarts=5, seed=seed, **eot)
-    _add(out, "fab", "fab", threat, steps=100, restarts=5, seed=seed, **eot)
-    _add(out, "square", "square", threat, kind="black", n_queries=5000, seed=seed)
-    _add(out, "apgd-t", "apgd_t", threat, n_target_classes=9, steps=100, seed=seed, **eot)
-    _add(out, "fab-t", "fab_t", threat, steps=100, n_target_classes=9, seed=seed, **eot)
-
-
-def _rand(out: Suite, threat: LpBall, seed: int) -> None:
-    eot = {"eot_iter": RAND_EOT}
-    _add(out, "apgd-ce", "apgd", threat, loss="ce", steps=100, seed=seed, **eot)
-    _add(out, "apgd-dlr", "apgd", threat, loss="dlr", steps=100, seed=seed, **eot)
+    cls = _attack_class(preset)
+    if threat.norm not in cls.norms:
+        out.skipped.append((preset.name, f"{cls.__name__} does not support {threat.norm}"))
+        return
+    settings = {**preset.settings, **(preset.l1 if threat.norm == "l1" else {})}
+    attack = cls(threat=threat, seed=seed, **settings, **_eot(preset, eot_iter))
+    used = surrogate if preset.kind == "transfer" else None
+    out.entries.append(SuiteEntry(preset.name, attack, preset.kind, used))
 
 
 def build_suite(
@@ -132,25 +189,7 @@ def build_suite(
             (``rand`` always uses 20, as AutoAttack does).
         surrogate: Model the ``full`` suite's transfer attack is crafted on.
     """
-    check_suite(suite)
-    eot = {"eot_iter": int(eot_iter)} if eot_iter > 1 else {}
     out = Suite()
-    if suite == "quick":
-        _add(out, "pgd-20", "pgd", threat, steps=20, seed=seed, **eot)
-        return out
-    if suite == "plus":
-        _plus(out, threat, seed, eot)
-        return out
-    if suite == "rand":
-        _rand(out, threat, seed)
-        return out
-    _standard(out, threat, seed, eot)
-    if suite == "full":
-        _add(out, "pgd-100x5", "pgd", threat, steps=100, restarts=5, early_stop=True,
-             seed=seed, **eot)  # fmt: skip
-        if surrogate is None:
-            out.skipped.append(("transfer-mifgsm", "no surrogate model given (eval.surrogate)"))
-        else:
-            _add(out, "transfer-mifgsm", "mifgsm", threat, kind="transfer",
-                 surrogate=surrogate, steps=20, seed=seed)  # fmt: skip
+    for preset in PRESETS[check_suite(suite)]:
+        _add(out, preset, threat, seed, int(eot_iter), surrogate)
     return out

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from advtrain.core.numbers import non_negative
-from advtrain.objectives.base import Objective
-from advtrain.objectives.trades import kl_per_example
+from advtrain.core.tensors import kl_per_example, pick, without_class
+from advtrain.objectives.trades import KLTradeOff
 
 
 def log_one_minus_softmax(logits: Tensor, k: Tensor) -> Tensor:
     """``log(1 - softmax(logits)[k])`` per example, computed stably."""
-    mask = F.one_hot(k, logits.shape[1]).bool()
-    others = logits.masked_fill(mask, float("-inf")).logsumexp(dim=1)
+    others = without_class(logits, k).logsumexp(dim=1)
     return others - logits.logsumexp(dim=1)
 
 
@@ -32,14 +30,12 @@ def boosted_cross_entropy(logits_adv: Tensor, y: Tensor, label_smoothing: float 
     """Per-example ``-log p_y - log(1 - max_{k != y} p_k)`` (MART's BCE); with label
     smoothing the first term is the smoothed cross-entropy."""
     logits_adv = logits_adv.float()
-    runner_up = logits_adv.masked_fill(
-        F.one_hot(y, logits_adv.shape[1]).bool(), float("-inf")
-    ).argmax(dim=1)
+    runner_up = without_class(logits_adv, y).argmax(dim=1)
     ce = F.cross_entropy(logits_adv, y, reduction="none", label_smoothing=label_smoothing)
     return ce - log_one_minus_softmax(logits_adv, runner_up)
 
 
-class MART(Objective):
+class MART(KLTradeOff):
     """Misclassification-aware adversarial risk.
 
     Args:
@@ -49,21 +45,13 @@ class MART(Objective):
 
     name = "mart"
     attack_loss = "ce"
+    term_names = ("bce", "weighted_kl")
 
-    def __init__(self, beta: float | str = 6.0, label_smoothing: float | str = 0.0) -> None:
-        super().__init__(label_smoothing)
-        self.beta = non_negative(beta, "beta")
-
-    def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
-        logits = model(x)
-        logits_adv = model(x_adv)
+    def terms(self, logits: Tensor, logits_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch means of the BCE and of the KL weighted by ``1 - p_y(x)``."""
         bce = boosted_cross_entropy(logits_adv, y, self.label_smoothing).mean()
-        p_true = torch.softmax(logits.float(), dim=1).gather(1, y[:, None]).squeeze(1)
-        robust = (kl_per_example(logits, logits_adv) * (1.0 - p_true)).mean()
-        loss = bce + self.beta * robust
-        return {
-            "loss": loss,
-            "logits": logits_adv,
-            "bce": bce.detach(),
-            "weighted_kl": robust.detach(),
-        }
+        p_true = pick(torch.softmax(logits.float(), dim=1), y)
+        return bce, (kl_per_example(logits, logits_adv) * (1.0 - p_true)).mean()
+
+
+__all__ = ["MART", "boosted_cross_entropy", "log_one_minus_softmax"]

@@ -10,22 +10,51 @@ training, the paper uses ``beta = 6`` (1/lambda). Threat model: the attack's.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+from abc import abstractmethod
+
 from torch import Tensor, nn
 
 from advtrain.core.numbers import non_negative
+from advtrain.core.tensors import kl_per_example
 from advtrain.objectives.base import Objective
 
 
-def kl_per_example(logits_p: Tensor, logits_q: Tensor) -> Tensor:
-    """``KL(softmax(logits_p) || softmax(logits_q))`` per example, in log space (finite
-    and with finite gradients even for saturated logits)."""
-    log_p = F.log_softmax(logits_p.float(), dim=1)
-    log_q = F.log_softmax(logits_q.float(), dim=1)
-    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
+class KLTradeOff(Objective):
+    """``first + beta * kl`` from the clean and the adversarial logits (TRADES, MART).
+
+    Subclasses give the two scalar terms (``terms``) and the names they are logged
+    under (``term_names``); the adversarial logits are the accuracy's logits.
+
+    Args:
+        beta: Weight (>= 0) of the KL term.
+        label_smoothing: Label smoothing of the cross-entropy term (see ``Objective``).
+    """
+
+    term_names: tuple[str, str] = ("first", "kl")
+
+    def __init__(self, beta: float | str = 6.0, label_smoothing: float | str = 0.0) -> None:
+        super().__init__(label_smoothing)
+        self.beta = non_negative(beta, "beta")
+
+    @abstractmethod
+    def terms(self, logits: Tensor, logits_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The first term and the KL term, both scalars."""
+
+    def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
+        logits = model(x)
+        logits_adv = model(x_adv)
+        first, robust = self.terms(logits, logits_adv, y)
+        loss = first + self.beta * robust
+        first_name, robust_name = self.term_names
+        return {
+            "loss": loss,
+            "logits": logits_adv,
+            first_name: first.detach(),
+            robust_name: robust.detach(),
+        }
 
 
-class TRADES(Objective):
+class TRADES(KLTradeOff):
     """Clean cross-entropy plus ``beta`` times the clean-to-adversarial KL.
 
     Args:
@@ -36,20 +65,12 @@ class TRADES(Objective):
     name = "trades"
     attack_loss = "kl"
     requires_attack_loss = True
+    term_names = ("natural_ce", "kl")
 
-    def __init__(self, beta: float | str = 6.0, label_smoothing: float | str = 0.0) -> None:
-        super().__init__(label_smoothing)
-        self.beta = non_negative(beta, "beta")
-
-    def forward(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor) -> dict[str, Tensor]:
-        logits = model(x)
-        logits_adv = model(x_adv)
+    def terms(self, logits: Tensor, logits_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The clean cross-entropy and the batch mean of ``KL(p(x) || p(x_adv))``."""
         natural = self.cross_entropy(logits, y)
-        robust = kl_per_example(logits, logits_adv).mean()
-        loss = natural + self.beta * robust
-        return {
-            "loss": loss,
-            "logits": logits_adv,
-            "natural_ce": natural.detach(),
-            "kl": robust.detach(),
-        }
+        return natural, kl_per_example(logits, logits_adv).mean()
+
+
+__all__ = ["TRADES", "KLTradeOff", "kl_per_example"]

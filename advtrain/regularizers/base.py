@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float
+from advtrain.threat import LpBall, check_norm
 
 
 class Regularizer(ABC):
@@ -57,6 +58,11 @@ class Regularizer(ABC):
             return self.weight * min(1.0, step / self.warmup_steps)
         return self.weight
 
+    def check(self) -> None:
+        """Raise one clear line when the regularizer cannot run (``AdversarialModule``
+        calls it when it is built, before any training step); the base class needs nothing."""
+        return None
+
     @abstractmethod
     def penalty(
         self, model: nn.Module, batch: tuple[Tensor, Tensor], outputs: dict[str, Any]
@@ -84,3 +90,54 @@ class Regularizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(weight={self.weight})"
+
+
+class ThreatRegularizer(Regularizer):
+    """A penalty measured in the threat model's ball (GradAlign, the input gradient).
+
+    The training CLI hands every such regularizer the run's one ``LpBall`` (``threat``),
+    so an eps schedule that changes it changes the penalty too; from Python ``norm`` and
+    ``eps`` build a ball of its own instead. Without either ``threat`` is ``None`` and
+    ``AdversarialModule`` refuses the regularizer with one line.
+
+    Args:
+        norm: The threat model's norm (``linf`` when only ``eps`` is given).
+        eps: The threat model's radius in pixel units.
+        threat: The shared threat model; excludes ``norm`` and ``eps``.
+        bounds: The data box of a ball built from ``norm``/``eps``.
+        weight, warmup_epochs, warmup_steps: See ``Regularizer``.
+    """
+
+    def __init__(
+        self,
+        norm: str | None = None,
+        eps: float | str | None = None,
+        *,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        weight: float | str = 1.0,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__(weight, warmup_epochs, warmup_steps)
+        if norm is not None:
+            check_norm(norm)
+        if threat is not None and (norm is not None or eps is not None):
+            raise ConfigError(f"{self.name}: give threat or norm/eps, not both")
+        if threat is None and eps is not None:
+            threat = LpBall(norm or "linf", eps, tuple(bounds))
+        self.threat = threat
+
+    def check(self) -> None:
+        if self.threat is None:
+            raise ConfigError(
+                f"regularizer {self.name!r} needs a threat model: give it threat=LpBall(...) "
+                "or norm and eps (advtrain-train passes the threat group's)"
+            )
+
+    @property
+    def ball(self) -> LpBall:
+        """The threat model (read on every call: an eps schedule may change it)."""
+        self.check()
+        assert self.threat is not None
+        return self.threat

@@ -22,35 +22,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.core.numbers import non_negative
-from advtrain.regularizers.base import Regularizer
+from advtrain.regularizers.base import ThreatRegularizer
 from advtrain.threat import LpBall
 
 
-class GradAlign(Regularizer):
+class GradAlign(ThreatRegularizer):
     """``weight * (1 - cos(grad_x l(x), grad_x l(x + eta)))``, batch mean.
 
     Args:
         norm: The threat model's norm; ``eta`` is uniform in its ball.
         eps: The threat model's radius (pixel units).
+        threat: The shared threat model instead of ``norm``/``eps`` (advtrain-train
+            passes the threat group's; see ``ThreatRegularizer``).
         backprop_clean: Also differentiate through the gradient at the clean point.
         bounds: The data box ``x + eta`` is clipped to.
-        **kwargs: ``weight`` (lambda; 0.2 for CIFAR-10 at 8/255 in the paper),
-            ``warmup_epochs``, ``warmup_steps`` (see ``Regularizer``).
+        weight: lambda (0.2 for CIFAR-10 at 8/255 in the paper).
+        warmup_epochs, warmup_steps: See ``Regularizer``.
     """
 
     name = "grad_align"
 
     def __init__(
         self,
-        norm: str = "linf",
-        eps: float | str = 0.1,
+        norm: str | None = None,
+        eps: float | str | None = None,
+        *,
+        threat: LpBall | None = None,
         backprop_clean: bool = False,
         bounds: tuple[float, float] = (0.0, 1.0),
-        **kwargs: Any,
+        weight: float | str = 1.0,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
     ) -> None:
-        super().__init__(**kwargs)
-        self.ball = LpBall(norm, non_negative(eps, "eps"), tuple(bounds))
+        super().__init__(
+            norm,
+            eps,
+            threat=threat,
+            bounds=bounds,
+            weight=weight,
+            warmup_epochs=warmup_epochs,
+            warmup_steps=warmup_steps,
+        )
         self.backprop_clean = bool(backprop_clean)
 
     @staticmethod

@@ -17,31 +17,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.core.errors import ConfigError
-from advtrain.core.numbers import as_float
-from advtrain.regularizers.base import Regularizer
+from advtrain.regularizers.base import ThreatRegularizer
 from advtrain.threat import dual_norm, lp_norm
 
 
-class InputGradient(Regularizer):
+class InputGradient(ThreatRegularizer):
     """``weight * eps * mean_i ||grad_x CE(f(x_i), y_i)||_dual`` at the clean inputs.
 
     Args:
         norm: The threat model's norm (``linf``, ``l2``, ``l1``); the gradient is
             measured in its dual norm.
         eps: The threat model's radius (pixel units).
-        **kwargs: ``weight``, ``warmup_epochs``, ``warmup_steps`` (see ``Regularizer``).
+        threat: The shared threat model instead of ``norm``/``eps`` (advtrain-train
+            passes the threat group's; see ``ThreatRegularizer``).
+        bounds: The data box of a ball built from ``norm``/``eps`` (unused by the penalty).
+        weight, warmup_epochs, warmup_steps: See ``Regularizer``.
     """
 
     name = "input_grad"
-
-    def __init__(self, norm: str = "linf", eps: float | str = 0.1, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.norm = norm
-        self.dual = dual_norm(norm)
-        self.eps = as_float(eps, "eps")
-        if self.eps < 0:
-            raise ConfigError(f"eps={eps!r} is invalid; need a number >= 0")
 
     def input_gradient(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """``grad_x`` of the summed per-example CE, with a graph for double backprop."""
@@ -55,5 +48,6 @@ class InputGradient(Regularizer):
         self, model: nn.Module, batch: tuple[Tensor, Tensor], outputs: dict[str, Any]
     ) -> Tensor:
         x, y = batch
+        ball = self.ball
         grad = self.input_gradient(model, x, y)
-        return self.eps * lp_norm(grad, self.dual).mean()
+        return ball.eps * lp_norm(grad, dual_norm(ball.norm)).mean()

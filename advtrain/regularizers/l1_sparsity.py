@@ -31,13 +31,19 @@ class L1Sparsity(Regularizer):
 
     Args:
         reduction: ``"sum"`` (the classic l1 penalty) or ``"mean"`` (independent of size).
-        **kwargs: ``weight``, ``warmup_epochs``, ``warmup_steps`` (see ``Regularizer``).
+        weight, warmup_epochs, warmup_steps: See ``Regularizer``.
     """
 
     name = "l1"
 
-    def __init__(self, reduction: str = "sum", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        reduction: str = "sum",
+        weight: float | str = 1.0,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__(weight, warmup_epochs, warmup_steps)
         if reduction not in REDUCTIONS:
             raise ConfigError(
                 f"unknown l1 reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}"

@@ -38,15 +38,20 @@ class SpectralNorm(Regularizer):
     Args:
         penalty: ``"squares"`` or ``"log"``.
         n_power_iterations: Power-iteration steps per training step.
-        **kwargs: ``weight``, ``warmup_epochs``, ``warmup_steps`` (see ``Regularizer``).
+        weight, warmup_epochs, warmup_steps: See ``Regularizer``.
     """
 
     name = "spectral"
 
     def __init__(
-        self, penalty: str = "squares", n_power_iterations: int = 1, **kwargs: Any
+        self,
+        penalty: str = "squares",
+        n_power_iterations: int = 1,
+        weight: float | str = 1.0,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(weight, warmup_epochs, warmup_steps)
         if penalty not in PENALTIES:
             raise ConfigError(
                 f"unknown spectral penalty {penalty!r}; allowed: {', '.join(PENALTIES)}"

@@ -23,9 +23,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, step_size
+from advtrain.attacks.base import Attack, AttackInputs, step_size
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float, positive_int
+from advtrain.threat import LpBall
 
 
 def check_sigma(sigma: float | str) -> float:
@@ -48,11 +49,23 @@ class SmoothAdvPGD(Attack):
     """l2 PGD on the soft smoothed classifier with ``m`` noise samples per step.
 
     Args:
+        norm: ``"l2"`` (the only norm; ignored when ``threat`` is given).
+        eps: l2 radius in pixel units (fractions such as ``"8/255"`` accepted).
         sigma: Smoothing noise standard deviation (pixel units).
         noise_samples: ``m``, noise draws per estimate of the smoothed probabilities.
-        steps: PGD steps; step_size: default ``2 * eps / steps``.
+        steps: PGD steps.
+        step_size: Step length; default ``2 * eps / steps``.
         fresh_noise: Draw new noise every step (evaluation) instead of once per call.
-        **kwargs: See ``Attack`` (the loss is applied to the smoothed log-probabilities).
+        threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
+        bounds: The data box.
+        loss: The loss applied to the smoothed log-probabilities (``"ce"``: SmoothAdv).
+        targeted: Minimise the loss towards target labels (random wrong classes
+            unless the call gives ``target``).
+        model_mode: ``"eval"``, ``"train"`` or ``"keep"`` (see ``Attack``).
+        seed: Seed of the noise (``None``: torch's global generator).
+        check_inputs: Raise when inputs lie outside the data box.
+        eot_iter: Draws of ``m`` noise samples whose gradients are summed per step
+            (EOT, Athalye et al. 2018).
     """
 
     name = "smoothadv_pgd"
@@ -60,16 +73,35 @@ class SmoothAdvPGD(Attack):
 
     def __init__(
         self,
-        *args,
+        norm: str = "l2",
+        eps: float | str = 8 / 255,
+        *,
         sigma: float | str = 0.25,
         noise_samples: int = 4,
         steps: int = 10,
         step_size: float | str | None = None,
         fresh_noise: bool = False,
-        **kwargs,
+        threat: LpBall | None = None,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        loss: str = "ce",
+        targeted: bool = False,
+        model_mode: str = "eval",
+        seed: int | None = None,
+        check_inputs: bool = True,
+        eot_iter: int = 1,
     ) -> None:
-        kwargs.setdefault("norm", "l2")
-        super().__init__(*args, **kwargs)
+        super().__init__(
+            norm=norm,
+            eps=eps,
+            threat=threat,
+            bounds=bounds,
+            loss=loss,
+            targeted=targeted,
+            model_mode=model_mode,
+            seed=seed,
+            check_inputs=check_inputs,
+            eot_iter=eot_iter,
+        )
         self.sigma = check_sigma(sigma)
         self.noise_samples = positive_int(noise_samples, "noise_samples")
         self.steps = positive_int(steps, "steps")
@@ -84,7 +116,15 @@ class SmoothAdvPGD(Attack):
         shape = (self.noise_samples, *x.shape)
         return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    def _gradient(self, model, x_adv, y, target, noises: list[Tensor]) -> Tensor:
+    def _gradient(
+        self,
+        model: nn.Module,
+        x_adv: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        noises: list[Tensor],
+    ) -> Tensor:
+        """The objective's input gradient at ``x_adv``, summed over the noise draws."""
         x_adv = x_adv.detach().requires_grad_(True)
         total = torch.zeros_like(x_adv)
         for noise in noises:
@@ -94,15 +134,8 @@ class SmoothAdvPGD(Attack):
             total = total + grad
         return total
 
-    def perturb(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> Tensor:
+    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
+        x, y, target, generator = inputs
         draws = self.eot_iter
         noises = [self._noise(x, generator) for _ in range(draws)]
         x_adv = x.clone()
@@ -110,8 +143,7 @@ class SmoothAdvPGD(Attack):
             if self.fresh_noise:
                 noises = [self._noise(x, generator) for _ in range(draws)]
             grad = self._gradient(model, x_adv, y, target, noises)
-            step = self.step_size * self.threat.ascent_direction(grad)
-            x_adv = self.threat.project(x, x_adv + step)
+            x_adv = self.ascent_step(x, x_adv, grad, self.step_size)
         return x_adv
 
 

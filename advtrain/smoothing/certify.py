@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from rich.console import Console
@@ -37,6 +38,24 @@ from advtrain.smoothing.attack import check_sigma
 from advtrain.threat import LpBall
 
 ABSTAIN = -1
+
+
+@dataclass(frozen=True)
+class SmoothingSettings:
+    """CERTIFY's options (Cohen et al. 2019), as ``certify(method="smoothing")`` takes them.
+
+    Attributes:
+        sigma: Noise standard deviation (pixel units; fractions such as ``"1/4"`` accepted).
+        n0: Selection samples; n: estimation samples.
+        alpha: Failure probability of each certificate.
+        seed: Seed of the noise generator.
+    """
+
+    sigma: float | str
+    n0: int = 100
+    n: int = 100_000
+    alpha: float | str = 0.001
+    seed: int = 0
 
 
 def check_alpha(alpha: float | str) -> float:
@@ -209,16 +228,29 @@ def certify_smoothed(
             preds.append(c_a if p > 0.5 else ABSTAIN)
             p_lower.append(p)
             bar.advance(bar.task_ids[0])
-    labels = y.tolist()
+    return _report(threat.eps, y.tolist(), preds, p_lower, sigma, alpha, n, n0)
+
+
+def _report(
+    eps: float,
+    labels: list[int],
+    preds: list[int],
+    p_lower: list[float],
+    sigma: float,
+    alpha: float,
+    n: int,
+    n0: int,
+) -> dict:
+    """CERTIFY's answers in ``certify()``'s contract (see ``certify_smoothed``)."""
     radius = [
         radius_of(p, sigma) if c == t else 0.0
         for c, t, p in zip(preds, labels, p_lower, strict=True)
     ]
-    certified = certified_at(radius, threat.eps)
+    certified = certified_at(radius, eps)
     return {
         "method": "smoothing",
         "norm": "l2",
-        "eps": threat.eps,
+        "eps": eps,
         "certified": certified,
         "certified_accuracy": sum(certified) / len(certified) if certified else math.nan,
         "radius": radius,
@@ -246,6 +278,7 @@ def certified_accuracy_curve(radius: list[float], radii: list[float]) -> list[fl
 
 __all__ = [
     "ABSTAIN",
+    "SmoothingSettings",
     "certified_accuracy_curve",
     "certified_at",
     "certify_smoothed",

@@ -43,14 +43,22 @@ class Consistency(Regularizer):
         sigma: Noise standard deviation (the certifier's; used when drawing own copies).
         noise_samples: ``m`` noisy copies per input (>= 2; 2 in the paper).
         eta: Entropy weight relative to ``weight`` (the paper's eta / lambda).
-        **kwargs: ``weight`` (the paper's lambda), ``warmup_epochs``, ``warmup_steps``.
+        weight: The paper's lambda.
+        warmup_epochs, warmup_steps: See ``Regularizer``.
     """
 
     name = "consistency"
 
-    def __init__(self, sigma: float | str = 0.25, noise_samples: int = 2, eta: float = 0.05,
-                 **kwargs: Any) -> None:  # fmt: skip
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        sigma: float | str = 0.25,
+        noise_samples: int = 2,
+        eta: float = 0.05,
+        weight: float | str = 1.0,
+        warmup_epochs: float = 0.0,
+        warmup_steps: int = 0,
+    ) -> None:
+        super().__init__(weight, warmup_epochs, warmup_steps)
         self.sigma = check_sigma(sigma)
         self.noise_samples = positive_int(noise_samples, "noise_samples")
         if self.noise_samples < 2:

@@ -50,20 +50,48 @@ def radius_curve(radius: list[float], radii: list[float] | tuple[float, ...]) ->
 
 
 def smoothed_sandwich(
-    model: nn.Module, x: Tensor, y: Tensor, radius: list[float], eps: float, *,
-    sigma: float, alpha: float, n: int, batch_size: int, seed: int,
-    steps: int = 20, noise_samples: int = 16, eot_iter: int = 2,
-) -> dict:  # fmt: skip
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    radius: list[float],
+    eps: float,
+    *,
+    sigma: float,
+    alpha: float,
+    n: int,
+    batch_size: int,
+    seed: int,
+    steps: int = 20,
+    noise_samples: int = 16,
+    eot_iter: int = 2,
+) -> dict:
     """The smoothed classifier's clean and attacked PREDICT, and the sandwich check."""
     opts = {"sigma": sigma, "n": n, "alpha": alpha, "batch_size": batch_size}
     clean_pred = predict_smoothed(model, x, seed=seed + 1, **opts).cpu()
     attack = SmoothAdvPGD(
-        norm="l2", eps=eps, sigma=sigma, noise_samples=noise_samples, steps=steps,
-        fresh_noise=True, eot_iter=eot_iter, seed=seed + 2,
-    )  # fmt: skip
+        norm="l2",
+        eps=eps,
+        sigma=sigma,
+        noise_samples=noise_samples,
+        steps=steps,
+        fresh_noise=True,
+        eot_iter=eot_iter,
+        seed=seed + 2,
+    )
     x_adv = attack(model, x, y) if eps > 0 else x
     adv_pred = predict_smoothed(model, x_adv, seed=seed + 3, **opts).cpu()
-    y = y.cpu()
+    described = (
+        f"SmoothAdv PGD l2 eps={eps:.4g}, {steps} steps, m={noise_samples} fresh "
+        f"noise draws x {eot_iter} EOT per step; PREDICT with n={n}"
+    )
+    return _sandwich_section(clean_pred, adv_pred, y.cpu(), radius, eps, described)
+
+
+def _sandwich_section(
+    clean_pred: Tensor, adv_pred: Tensor, y: Tensor, radius: list[float], eps: float, attack: str
+) -> dict:
+    """Smoothed clean and attacked accuracy, abstentions and the sandwich, per example:
+    certified at radius ``> eps`` => not broken (label or abstain) => clean correct."""
     clean = clean_pred == y
     robust = clean & ((adv_pred == y) | (adv_pred == ABSTAIN))
     certified = torch.tensor([r > eps for r in radius], dtype=torch.bool)
@@ -74,27 +102,16 @@ def smoothed_sandwich(
         "smoothed_robust_accuracy": proportion(int(robust.sum()), len(y)),
         "abstained_clean": int((clean_pred == ABSTAIN).sum()),
         "abstained_attacked": int((adv_pred == ABSTAIN).sum()),
-        "attack": f"SmoothAdv PGD l2 eps={eps:.4g}, {steps} steps, m={noise_samples} fresh "
-        f"noise draws x {eot_iter} EOT per step; PREDICT with n={n}",
+        "attack": attack,
         "sandwich": check,
     }
 
 
-def smoothing_section(
-    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, sigma: float, n0: int = 100,
-    n: int = 100_000, alpha: float = 0.001, batch_size: int = 1000, seed: int = 0,
-    predict_n: int = 10_000, attack: dict | None = None,
-) -> dict:  # fmt: skip
-    """CERTIFY every example, the certified curve, and the smoothed sandwich at ``eps``.
-
-    ``attack``: ``steps``, ``noise_samples``, ``eot_iter`` of the smoothed-classifier attack.
-    """
-    start = time.perf_counter()
-    cert = certify_smoothed(model, x, y, "l2", eps, sigma=sigma, n0=n0, n=n, alpha=alpha,
-                            batch_size=batch_size, seed=seed)  # fmt: skip
+def _certified_section(cert: dict, eps: float, n0: int, n: int) -> dict:
+    """The CERTIFY part of the section: certified accuracy, its table and curve."""
     radius = cert["radius"]
     top = max([*radius, 4 * cert["sigma"]])
-    section = {
+    return {
         "method": "smoothing",
         "sigma": cert["sigma"],
         "alpha": cert["alpha"],
@@ -109,12 +126,70 @@ def smoothing_section(
         "curve": radius_curve(radius, np.linspace(0, top, 81).tolist()),
         "radius": radius,
     }
-    section.update(smoothed_sandwich(model, x, y, radius, float(eps), sigma=cert["sigma"],
-                                     alpha=cert["alpha"], n=predict_n,
-                                     batch_size=batch_size, seed=seed,
-                                     **(attack or {})))  # fmt: skip
+
+
+def smoothing_section(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    sigma: float,
+    n0: int = 100,
+    n: int = 100_000,
+    alpha: float = 0.001,
+    batch_size: int = 1000,
+    seed: int = 0,
+    predict_n: int = 10_000,
+    attack: dict | None = None,
+) -> dict:
+    """CERTIFY every example, the certified curve, and the smoothed sandwich at ``eps``.
+
+    ``attack``: ``steps``, ``noise_samples``, ``eot_iter`` of the smoothed-classifier attack.
+    """
+    start = time.perf_counter()
+    settings = {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "batch_size": batch_size}
+    cert = certify_smoothed(model, x, y, "l2", eps, seed=seed, **settings)
+    section = _certified_section(cert, eps, n0, n)
+    sandwich_check = smoothed_sandwich(
+        model,
+        x,
+        y,
+        cert["radius"],
+        float(eps),
+        sigma=cert["sigma"],
+        alpha=cert["alpha"],
+        n=predict_n,
+        batch_size=batch_size,
+        seed=seed,
+        **(attack or {}),
+    )
+    section.update(sandwich_check)
     section["seconds"] = time.perf_counter() - start
     return section
+
+
+def _plot_section(ax: plt.Axes, i: int, label: str, s: dict) -> None:
+    """One section's certified curve (with its band) and its attacked PREDICT point."""
+    r = np.array([p["radius"] for p in s["curve"]])
+    acc = 100 * np.array([p["certified_accuracy"] for p in s["curve"]])
+    lo = 100 * np.array([p["ci95"][0] for p in s["curve"]])
+    hi = 100 * np.array([p["ci95"][1] for p in s["curve"]])
+    ax.fill_between(r, lo, hi, step="post", alpha=0.2, color=f"C{i}")
+    name = f"{label}: certified, alpha={s['alpha']:g}, n={s['n']}"
+    ax.step(r, acc, where="post", color=f"C{i}", label=name)
+    rob = s.get("smoothed_robust_accuracy")
+    if rob and s["eps"] > 0:
+        name = f"{label}: smoothed PREDICT under PGD on g, eps={s['eps']:g}"
+        ax.plot(
+            [s["eps"]],
+            [100 * rob["value"]],
+            marker="*",
+            markersize=11,
+            linestyle="",
+            color=f"C{i}",
+            label=name,
+        )
 
 
 def plot_certified_curve(
@@ -124,29 +199,18 @@ def plot_certified_curve(
     robustness curve of the base classifier (``report["robustness_curve"]``) beside it."""
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=120)
     for i, (label, s) in enumerate(sections.items()):
-        r = np.array([p["radius"] for p in s["curve"]])
-        acc = 100 * np.array([p["certified_accuracy"] for p in s["curve"]])
-        lo = 100 * np.array([p["ci95"][0] for p in s["curve"]])
-        hi = 100 * np.array([p["ci95"][1] for p in s["curve"]])
-        ax.fill_between(r, lo, hi, step="post", alpha=0.2, color=f"C{i}")
-        ax.step(r, acc, where="post", color=f"C{i}",
-                label=f"{label}: certified, alpha={s['alpha']:g}, n={s['n']}")  # fmt: skip
-        rob = s.get("smoothed_robust_accuracy")
-        if rob and s["eps"] > 0:
-            name = f"{label}: smoothed PREDICT under PGD on g, eps={s['eps']:g}"
-            ax.plot([s["eps"]], [100 * rob["value"]], marker="*", markersize=11, linestyle="",
-                    color=f"C{i}", label=name)  # fmt: skip
+        _plot_section(ax, i, label, s)
     if empirical:
         pts = sorted(empirical, key=lambda p: p["eps"])
-        ax.plot([p["eps"] for p in pts], [100 * p["robust_accuracy"] for p in pts], marker="o",
-                color="gray", linestyle="--",
-                label="base classifier, empirical (PGD, l2)")  # fmt: skip
+        eps, acc = [p["eps"] for p in pts], [100 * p["robust_accuracy"] for p in pts]
+        name = "base classifier, empirical (PGD, l2)"
+        ax.plot(eps, acc, marker="o", color="gray", linestyle="--", label=name)
     ax.set_xlabel("l2 radius (pixel units)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     alphas = sorted({s["alpha"] for s in sections.values()})
-    ax.set_title(title or f"Randomized smoothing: holds w.p. 1 - alpha (alpha={alphas})",
-                 fontsize=9)  # fmt: skip
+    default = f"Randomized smoothing: holds w.p. 1 - alpha (alpha={alphas})"
+    ax.set_title(title or default, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, bbox_inches="tight")

@@ -24,7 +24,9 @@ from advtrain.attacks.base import Attack
 from advtrain.core.errors import ConfigError
 from advtrain.core.modes import eval_mode
 from advtrain.objectives.base import Objective
+from advtrain.training.checks import check_components
 
+STAGES = ("val", "test")
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., Any]
 
@@ -44,11 +46,15 @@ class AdversarialModule(L.LightningModule):
         scheduler_interval: ``"epoch"`` or ``"step"``.
         regularizers: Objects with ``name``, ``weight`` and ``__call__(model, batch,
             outputs, *, epoch, step) -> weighted penalty`` (``epoch`` fractional, for
-            scheduled weights); an optional ``extra_logs`` dict is logged as well.
+            scheduled weights); an optional ``extra_logs`` dict is logged as well, an
+            optional ``check()`` raises when the regularizer cannot run.
         config: The resolved run configuration, stored in checkpoints so that
             ``advtrain-eval`` can rebuild the model.
         channels_last: Keep the model and 4-d input batches in ``torch.channels_last``
             memory format (faster convolutions on tensor-core GPUs).
+
+    The parts are checked together when the module is built (``check_components``), so
+    a configuration that cannot train fails with one line before ``Trainer.fit``.
 
     Checkpoints also hold the random number generator states (``rng_state``): a run
     resumed from a mid-epoch ``last.ckpt`` draws the same attack noise as an uninterrupted
@@ -69,7 +75,7 @@ class AdversarialModule(L.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        check_attack_fits_objective(attack, objective)
+        check_components(attack, objective, regularizers)
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError(
                 f"scheduler_interval={scheduler_interval!r} is invalid; allowed: epoch, step"
@@ -88,14 +94,10 @@ class AdversarialModule(L.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         self._rng_to_restore: dict[str, Any] | None = None
         self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_{kind}": MeanMetric()
-                for stage in ("val", "test")
-                for kind in ("clean", "robust")
-            }
+            {f"{stage}_{kind}": MeanMetric() for stage in STAGES for kind in ("clean", "robust")}
         )
         # examples evaluated, summed over DDP ranks: the n of the reported accuracies
-        self.counts = nn.ModuleDict({stage: SumMetric() for stage in ("val", "test")})
+        self.counts = nn.ModuleDict({stage: SumMetric() for stage in STAGES})
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -193,7 +195,7 @@ class AdversarialModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         kwargs = {}
-        if "total_steps" in _parameters(self.scheduler_factory):
+        if "total_steps" in accepted_parameters(self.scheduler_factory):
             kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {
@@ -238,21 +240,6 @@ class AdversarialModule(L.LightningModule):
             self._rng_to_restore = None
 
 
-def check_attack_fits_objective(attack: Attack | None, objective: Objective) -> None:
-    """An objective defined only with one attack loss (TRADES, RSLAD: ``kl``) gets it;
-    one clear line otherwise. No attack is clean training with any objective."""
-    if attack is None or not objective.uses_adversarial:
-        return
-    if not getattr(objective, "requires_attack_loss", False):
-        return
-    if attack.loss_name != objective.attack_loss:
-        raise ConfigError(
-            f"objective {objective.name!r} needs a training attack with loss "
-            f"{objective.attack_loss!r}, got attack {attack.name!r} with loss "
-            f"{attack.loss_name!r}; choose e.g. attack=trades_kl for objective=trades"
-        )
-
-
 def rng_state() -> dict[str, Any]:
     """The states of Python's, NumPy's and torch's (CPU and CUDA) generators, as plain
     types and tensors (loadable with ``torch.load(..., weights_only=True)``)."""
@@ -277,8 +264,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _parameters(factory: Callable[..., Any]) -> set[str]:
-    """Names a factory (function, class or ``functools.partial``) still accepts."""
+def accepted_parameters(factory: Callable[..., Any]) -> set[str]:
+    """Names a factory (function, class or ``functools.partial``) still accepts by keyword."""
     func = getattr(factory, "func", factory)
     try:
         names = set(inspect.signature(func).parameters)

@@ -13,7 +13,8 @@ The pipeline of alpha-beta-CROWN (Xu et al. 2021; Wang et al. 2021), on one inpu
 ``holds`` needs every disjunct proven impossible; ``violated`` needs a point that the
 *original* network (``reference``, e.g. the ONNX file run by onnxruntime) confirms: the
 point is rounded to float32 inside the box first, so what is reported is what was checked.
-Bounds are computed in float64.
+Bounds are computed in float64. The answer is a ``Verdict`` (``verification.verdict``:
+status, reason, deciding stage, counterexample, seconds).
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
 
 from advtrain.verification.bab.falsify import pgd_box
-from advtrain.verification.bab.search import bab
+from advtrain.verification.bab.search import BabProblem, BaBSettings, bab
 from advtrain.verification.bounds.alpha_crown import (
     Relaxation,
     adaptive_alpha,
@@ -35,22 +36,30 @@ from advtrain.verification.bounds.alpha_crown import (
     optimize,
 )
 from advtrain.verification.bounds.domain import InputDomain
-from advtrain.verification.bounds.network import parse
+from advtrain.verification.bounds.ibp import Interval
+from advtrain.verification.bounds.network import Network, parse
 from advtrain.verification.formats.vnnlib import Conjunction, Property
+from advtrain.verification.verdict import Reason, Stage, Status, Verdict
 
 Reference = Callable[[Tensor], Tensor]
 
 
-@dataclass
-class Verdict:
-    """``status``: ``holds``, ``violated`` or ``timeout``; a violation comes with the
-    float32 input ``x`` (flat) and the reference network's output ``y`` there."""
+@dataclass(frozen=True)
+class VerifySettings:
+    """The pipeline's knobs.
 
-    status: str
-    x: Tensor | None = None
-    y: Tensor | None = None
-    seconds: float = 0.0
-    stats: dict = field(default_factory=dict)
+    Attributes:
+        timeout: Seconds for the whole property (the disjuncts share one deadline).
+        restarts, steps: The initial PGD attack on the whole box.
+        root_iters: alpha-CROWN's optimisation steps at the root.
+        bab: Branch and bound's settings.
+    """
+
+    timeout: float = 60.0
+    restarts: int = 64
+    steps: int = 60
+    root_iters: int = 20
+    bab: BaBSettings = field(default_factory=BaBSettings)
 
 
 def float32_in_box(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -85,58 +94,80 @@ class _Checker:
         return None
 
 
-def verify_property(model: nn.Module, shape: tuple[int, ...], prop: Property,
-                    reference: Reference, timeout: float = 60.0, *, restarts: int = 64,
-                    steps: int = 60, batch: int = 256, iters: int = 20, topk: int = 4) -> Verdict:  # fmt: skip
-    """Decide ``prop`` on ``model`` (a float64 network ``parse`` supports) within ``timeout`` s.
+def verify_property(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    prop: Property,
+    reference: Reference,
+    settings: VerifySettings | None = None,
+) -> Verdict:
+    """Decide ``prop`` on ``model`` (a float64 network ``parse`` supports) in time.
 
     Args:
         shape: The per-example input shape of ``model`` (the property's box is flat).
         reference: The original network on float64 inputs ``[N, n]`` (float32 values),
             returning outputs ``[N, K]``: every counterexample is confirmed on it.
-        restarts, steps: The initial PGD attack.
-        batch, iters: Branch and bound's domains per bound call and optimisation steps.
+        settings: Timeout, attack, root and branch-and-bound knobs (default
+            ``VerifySettings()``: 60 s).
     """
+    settings = settings or VerifySettings()
     start = time.monotonic()
-    deadline = start + timeout
+    deadline = start + settings.timeout
     check = _Checker(prop, reference)
     net = parse(model, shape)
     fast = parse(copy.deepcopy(model).float(), shape)
-    lo, hi = prop.lo.view(1, *shape), prop.hi.view(1, *shape)
-
-    def done(status: str, **stats: object) -> Verdict:
-        return Verdict(status, check.x, check.y, time.monotonic() - start, dict(stats))
-
     with torch.no_grad():
-        x, value = pgd_box(model, prop, shape, restarts, steps)
+        x, value = pgd_box(model, prop, shape, settings.restarts, settings.steps)
         if value <= 0 and check(x.view(1, -1)) is not None:
-            return done("violated", phase="attack")
-        root = alpha_intermediate(net, InputDomain.box(lo, hi), iters=20)
-        rows = torch.cat([c.A for c in prop.disjuncts]).unsqueeze(0)
-        relax = Relaxation(adaptive_alpha(root, rows.shape[1]))
-        lower = InputDomain.box(lo, hi).lower
-        best, relax = optimize(net, lower, rows, root, relax, iters=20)
-        offset = torch.cat([c.b for c in prop.disjuncts])
-        best = best[0] + offset
-        open_rows, stats = [], {"domains": 0}
-        at = 0
-        for c in prop.disjuncts:
-            sl = slice(at, at + len(c.b))
-            at += len(c.b)
-            if not bool((best[sl] > 0).any()):
-                open_rows.append((float(best[sl].max()), c, sl))
-        for _, c, sl in sorted(open_rows, key=lambda t: t[0]):  # likeliest violated first
-            alpha = [a[:, sl] for a in relax.alpha]
-            res = bab(net, (lo, hi), c.A.unsqueeze(0), c.b, root, alpha, deadline, check,
-                      batch=batch, iters=iters, topk=topk, fast=fast)  # fmt: skip
-            stats["domains"] += res.domains
-            if res.status != "holds":
-                return done(res.status, phase="bab", **stats)
-    return done("holds", phase="bab" if open_rows else "alpha-crown", **stats)
+            return _finish(
+                Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.ATTACK), check, start
+            )
+        box = (prop.lo.view(1, *shape), prop.hi.view(1, *shape))
+        root, relax, best = _root(net, box, prop, settings.root_iters)
+        remaining = _open_disjuncts(prop, best)
+        domains = 0
+        for c, rows in remaining:  # likeliest violated first
+            alpha = [a[:, rows] for a in relax.alpha]
+            problem = BabProblem(net, box, c.A.unsqueeze(0), c.b, root, alpha, fast)
+            res = bab(problem, deadline, check, settings.bab)
+            domains += res.domains
+            if res.status != Status.HOLDS:
+                return _finish(replace(res, domains=domains), check, start)
+    stage = Stage.BAB if remaining else Stage.ALPHA_CROWN
+    return _finish(Verdict(Status.HOLDS, Reason.PROVED, stage, domains=domains), check, start)
 
 
-def margin_property(x0: Tensor, y: int, num_classes: int, eps: float,
-                    bounds: tuple[float, float]) -> Property:  # fmt: skip
+def _root(
+    net: Network, box: Interval, prop: Property, iters: int
+) -> tuple[list[Interval], Relaxation, Tensor]:
+    """alpha-CROWN on every row of every disjunct at once (intermediate bounds by CROWN,
+    then alpha-CROWN): the root bounds, the best slopes and each row's bound plus offset."""
+    root = alpha_intermediate(net, InputDomain.box(*box), iters=iters)
+    rows = torch.cat([c.A for c in prop.disjuncts]).unsqueeze(0)
+    relax = Relaxation(adaptive_alpha(root, rows.shape[1]))
+    best, relax = optimize(net, InputDomain.box(*box).lower, rows, root, relax, iters=iters)
+    return root, relax, best[0] + torch.cat([c.b for c in prop.disjuncts])
+
+
+def _open_disjuncts(prop: Property, best: Tensor) -> list[tuple[Conjunction, slice]]:
+    """The disjuncts that no row's bound excludes, with their rows, likeliest violated first."""
+    out, at = [], 0
+    for c in prop.disjuncts:
+        rows = slice(at, at + len(c.b))
+        at += len(c.b)
+        if not bool((best[rows] > 0).any()):
+            out.append((float(best[rows].max()), c, rows))
+    return [(c, rows) for _, c, rows in sorted(out, key=lambda t: t[0])]
+
+
+def _finish(verdict: Verdict, check: _Checker, start: float) -> Verdict:
+    """``verdict`` with the confirmed point (if any) and the seconds since ``start``."""
+    return replace(verdict, x=check.x, y=check.y, seconds=time.monotonic() - start)
+
+
+def margin_property(
+    x0: Tensor, y: int, num_classes: int, eps: float, bounds: tuple[float, float]
+) -> Property:
     """Local robustness as a VNNLIB property: the linf ball cap the data box, unsafe when
     some ``f_j >= f_y`` (one disjunct per ``j != y``, row ``e_y - e_j``)."""
     eye = torch.eye(num_classes, dtype=x0.dtype, device=x0.device)
@@ -148,17 +179,20 @@ def margin_property(x0: Tensor, y: int, num_classes: int, eps: float,
     return Property(lo, hi, rows)
 
 
-def bab_certified(model: nn.Module, x: Tensor, y: Tensor, eps: float,
-                  bounds: tuple[float, float], timeout: float) -> Tensor:  # fmt: skip
+def bab_certified(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, bounds: tuple[float, float], timeout: float
+) -> Tensor:
     """``[B]``: whether branch and bound proves each example robust (``holds``)."""
     out = []
     shape = tuple(x.shape[1:])
     with torch.no_grad():
         num_classes = model(x[:1]).shape[1]
+
+    def reference(z: Tensor) -> Tensor:
+        return model(z.view(len(z), *shape).to(x.dtype))
+
     for xi, yi in zip(x, y):
         prop = margin_property(xi, int(yi), num_classes, eps, bounds)
-        verdict = verify_property(
-            model, shape, prop, lambda z: model(z.view(len(z), *shape).to(x.dtype)), timeout
-        )
-        out.append(verdict.status == "holds")
+        verdict = verify_property(model, shape, prop, reference, VerifySettings(timeout=timeout))
+        out.append(verdict.status == Status.HOLDS)
     return torch.tensor(out, dtype=torch.bool, device=x.device)

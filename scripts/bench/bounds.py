@@ -40,9 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from advtrain.certification import margin_bounds
 from advtrain.models import NormalizedModel
-from advtrain.verification.bounds.domain import margin_spec
+from advtrain.verification.bounds import margin_bounds, margin_spec
 
 CONV_CHANNELS, HIDDEN, SIDE = (16, 32), 100, 7
 MEAN, STD = [0.1307], [0.3081]
@@ -51,10 +50,15 @@ MEAN, STD = [0.1307], [0.3081]
 def build_model(run: Path | None) -> nn.Module:
     torch.manual_seed(0)
     backbone = nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Flatten(), nn.Linear(32 * SIDE * SIDE, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(32 * SIDE * SIDE, HIDDEN),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, 10),
+    )
     model = NormalizedModel(backbone, MEAN, STD)
     if run is not None:
         ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
@@ -76,8 +80,10 @@ def inputs(n: int, raw_folder: str | None) -> tuple[torch.Tensor, torch.Tensor |
 def ours(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, method: str, batch: int):
     start = time.perf_counter()
     with torch.no_grad():
-        parts = [margin_bounds(model, xb, yb, "linf", eps, method) for xb, yb in
-                 zip(x.split(batch), y.split(batch), strict=True)]  # fmt: skip
+        parts = [
+            margin_bounds(model, xb, yb, "linf", eps, method)
+            for xb, yb in zip(x.split(batch), y.split(batch), strict=True)
+        ]
     return time.perf_counter() - start, torch.cat(parts)
 
 
@@ -87,13 +93,27 @@ class Lirpa:
     def __init__(self, python: str, model: nn.Module, x, spec, eps: float, batch: int) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="bench_bounds_"))
         arrays = {f"param{i}": p.detach().numpy() for i, p in enumerate(model.parameters())}
-        np.savez(self.dir / "problem.npz", x=x.numpy(), spec=spec.numpy(), eps=eps, batch=batch,
-                 threads=1, conv_channels=np.array(CONV_CHANNELS), hidden=HIDDEN, side=SIDE,
-                 mean=np.array(MEAN, dtype=np.float32).reshape(1, -1, 1, 1),
-                 std=np.array(STD, dtype=np.float32).reshape(1, -1, 1, 1), **arrays)  # fmt: skip
+        np.savez(
+            self.dir / "problem.npz",
+            x=x.numpy(),
+            spec=spec.numpy(),
+            eps=eps,
+            batch=batch,
+            threads=1,
+            conv_channels=np.array(CONV_CHANNELS),
+            hidden=HIDDEN,
+            side=SIDE,
+            mean=np.array(MEAN, dtype=np.float32).reshape(1, -1, 1, 1),
+            std=np.array(STD, dtype=np.float32).reshape(1, -1, 1, 1),
+            **arrays,
+        )
         worker = Path(__file__).with_name("lirpa_worker.py")
-        self.proc = subprocess.Popen([python, str(worker), str(self.dir)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [python, str(worker), str(self.dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._answer("ready")
 
     def __call__(self, method: str) -> tuple[float, torch.Tensor]:
@@ -117,8 +137,11 @@ class Lirpa:
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
     diff = a - b
-    return {"max_abs_diff": float(diff.abs().max()), "mean_ours_minus_lirpa": float(diff.mean()),
-            "frac_ours_tighter_or_equal": float((diff >= -1e-4).float().mean())}  # fmt: skip
+    return {
+        "max_abs_diff": float(diff.abs().max()),
+        "mean_ours_minus_lirpa": float(diff.mean()),
+        "frac_ours_tighter_or_equal": float((diff >= -1e-4).float().mean()),
+    }
 
 
 def _timed(fn, *args):
@@ -129,10 +152,7 @@ def _timed(fn, *args):
 
 def alpha_vs_crown(folder: Path, n_props: int, repeats: int) -> dict:
     """Margin lower bounds of alpha-CROWN and CROWN over each property's box."""
-    from advtrain.verification.bounds.alpha_crown import alpha_crown_bounds
-    from advtrain.verification.bounds.crown import crown_bounds
-    from advtrain.verification.bounds.domain import InputDomain
-    from advtrain.verification.bounds.network import parse
+    from advtrain.verification.bounds import InputDomain, alpha_crown_bounds, crown_bounds, parse
     from advtrain.verification.formats.onnx_net import onnx_sequential
     from advtrain.verification.formats.vnnlib import parse_vnnlib
 
@@ -169,19 +189,26 @@ def alpha_vs_crown(folder: Path, n_props: int, repeats: int) -> dict:
     return report
 
 
+def _random_net(g: torch.Generator) -> nn.Module:
+    """A 16-24-24-4 ReLU net in float64 with N(0, 0.6^2) weights drawn from ``g``."""
+    layers = [nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 4)]
+    model = nn.Sequential(nn.Flatten(), *layers).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.6)
+    return model
+
+
 def bab_vs_milp(n_nets: int, eps: float) -> dict:
     """Time to decide local robustness by BaB and by the MILP on small random ReLU nets."""
     from advtrain.certification import min_margin
-    from advtrain.verification.verify import margin_property, verify_property
+    from advtrain.verification.verdict import Status
+    from advtrain.verification.verify import VerifySettings, margin_property, verify_property
 
     t_bab, t_milp, agree, total = [], [], 0, 0
     for seed in range(n_nets):
         g = torch.Generator().manual_seed(seed)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24),
-                              nn.ReLU(), nn.Linear(24, 4)).double().eval()  # fmt: skip
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.6)
+        model = _random_net(g)
         x = torch.rand(2, 16, generator=g, dtype=torch.float64)
         y = model(x).argmax(1)
         for xi, yi in zip(x, y):
@@ -189,17 +216,23 @@ def bab_vs_milp(n_nets: int, eps: float) -> dict:
             exact = exact.value[0]
             t_milp.append(seconds)
             prop = margin_property(xi, int(yi), 4, eps, (0.0, 1.0))
-            seconds, verdict = _timed(verify_property, model, (16,), prop, model, 60.0)
+            settings = VerifySettings(timeout=60.0)
+            seconds, verdict = _timed(verify_property, model, (16,), prop, model, settings)
             t_bab.append(seconds)
             total += 1
-            agree += verdict.status == ("holds" if float(exact) > 0 else "violated")
-    report = {"instances": total, "agree": agree, "median_seconds_bab": statistics.median(t_bab),
-              "median_seconds_milp": statistics.median(t_milp), "eps": eps}  # fmt: skip
+            agree += verdict.status == (Status.HOLDS if float(exact) > 0 else Status.VIOLATED)
+    report = {
+        "instances": total,
+        "agree": agree,
+        "median_seconds_bab": statistics.median(t_bab),
+        "median_seconds_milp": statistics.median(t_milp),
+        "eps": eps,
+    }
     print("bab vs milp", report)
     return report
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None)
     parser.add_argument("--raw-folder", default=None)
@@ -211,27 +244,14 @@ def main() -> None:
     parser.add_argument("--crown-repeats", type=int, default=None, help="default: --repeats")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/bounds.json"))
     parser.add_argument("--verify", action="store_true", help="alpha-CROWN and BaB figures")
-    parser.add_argument("--mnistfc", type=Path,
-                        default=Path("/work/shared/data/vnncomp2021/mnistfc"))  # fmt: skip
+    mnistfc = Path("/work/shared/data/vnncomp2021/mnistfc")
+    parser.add_argument("--mnistfc", type=Path, default=mnistfc)
     parser.add_argument("--props", type=int, default=3)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    if args.verify:
-        report = {"alpha_vs_crown": alpha_vs_crown(args.mnistfc, args.props, args.repeats),
-                  "bab_vs_milp": bab_vs_milp(8, 0.05)}  # fmt: skip
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name("verify_bounds.json").write_text(json.dumps(report, indent=2))
-        return
-    model = build_model(args.run)
-    x, y = inputs(args.n, args.raw_folder)
-    if y is None:
-        y = model(x).argmax(1)
-    spec = margin_spec(y, 10)
-    lirpa = (
-        Lirpa(args.lirpa_python, model, x, spec, args.eps, args.batch)
-        if Path(args.lirpa_python).exists()
-        else None
-    )
+    return parser
+
+
+def _time_both(args: argparse.Namespace, model: nn.Module, x, y, lirpa: Lirpa | None):
+    """Interleaved timings and the last bounds of ours (and auto_LiRPA's) per method."""
     times: dict[str, list[float]] = {}
     bounds: dict[str, torch.Tensor] = {}
     crown_repeats = args.repeats if args.crown_repeats is None else args.crown_repeats
@@ -242,31 +262,60 @@ def main() -> None:
             if lirpa is not None:
                 seconds, bounds[f"lirpa_{method}"] = lirpa(method)
                 times.setdefault(f"lirpa_{method}", []).append(seconds)
+    return times, bounds, crown_repeats
+
+
+def _compare(report: dict, bounds: dict[str, torch.Tensor], method: str, lirpa: bool) -> None:
+    """Certified fractions, time ratio and agreement of one method, printed and recorded."""
+    seconds = report["median_seconds"]
+    cert = (bounds[f"ours_{method}"] > 0).all(1).float().mean()
+    print(f"ours  {method:5}: {seconds[f'ours_{method}']:8.2f}s  certified {cert:.2%}")
+    report[f"ours_{method}_certified"] = float(cert)
+    if not lirpa:
+        return
+    theirs = bounds[f"lirpa_{method}"]
+    agree = agreement(bounds[f"ours_{method}"], theirs)
+    ratio = seconds[f"lirpa_{method}"] / seconds[f"ours_{method}"]
+    certified = float((theirs > 0).all(1).float().mean())
+    report[method] = {"lirpa_over_ours": ratio, "lirpa_certified": certified, **agree}
+    print(
+        f"lirpa {method:5}: {seconds[f'lirpa_{method}']:8.2f}s  certified {certified:.2%}  "
+        f"time ratio lirpa/ours {ratio:.2f}  {agree}"
+    )
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    torch.set_num_threads(1)
+    if args.verify:
+        report = {
+            "alpha_vs_crown": alpha_vs_crown(args.mnistfc, args.props, args.repeats),
+            "bab_vs_milp": bab_vs_milp(8, 0.05),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_name("verify_bounds.json").write_text(json.dumps(report, indent=2))
+        return
+    model = build_model(args.run)
+    x, y = inputs(args.n, args.raw_folder)
+    if y is None:
+        y = model(x).argmax(1)
+    spec = margin_spec(y, 10)
+    lirpa = None
+    if Path(args.lirpa_python).exists():
+        lirpa = Lirpa(args.lirpa_python, model, x, spec, args.eps, args.batch)
+    times, bounds, crown_repeats = _time_both(args, model, x, y, lirpa)
     if lirpa is not None:
         lirpa.close()
-    report = {"n": args.n, "eps": args.eps, "run": str(args.run), "repeats": args.repeats,
-              "crown_repeats": crown_repeats,
-              "median_seconds": {k: statistics.median(v) for k, v in times.items()}}  # fmt: skip
+    report = {
+        "n": args.n,
+        "eps": args.eps,
+        "run": str(args.run),
+        "repeats": args.repeats,
+        "crown_repeats": crown_repeats,
+        "median_seconds": {k: statistics.median(v) for k, v in times.items()},
+    }
     for method in ("ibp", "crown"):
-        cert = (bounds[f"ours_{method}"] > 0).all(1).float().mean()
-        print(
-            f"ours  {method:5}: {report['median_seconds'][f'ours_{method}']:8.2f}s  certified {cert:.2%}"
-        )
-        report[f"ours_{method}_certified"] = float(cert)
-        if lirpa is not None:
-            theirs = bounds[f"lirpa_{method}"]
-            agree = agreement(bounds[f"ours_{method}"], theirs)
-            ratio = (
-                report["median_seconds"][f"lirpa_{method}"]
-                / report["median_seconds"][f"ours_{method}"]
-            )
-            report[method] = {
-                "lirpa_over_ours": ratio,
-                "lirpa_certified": float((theirs > 0).all(1).float().mean()),
-                **agree,
-            }
-            print(f"lirpa {method:5}: {report['median_seconds'][f'lirpa_{method}']:8.2f}s  "
-                  f"certified {report[method]['lirpa_certified']:.2%}  time ratio lirpa/ours {ratio:.2f}  {agree}")  # fmt: skip
+        _compare(report, bounds, method, lirpa is not None)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 

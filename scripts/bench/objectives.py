@@ -336,7 +336,7 @@ def markdown(reports: list[dict[str, Any]], args: argparse.Namespace, command: s
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the ``## Objectives`` section of docs/benchmarks.md, keeping
+    """Replace (or append) the ``## Objectives`` section of docs/objectives.md, keeping
     its hand-written ``### Findings`` subsection."""
     text = path.read_text() if path.is_file() else "# Benchmarks\n"
     start = text.find("## Objectives")
@@ -365,7 +365,7 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--eval-restarts", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "objectives.md"))
     parser.add_argument("--json", default=str(ROOT / "docs" / "benchmarks_objectives.json"))
     parser.add_argument(
         "--render", nargs="+", default=None, help="only write the table from saved JSON reports"

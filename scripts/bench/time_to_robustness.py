@@ -33,7 +33,7 @@ Usage::
 
     nice -n 10 uv run python scripts/bench/time_to_robustness.py --task mnist --epochs 7 \\
         --batch-size 32 --final-deadline 01:25
-    uv run python scripts/bench/time_to_robustness.py --replot docs/bench_tr2_mnist.json
+    uv run python scripts/bench/time_to_robustness.py --replot docs/time_to_robustness_mnist.json
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def set_eps(run: Run, eps: float) -> None:
     if "ball" in p:
         p["ball"] = p["ball"].with_eps(eps)
     for reg in p.get("regularizers", []):
-        reg.ball = reg.ball.with_eps(eps)
+        reg.threat.eps = eps
 
 
 def schedule(progress: float, args: argparse.Namespace) -> tuple[float, float]:
@@ -302,7 +302,7 @@ def parse_args() -> argparse.Namespace:
     add("--grad-align-weight", type=float, default=0.2)
     add("--free-m", type=int, default=4)
     add("--threads", type=int, default=1)
-    add("--out", default=str(ROOT / "docs" / "bench_tr2"))
+    add("--out", default=str(ROOT / "docs" / "time_to_robustness"))
     add("--replot", default=None, help="re-analyse and re-plot a saved JSON record")
     return parser.parse_args()
 

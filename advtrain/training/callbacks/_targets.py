@@ -6,24 +6,29 @@ import numbers
 from typing import Any
 
 from advtrain.core.errors import ConfigError
+from advtrain.threat import LpBall
 
 
 def resolve(root: Any, path: str) -> tuple[Any, str]:
-    """Return ``(owner, attribute)`` for a dotted ``path`` below ``root``.
+    """Return ``(owner, attribute)`` of the radius a dotted ``path`` below ``root`` names.
 
-    A path to an object (``"attack"``, ``"objective"``) addresses its ``eps``; a path to
-    a number (``"objective.eps"``) addresses that number itself.
+    A path to a number (``"objective.eps"``) addresses that number itself; a path to an
+    object holding a threat model (an attack: ``"attack"``) addresses the ``eps`` of its
+    ``LpBall``, changed in place so that everything sharing the ball sees it; any other
+    object with an ``eps`` (``"objective"``) addresses that ``eps``.
 
     Raises:
-        ValueError: One line naming the path when an attribute is missing.
+        ConfigError: One line naming the path when an attribute is missing or has no eps.
     """
     owner, parts = root, path.split(".")
     for part in parts[:-1]:
         owner = _get(owner, part, path)
     value = _get(owner, parts[-1], path)
-    if value is None or isinstance(value, numbers.Number):
+    if isinstance(value, numbers.Number) and not isinstance(value, bool):
         return owner, parts[-1]
-    if not hasattr(value, "eps"):
+    if isinstance(getattr(value, "threat", None), LpBall):
+        return value.threat, "eps"
+    if value is None or not hasattr(value, "eps"):
         raise ConfigError(
             f"curriculum target {path!r} has no eps; name an attack/objective or a number"
         )

@@ -1,11 +1,13 @@
-"""Eps ramp: grow the training radius from ``start`` to the target's own eps.
+"""Eps ramp: grow the training radius from ``start`` to the threat model's eps.
 
 Starting adversarial training at full eps can stall it; ramping eps up is common in
 robust training (e.g. Gowal et al. 2018 for IBP, Zhang et al. 2020 for CROWN-IBP use a
-smoothed ramp; Wong et al. 2020 and others a linear one). The ramp sets ``eps`` on
-attributes of the LightningModule named by dotted paths (default ``("attack",)``; the
-certification objective's ``"objective"`` or ``"objective.eps"`` work too) and logs
-``curriculum/eps``.
+smoothed ramp; Wong et al. 2020 and others a linear one). The ramp sets ``eps`` of the
+run's one threat model (``threat``, an ``LpBall`` the training CLI passes), so the
+training attack, the regularizers measured in the ball and a certified objective all
+see the ramped radius; validation and the test after ``fit`` see the full one. Further
+``targets`` (dotted paths on the LightningModule: an attack, an objective, a number such
+as ``"objective.eps"``) are ramped too. Logs ``curriculum/eps``.
 """
 
 from __future__ import annotations
@@ -13,32 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
-
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float
+from advtrain.threat import LpBall
 from advtrain.training.callbacks._targets import resolve
-
-SHAPES = ("linear", "smooth")
-UNITS = ("epoch", "step")
+from advtrain.training.callbacks.schedule import RadiusSchedule, ramp_fraction
 
 
-def ramp_fraction(progress: float, shape: str = "linear") -> float:
-    """Fraction of the way from start to end at ``progress`` in [0, 1].
-
-    ``linear``: ``p``; ``smooth``: the cubic smoothstep ``3p^2 - 2p^3`` (slow start and
-    end, like the smoothed schedules of IBP/CROWN-IBP training).
-    """
-    p = min(max(progress, 0.0), 1.0)
-    if shape == "linear":
-        return p
-    if shape == "smooth":
-        return p * p * (3 - 2 * p)
-    raise ConfigError(f"unknown ramp shape {shape!r}; allowed: {', '.join(SHAPES)}")
-
-
-class EpsRamp(L.Callback):
-    """Ramp ``eps`` of the named targets from ``start`` to ``end`` over ``length`` units.
+class EpsRamp(RadiusSchedule):
+    """Ramp ``eps`` of the threat model (and of the named targets) from ``start`` to ``end``.
 
     Args:
         length: Epochs (``by="epoch"``) or optimiser steps (``by="step"``) of the ramp.
@@ -48,7 +33,9 @@ class EpsRamp(L.Callback):
         begin: The epoch/step where the ramp starts (before it: ``start``).
         by: ``"epoch"`` or ``"step"``.
         shape: ``"linear"`` or ``"smooth"``.
-        targets: Dotted attribute paths on the LightningModule.
+        targets: Dotted attribute paths on the LightningModule; an attack (or anything
+            holding a ``threat``) is ramped through its ``LpBall``, in place.
+        threat: The run's threat model (advtrain-train passes the threat group's).
         log_name: The logged metric (on epoch).
     """
 
@@ -61,19 +48,19 @@ class EpsRamp(L.Callback):
         by: str = "epoch",
         shape: str = "linear",
         targets: Sequence[str] = ("attack",),
+        threat: LpBall | None = None,
         log_name: str = "curriculum/eps",
     ) -> None:
+        super().__init__(by, shape, log_name)
         if int(length) < 1:
             raise ConfigError(f"length={length!r} is invalid; need an integer >= 1")
-        if by not in UNITS:
-            raise ConfigError(f"by={by!r} is invalid; allowed: {', '.join(UNITS)}")
-        ramp_fraction(0.0, shape)
-        self.length, self.begin, self.by, self.shape = int(length), int(begin), by, shape
+        if threat is None and not targets:
+            raise ConfigError("EpsRamp needs a threat model or targets to ramp")
+        self.length, self.begin = int(length), int(begin)
         self.start = as_float(start, "start")
         self.end = None if end is None else as_float(end, "end")
-        self.targets = tuple(targets)
-        self.log_name = log_name
-        self._ends: dict[int, float] = {}  # per target object: its own full eps
+        self.targets, self.threat = tuple(targets), threat
+        self._ends: dict[tuple[int, str], float] = {}  # per target: its own full eps
         self._value: float | None = None
 
     def value(self, unit: int, end: float) -> float:
@@ -81,30 +68,20 @@ class EpsRamp(L.Callback):
         progress = (unit - self.begin + 1) / self.length if unit >= self.begin else 0.0
         return self.start + (end - self.start) * ramp_fraction(progress, self.shape)
 
-    def apply(self, pl_module: L.LightningModule, unit: int) -> None:
-        for path in self.targets:
-            owner, attr = resolve(pl_module, path)
-            key = id(owner)
+    def owners(self, pl_module: Any) -> list[tuple[Any, str]]:
+        """``(object, attribute)`` of every radius ramped, each once."""
+        found = [(self.threat, "eps")] if self.threat is not None else []
+        found += [resolve(pl_module, path) for path in self.targets]
+        unique = {(id(owner), attr): (owner, attr) for owner, attr in found}
+        return list(unique.values())
+
+    def apply(self, pl_module: Any, unit: int) -> None:
+        for owner, attr in self.owners(pl_module):
+            key = (id(owner), attr)
             if key not in self._ends:
                 self._ends[key] = self.end if self.end is not None else float(getattr(owner, attr))
             self._value = self.value(unit, self._ends[key])
-            setattr(owner, attr, self._value)
+            self.radii.set(owner, attr, self._value, self._ends[key])
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.by == "epoch":
-            self.apply(pl_module, trainer.current_epoch)
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self.by == "step":
-            self.apply(pl_module, trainer.global_step)
-        if self._value is not None:
-            pl_module.log(self.log_name, self._value, on_step=False, on_epoch=True, batch_size=1)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Leave every target at its full eps (validation/test after fit see the real radius)."""
-        for path in self.targets:
-            owner, attr = resolve(pl_module, path)
-            if id(owner) in self._ends:
-                setattr(owner, attr, self._ends[id(owner)])
+    def logged_value(self) -> float | None:
+        return self._value

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
-
 from advtrain.core.errors import ConfigError
-from advtrain.training.callbacks.eps_ramp import UNITS, ramp_fraction
+from advtrain.training.callbacks.schedule import UnitSchedule, ramp_fraction
 
 
-class AttackStepsRamp(L.Callback):
+class AttackStepsRamp(UnitSchedule):
     """Ramp the training attack's ``steps`` from ``start`` to ``end`` over ``length`` units.
 
     Args:
@@ -37,22 +35,15 @@ class AttackStepsRamp(L.Callback):
         shape: str = "linear",
         target: str = "attack",
     ) -> None:
+        super().__init__(by, shape, "curriculum/steps")
         if int(length) < 1 or int(start) < 1:
             raise ConfigError(f"length={length!r}, start={start!r} are invalid; need integers >= 1")
-        if by not in UNITS:
-            raise ConfigError(f"by={by!r} is invalid; allowed: {', '.join(UNITS)}")
-        ramp_fraction(0.0, shape)
-        self.length, self.start, self.end, self.by, self.shape = (
-            int(length),
-            int(start),
-            end,
-            by,
-            shape,
-        )
+        self.length, self.start = int(length), int(start)
+        self.end = None if end is None else int(end)
         self.target = target
         self._steps: int | None = None
 
-    def _attack(self, pl_module: L.LightningModule) -> Any:
+    def _attack(self, pl_module: Any) -> Any:
         attack = pl_module
         for part in self.target.split("."):
             attack = getattr(attack, part, None)
@@ -60,24 +51,13 @@ class AttackStepsRamp(L.Callback):
             raise ConfigError(f"steps ramp target {self.target!r} is not an attack with steps")
         return attack
 
-    def apply(self, pl_module: L.LightningModule, unit: int) -> None:
+    def apply(self, pl_module: Any, unit: int) -> None:
         attack = self._attack(pl_module)
-        end = int(self.end) if self.end is not None else int(getattr(self, "_end", attack.steps))
-        self._end = end
+        if self.end is None:  # the attack's configured steps, read once
+            self.end = int(attack.steps)
         frac = ramp_fraction((unit + 1) / self.length, self.shape)
-        self._steps = max(1, round(self.start + (end - self.start) * frac))
+        self._steps = max(1, round(self.start + (self.end - self.start) * frac))
         attack.steps = self._steps
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.by == "epoch":
-            self.apply(pl_module, trainer.current_epoch)
-
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
-        if self.by == "step":
-            self.apply(pl_module, trainer.global_step)
-        if self._steps is not None:
-            pl_module.log(
-                "curriculum/steps", float(self._steps), on_step=False, on_epoch=True, batch_size=1
-            )
+    def logged_value(self) -> float | None:
+        return None if self._steps is None else float(self._steps)

@@ -29,8 +29,15 @@ def violation(prop: Property, y: Tensor) -> Tensor:
     return disjunct_values(prop, y).amin(-1)
 
 
-def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: int = 32,
-            steps: int = 50, starts: Tensor | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:  # fmt: skip
+def pgd_box(
+    model: nn.Module,
+    prop: Property,
+    shape: tuple[int, ...],
+    restarts: int = 32,
+    steps: int = 50,
+    starts: Tensor | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
     """The best point found and its violation value (``[*shape]``, scalar).
 
     Args:
@@ -42,12 +49,7 @@ def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: 
         starts: Extra flat starting points ``[S, n]`` (e.g. a relaxation's worst inputs).
     """
     lo, hi = prop.lo, prop.hi
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    rand = torch.rand(restarts, len(lo), generator=gen, dtype=lo.dtype, device="cpu").to(lo.device)
-    points = [((lo + hi) / 2)[None], lo + rand * (hi - lo)]
-    if starts is not None:
-        points.append(torch.minimum(torch.maximum(starts.to(lo.dtype), lo), hi))
-    x = torch.cat(points)
+    x = _starting_points(prop, restarts, starts, seed)
     width = hi - lo
     # start i descends on disjunct i mod D (targeted), start 0 on their minimum
     target = torch.arange(len(x), device=lo.device) % len(prop.disjuncts)
@@ -69,3 +71,15 @@ def pgd_box(model: nn.Module, prop: Property, shape: tuple[int, ...], restarts: 
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - size * width * grad.sign(), lo), hi)
     return best_x.view(shape), best_v
+
+
+def _starting_points(prop: Property, restarts: int, starts: Tensor | None, seed: int) -> Tensor:
+    """``[1 + restarts + S, n]``: the box centre, seeded uniform points, then ``starts``
+    clamped to the box."""
+    lo, hi = prop.lo, prop.hi
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rand = torch.rand(restarts, len(lo), generator=gen, dtype=lo.dtype, device="cpu").to(lo.device)
+    points = [((lo + hi) / 2)[None], lo + rand * (hi - lo)]
+    if starts is not None:
+        points.append(torch.minimum(torch.maximum(starts.to(lo.dtype), lo), hi))
+    return torch.cat(points)

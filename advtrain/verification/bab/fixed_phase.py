@@ -32,8 +32,9 @@ SAFE_TOL = 1e-6
 
 
 @torch.no_grad()
-def affine_pieces(net: Network, bounds: list[Interval], signs: list[Tensor],
-                  n_in: int, shape: tuple[int, ...]) -> list[tuple[Tensor, Tensor]]:  # fmt: skip
+def affine_pieces(
+    net: Network, bounds: list[Interval], signs: list[Tensor], n_in: int, shape: tuple[int, ...]
+) -> list[tuple[Tensor, Tensor]]:
     """``(M_k, c_k)`` with every pre-activation ``z_k(x) = M_k x + c_k`` on one sub-domain
     (``bounds``/``signs`` of one domain, ``[1, *shape_j]``), the output last."""
     eye = torch.eye(n_in, dtype=bounds[0][0].dtype, device=bounds[0][0].device)
@@ -56,8 +57,14 @@ def _difference(z: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def solve_fixed(net: Network, box: Interval, spec: Tensor, offset: Tensor,
-                bounds: list[Interval], signs: list[Tensor]) -> tuple[float, Tensor]:  # fmt: skip
+def solve_fixed(
+    net: Network,
+    box: Interval,
+    spec: Tensor,
+    offset: Tensor,
+    bounds: list[Interval],
+    signs: list[Tensor],
+) -> tuple[float, Tensor]:
     """The LP's ``t*`` and minimiser ``x`` (``[1, *in]``) for one fully fixed sub-domain.
 
     Args:
@@ -68,6 +75,24 @@ def solve_fixed(net: Network, box: Interval, spec: Tensor, offset: Tensor,
     shape = tuple(lo.shape[1:])
     n_in = lo.numel()
     pieces = affine_pieces(net, bounds, signs, n_in, shape)
+    a_ub, b_ub = _constraints(pieces, spec, offset, signs)
+    cost = np.zeros(n_in + 1)
+    cost[-1] = 1.0
+    box_bounds = [*zip(lo.flatten().tolist(), hi.flatten().tolist()), (None, None)]
+    res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=box_bounds, method="highs")
+    if res.status == 2:  # infeasible: the splits exclude each other, nothing to find here
+        return float("inf"), lo.clone()
+    if res.status != 0:
+        return float("-inf"), lo.clone()  # undecided: the caller keeps the domain aside
+    x = torch.as_tensor(res.x[:-1], dtype=lo.dtype, device=lo.device).view_as(lo)
+    return float(res.fun), torch.minimum(torch.maximum(x, lo), hi)
+
+
+def _constraints(
+    pieces: list[tuple[Tensor, Tensor]], spec: Tensor, offset: Tensor, signs: list[Tensor]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``A_ub [x; t] <= b_ub``: the property's rows ``A (M x + c) + b <= t`` and every
+    split ``s_i z_i(x) >= 0``."""
     m_out, c_out = pieces[-1]
     a = spec[0] @ m_out
     rows = [torch.cat([a, -a.new_ones(len(a), 1)], 1)]
@@ -76,18 +101,7 @@ def solve_fixed(net: Network, box: Interval, spec: Tensor, offset: Tensor,
         s = s.flatten().to(m_k.dtype)
         split = s != 0
         if split.any():  # s z >= 0  <=>  -s M x <= s c
-            rows.append(
-                torch.cat([-s[split, None] * m_k[split], m_k.new_zeros(int(split.sum()), 1)], 1)
-            )
+            zeros = m_k.new_zeros(int(split.sum()), 1)
+            rows.append(torch.cat([-s[split, None] * m_k[split], zeros], 1))
             rhs.append(s[split] * c_k[split])
-    cost = np.zeros(n_in + 1)
-    cost[-1] = 1.0
-    box_bounds = [*zip(lo.flatten().tolist(), hi.flatten().tolist()), (None, None)]
-    res = linprog(cost, A_ub=torch.cat(rows).cpu().numpy(), b_ub=torch.cat(rhs).cpu().numpy(),
-                  bounds=box_bounds, method="highs")  # fmt: skip
-    if res.status == 2:  # infeasible: the splits exclude each other, nothing to find here
-        return float("inf"), lo.clone()
-    if res.status != 0:
-        return float("-inf"), lo.clone()  # undecided: the caller keeps the domain aside
-    x = torch.as_tensor(res.x[:-1], dtype=lo.dtype, device=lo.device).view_as(lo)
-    return float(res.fun), torch.minimum(torch.maximum(x, lo), hi)
+    return torch.cat(rows).cpu().numpy(), torch.cat(rhs).cpu().numpy()

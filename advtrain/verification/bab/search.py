@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -57,18 +57,57 @@ from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.ibp import Interval
 from advtrain.verification.bounds.network import Network
 from advtrain.verification.formats.vnnlib import Conjunction, Property
+from advtrain.verification.verdict import Reason, Stage, Status, Verdict
 
 #: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
 Confirm = Callable[[Tensor], Tensor | None]
 
 
+@dataclass(frozen=True)
+class BaBSettings:
+    """Branch and bound's knobs (the defaults are the ones measured on ``mnistfc``).
+
+    Attributes:
+        batch: Domains split per bound call (twice as many children are bounded).
+        iters: Optimisation steps of the slopes and betas per bound call.
+        topk: Branching candidates tried per domain (1: plain BaBSR).
+        max_domains: Open sub-domains at which the search stops (``timeout``).
+        lr_alpha, lr_beta: Adam's step sizes for the slopes and the betas.
+        pgd_starts: Worst domains whose worst inputs start short PGD runs each round.
+        max_depth: ReLUs a parent may be split on at once beyond the first when the
+            queue is short (``2^(1 + depth)`` children).
+    """
+
+    batch: int = 256
+    iters: int = 20
+    topk: int = 4
+    max_domains: int = 60_000
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    pgd_starts: int = 8
+    max_depth: int = 2
+
+
 @dataclass
-class BabResult:
-    status: str
-    x: Tensor | None = None
-    domains: int = 0
-    bound: float = float("-inf")
-    stats: dict = field(default_factory=dict)
+class BabProblem:
+    """``exists x in box: all(spec f(x) + offset <= 0)``, with the root's bounds and slopes.
+
+    Attributes:
+        net: The parsed network (float64); ``box``: input bounds ``([1, *in], [1, *in])``.
+        spec: Rows ``[1, m, K]``; ``offset``: ``[m]``.
+        root: Root intermediate bounds ``[(lo, hi)]`` (``[1, *shape_j]``), e.g. alpha-CROWN's.
+        alpha: Root slopes ``[1, m, *shape_j]`` (e.g. from alpha-CROWN).
+        fast: ``net`` in a faster dtype (e.g. float32) for the search; every pruning is
+            rechecked on ``net`` (``_Search.recheck``). None: ``net`` itself.
+    """
+
+    net: Network
+    box: Interval
+    spec: Tensor
+    offset: Tensor
+    root: list[Interval]
+    alpha: list[Tensor]
+    fast: Network | None = None
 
 
 @dataclass
@@ -99,16 +138,43 @@ class _Numbers:
 class _Search:
     """State of one branch-and-bound run: ``exact`` (float64) decides, ``fast`` searches."""
 
-    def __init__(self, exact: _Numbers, fast: _Numbers, confirm: Confirm, iters: int,
-                 topk: int, pgd_starts: int = 8, batch: int = 256, max_depth: int = 2) -> None:  # fmt: skip
-        self.exact, self.fast = exact, fast
-        self.confirm, self.iters, self.topk = confirm, iters, topk
-        self.pgd_starts = pgd_starts
-        self.batch, self.max_depth = batch, max_depth
-        self.shapes = [lo[0].numel() for lo, _ in exact.root]
+    def __init__(self, problem: BabProblem, confirm: Confirm, settings: BaBSettings) -> None:
+        p = problem
+        self.exact = _Numbers(p.net, p.box, p.spec, p.offset, p.root)
+        self.fast = self.exact if p.fast is None else self.exact.cast(p.fast)
+        self.confirm, self.settings = confirm, settings
+        self.shapes = [lo[0].numel() for lo, _ in p.root]
         self.found: Tensor | None = None
-        box, spec, offset = exact.box, exact.spec, exact.offset
-        self.prop = Property(box[0].flatten(), box[1].flatten(), [Conjunction(spec[0], offset)])
+        self.visited = self.aside = 0
+        lo, hi = p.box
+        self.prop = Property(lo.flatten(), hi.flatten(), [Conjunction(p.spec[0], p.offset)])
+
+    def root(self, alpha: list[Tensor]) -> SubDomains:
+        """The whole box as one sub-domain, bounded (no split, betas 0)."""
+        signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in self.exact.root]
+        alpha = [a.to(self.fast.spec.dtype) for a in alpha]
+        beta = [torch.zeros_like(a) for a in alpha]
+        self.visited = 1
+        return self.bound(
+            SubDomains(self.exact.offset.new_full((1,), -torch.inf), signs, alpha, beta)
+        )
+
+    def verdict(self, status: Status, reason: Reason, bound: float = float("-inf")) -> Verdict:
+        return Verdict(status, reason, Stage.BAB, self.found, domains=self.visited, bound=bound)
+
+    def stopped(self, queue: SubDomains, deadline: float) -> Verdict | None:
+        """The answer when the search is over (``queue``: the open sub-domains), else None."""
+        if self.found is not None:
+            return self.verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE)
+        if not len(queue):  # every sub-domain pruned; set-aside ones forbid a holds
+            if self.aside:
+                return self.verdict(Status.TIMEOUT, Reason.UNDECIDED, 0.0)
+            return self.verdict(Status.HOLDS, Reason.PROVED, 0.0)
+        if time.monotonic() > deadline:
+            return self.verdict(Status.TIMEOUT, Reason.DEADLINE, float(queue.value.min()))
+        if len(queue) > self.settings.max_domains:
+            return self.verdict(Status.TIMEOUT, Reason.DOMAIN_LIMIT, float(queue.value.min()))
+        return None
 
     def bound(self, doms: SubDomains) -> SubDomains:
         """Optimise the children's bounds (``fast``); look at each bound's worst input."""
@@ -116,7 +182,18 @@ class _Search:
         bounds = f.bounds(doms.signs)
         spec = f.spec.expand(len(doms), -1, -1)
         relax = Relaxation(doms.alpha, doms.beta, doms.signs)
-        best, relax, last = ascend(f.net, f.lower, spec, bounds, relax, self.iters, prune=f.offset)
+        cfg = self.settings
+        best, relax, last = ascend(
+            f.net,
+            f.lower,
+            spec,
+            bounds,
+            relax,
+            cfg.iters,
+            cfg.lr_alpha,
+            cfg.lr_beta,
+            prune=f.offset,
+        )
         with torch.no_grad():
             _, a, _ = backward_bound(f.net, f.lower, spec, bounds, relax)
             lo, hi = f.box
@@ -126,8 +203,8 @@ class _Search:
         # a child lies inside its parent, whose bound holds there too (the bound is not
         # monotone in the relaxation's parameters, so a child's own can be lower)
         value = torch.maximum(own, doms.value)
-        if self.found is None and self.pgd_starts:
-            self.attack(worst[value.argsort()[: self.pgd_starts]].flatten(0, 1))
+        if self.found is None and cfg.pgd_starts:
+            self.attack(worst[value.argsort()[: cfg.pgd_starts]].flatten(0, 1))
         return SubDomains(value, doms.signs, last.alpha, last.beta)  # children resume here
 
     def recheck(self, own: Tensor, relax: Relaxation) -> Tensor:
@@ -144,8 +221,8 @@ class _Search:
             return own
         e = self.exact
         signs = [s[idx] for s in relax.signs]
-        exact = Relaxation([t[idx].double() for t in relax.alpha],
-                           [t[idx].double() for t in relax.beta], signs)  # fmt: skip
+        alpha = [t[idx].double() for t in relax.alpha]
+        exact = Relaxation(alpha, [t[idx].double() for t in relax.beta], signs)
         spec = e.spec.expand(len(idx), -1, -1)
         with torch.no_grad():
             value = backward_bound(e.net, e.lower, spec, e.bounds(signs), exact)[0]
@@ -194,7 +271,7 @@ class _Search:
         if not len(parents):
             return parents, aside
         coefs = [c[keep] for c in coefs]
-        top_score, top = scores.topk(min(self.topk, scores.shape[1]), dim=1)
+        top_score, top = scores.topk(min(self.settings.topk, scores.shape[1]), dim=1)
         choice = self.filter(parents, top, top_score) if top.shape[1] > 1 else top[:, 0]
         kids = split(parents, choice, self.shapes, coefs)
         for extra in self.more_splits(scores, choice, len(parents)):
@@ -208,7 +285,8 @@ class _Search:
         round still bounds about ``batch`` children (``2^d`` per parent): the next-best
         by BaBSR score after ``choice``, only among each parent's splittable ReLUs."""
         depth = 0
-        while n * 2 ** (depth + 2) <= self.batch and depth < self.max_depth:
+        cfg = self.settings
+        while n * 2 ** (depth + 2) <= cfg.batch and depth < cfg.max_depth:
             depth += 1
         depth = min(depth, int((scores > -torch.inf).sum(1).min()) - 1)
         if depth <= 0:
@@ -244,56 +322,41 @@ class _Search:
         return top.gather(1, pick[:, None]).squeeze(1)
 
 
-def bab(net: Network, box: Interval, spec: Tensor, offset: Tensor, root: list[Interval],
-        alpha: list[Tensor], deadline: float, confirm: Confirm, batch: int = 256,
-        iters: int = 20, topk: int = 4, max_domains: int = 60_000,
-        fast: Network | None = None) -> BabResult:  # fmt: skip
-    """Decide ``exists x in box: all(spec f(x) + offset <= 0)``, or run out of time.
+def bab(
+    problem: BabProblem, deadline: float, confirm: Confirm, settings: BaBSettings | None = None
+) -> Verdict:
+    """Decide ``problem`` (one conjunction over a box) by branch and bound, or run out of time.
 
     Args:
-        net: The parsed network; ``box``: input bounds ``([1, *in], [1, *in])``.
-        spec: Rows ``[1, m, K]``; ``offset``: ``[m]``.
-        root: Root intermediate bounds ``[(lo, hi)]`` (``[1, *shape_j]``), e.g. CROWN's.
-        alpha: Root slopes ``[1, m, *shape_j]`` (e.g. from alpha-CROWN).
+        problem: The property, its network(s) and the root's bounds and slopes.
         deadline: ``time.monotonic()`` value at which to stop with ``timeout``.
         confirm: Checks candidate points on the original network.
-        batch: Domains split per bound call (twice as many children are bounded).
-        iters: Optimisation steps per bound call.
-        topk: Branching candidates tried per domain (1: plain BaBSR).
-        fast: ``net`` in a faster dtype (e.g. float32) for the search; every pruning is
-            rechecked on ``net`` (``_Search.recheck``). Default: ``net`` itself.
+        settings: The search's knobs (default ``BaBSettings()``).
+
+    Returns:
+        A ``Verdict`` from stage ``bab``: ``holds`` (every sub-domain pruned), ``violated``
+        (``x``: the confirmed point; ``y`` is left to the caller) or ``timeout`` (the
+        deadline, the domain limit, or undecided fully split sub-domains).
     """
-    exact = _Numbers(net, box, spec, offset, root)
-    numbers = exact if fast is None else exact.cast(fast)
-    search = _Search(exact, numbers, confirm, iters, topk, batch=batch)
-    signs = [torch.zeros_like(lo, dtype=torch.int8) for lo, _ in root]
-    alpha = [a.to(numbers.spec.dtype) for a in alpha]
-    beta = [torch.zeros_like(a) for a in alpha]
-    queue = search.bound(SubDomains(offset.new_full((1,), -torch.inf), signs, alpha, beta))
-    visited, aside, rounds, take = 1, 0, 0, batch
+    settings = settings or BaBSettings()
+    search = _Search(problem, confirm, settings)
+    queue, take = search.root(problem.alpha), settings.batch
     while True:
-        if search.found is not None:
-            return BabResult("violated", search.found, visited, stats={"aside": aside})
         queue = queue.take((queue.value <= 0).nonzero().squeeze(1))
-        if not len(queue):
-            status = "holds" if aside == 0 else "timeout"
-            return BabResult(status, None, visited, 0.0, {"aside": aside, "rounds": rounds})
-        if time.monotonic() > deadline or len(queue) > max_domains:
-            lowest = float(queue.value.min())
-            return BabResult("timeout", None, visited, lowest, {"aside": aside, "rounds": rounds})
+        verdict = search.stopped(queue, deadline)
+        if verdict is not None:
+            return verdict
         order = queue.value.argsort()
         parents, rest = queue.take(order[:take]), queue.take(order[take:])
         started = time.monotonic()
         kids, dropped = search.branch(parents)
-        aside += dropped
-        rounds += 1
+        search.aside += dropped
         if search.found is None and time.monotonic() > deadline:  # a round can take seconds
-            queue = SubDomains.cat([rest, parents])
-            return BabResult("timeout", None, visited, float(queue.value.min()),
-                             {"aside": aside, "rounds": rounds})  # fmt: skip
+            lowest = float(SubDomains.cat([rest, parents]).value.min())
+            return search.verdict(Status.TIMEOUT, Reason.DEADLINE, lowest)
         queue = SubDomains.cat([rest, search.bound(kids)]) if len(kids) else rest
-        visited += len(kids)
-        take = _next_take(started, len(parents), batch, deadline)
+        search.visited += len(kids)
+        take = _next_take(started, len(parents), settings.batch, deadline)
 
 
 #: Seconds one round (branching and bounding) should take at most, so that the deadline

@@ -65,8 +65,9 @@ def babsr_scores(coefs: list[Tensor], bounds: list[Interval], signs: list[Tensor
     return torch.cat(out, 1)
 
 
-def split(parents: SubDomains, choice: Tensor, shapes: list[int],
-          coefs: list[Tensor] | None = None) -> SubDomains:  # fmt: skip
+def split(
+    parents: SubDomains, choice: Tensor, shapes: list[int], coefs: list[Tensor] | None = None
+) -> SubDomains:
     """Two children per parent: ReLU ``choice`` (a flat index over all layers) active, inactive.
 
     With ``coefs`` (the parents' coefficients on each ReLU's output, ``[D, m, *shape_j]``)
@@ -91,8 +92,9 @@ def split(parents: SubDomains, choice: Tensor, shapes: list[int],
     return kids
 
 
-def warm_beta(kids: SubDomains, j: int, rows: Tensor, neuron: Tensor, sign: Tensor,
-              coef: Tensor, d: int) -> None:  # fmt: skip
+def warm_beta(
+    kids: SubDomains, j: int, rows: Tensor, neuron: Tensor, sign: Tensor, coef: Tensor, d: int
+) -> None:
     """Start the beta of a new split where the child's bound is its parent's.
 
     Where the coefficient ``a`` on the ReLU's output is positive the parent used the lower

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advtrain.verification.bounds.crown import crown_final, crown_intermediate, relu_relaxation
+from advtrain.verification.bounds.crown import crown_intermediate, crown_or_ibp, relu_relaxation
 from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.ibp import (
     Interval,
@@ -67,8 +67,10 @@ def split_bounds(root: list[Interval], signs: list[Tensor]) -> list[Interval]:
 
 def adaptive_alpha(bounds: list[Interval], m: int) -> list[Tensor]:
     """CROWN's adaptive slopes (1 where ``u >= -l``, else 0), one copy per output row."""
-    return [(hi >= -lo).to(lo.dtype).unsqueeze(1).expand(-1, m, *lo.shape[1:]).clone()
-            for lo, hi in bounds]  # fmt: skip
+    return [
+        (hi >= -lo).to(lo.dtype).unsqueeze(1).expand(-1, m, *lo.shape[1:]).clone()
+        for lo, hi in bounds
+    ]
 
 
 @dataclass
@@ -94,9 +96,16 @@ class Lines:
         return out
 
 
-def backward_bound(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval],
-                   relax: Relaxation, record: bool = False, start: int | None = None,
-                   lines: Lines | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:  # fmt: skip
+def backward_bound(
+    net: Network,
+    lower: Lower,
+    spec: Tensor,
+    bounds: list[Interval],
+    relax: Relaxation,
+    record: bool = False,
+    start: int | None = None,
+    lines: Lines | None = None,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
     """One backward pass: lower bounds ``[D, m]`` of ``spec @ f(x)`` over the box.
 
     Args:
@@ -127,19 +136,35 @@ def backward_bound(net: Network, lower: Lower, spec: Tensor, bounds: list[Interv
     return lower(a, bias), a, recorded[::-1]
 
 
-def optimize(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], relax: Relaxation,
-             iters: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
-             start: int | None = None) -> tuple[Tensor, Relaxation]:  # fmt: skip
+def optimize(
+    net: Network,
+    lower: Lower,
+    spec: Tensor,
+    bounds: list[Interval],
+    relax: Relaxation,
+    iters: int = 20,
+    lr_alpha: float = 0.1,
+    lr_beta: float = 0.05,
+    start: int | None = None,
+) -> tuple[Tensor, Relaxation]:
     """Projected gradient ascent on the slopes (and betas): the best bound ``[D, m]`` per row
     and the parameters that reached it (``ascend`` without the last parameters)."""
     best, params, _ = ascend(net, lower, spec, bounds, relax, iters, lr_alpha, lr_beta, start)
     return best, params
 
 
-def ascend(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], relax: Relaxation,
-           iters: int = 20, lr_alpha: float = 0.1, lr_beta: float = 0.05,
-           start: int | None = None, prune: Tensor | None = None,
-           ) -> tuple[Tensor, Relaxation, Relaxation]:  # fmt: skip
+def ascend(
+    net: Network,
+    lower: Lower,
+    spec: Tensor,
+    bounds: list[Interval],
+    relax: Relaxation,
+    iters: int = 20,
+    lr_alpha: float = 0.1,
+    lr_beta: float = 0.05,
+    start: int | None = None,
+    prune: Tensor | None = None,
+) -> tuple[Tensor, Relaxation, Relaxation]:
     """Projected gradient ascent (Adam) on the slopes (and betas).
 
     Returns the best bound ``[D, m]`` per row, the parameters that reached it, and the
@@ -158,55 +183,48 @@ def ascend(net: Network, lower: Lower, spec: Tensor, bounds: list[Interval], rel
     """
     start = net.n_relu if start is None else start
     run = _Ascent(spec, bounds, relax, Lines.of(bounds[:start]), lr_alpha, lr_beta)
-    best: Tensor | None = None
-    best_alpha = [t.detach().clone() for t in run.alpha]
-    best_beta = None if run.beta is None else [t.detach().clone() for t in run.beta]
-    last_alpha = [t.clone() for t in best_alpha]
-    last_beta = None if best_beta is None else [t.clone() for t in best_beta]
     with torch.enable_grad():
         for step in range(iters + 1):
             now = Relaxation(run.alpha, run.beta, run.signs)
-            bound = backward_bound(net, lower, run.spec, run.bounds, now, start=start,
-                                   lines=run.lines)[0]  # fmt: skip
-            value = bound.detach()
-            if best is None:
-                best = value.clone()
-            else:
-                better = value > best[run.index]
-                best[run.index] = torch.where(better, value, best[run.index])
-                _keep(best_alpha, run.alpha, better, run.index)
-                if run.beta is not None:
-                    _keep(best_beta, run.beta, better, run.index)
+            out = backward_bound(
+                net, lower, run.spec, run.bounds, now, start=start, lines=run.lines
+            )
+            bound = out[0]
+            run.record(bound.detach())
             if step == iters:
                 break
             run.step(bound)
-            if prune is not None:
-                done = (best[run.index] + prune).amax(-1) > 0
-                if bool(done.all()):
-                    break
-                if int(done.sum()) * 8 >= len(done):  # narrow when an eighth is finished
-                    run.save(last_alpha, last_beta)
-                    run.narrow((~done).nonzero().squeeze(1))
-    run.save(last_alpha, last_beta)
-    return (
-        best,
-        Relaxation(best_alpha, best_beta, relax.signs),
-        Relaxation(last_alpha, last_beta, relax.signs),
-    )
+            if prune is not None and run.prune(prune):
+                break
+    run.save()
+    best = Relaxation(run.best_alpha, run.best_beta, relax.signs)
+    return run.best, best, Relaxation(run.last_alpha, run.last_beta, relax.signs)
 
 
 class _Ascent:
-    """The domains still being optimised (``index`` into the batch), their data and Adam."""
+    """The domains still being optimised (``index`` into the batch), their data and Adam;
+    the best bound seen per domain and row with its parameters, and the last parameters."""
 
-    def __init__(self, spec: Tensor, bounds: list[Interval], relax: Relaxation, lines: Lines,
-                 lr_alpha: float, lr_beta: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        spec: Tensor,
+        bounds: list[Interval],
+        relax: Relaxation,
+        lines: Lines,
+        lr_alpha: float,
+        lr_beta: float,
+    ) -> None:
         self.spec, self.bounds, self.lines, self.signs = spec, bounds, lines, relax.signs
         self.index = torch.arange(len(relax.alpha[0]), device=spec.device)
         self.alpha = [t.detach().clone().requires_grad_(True) for t in relax.alpha]
-        self.beta = (None if relax.beta is None
-                     else [t.detach().clone().requires_grad_(True) for t in relax.beta])  # fmt: skip
+        self.beta = None if relax.beta is None else _leaves(relax.beta)
         self.lrs = (lr_alpha, lr_beta)
         self.opt = self._adam()
+        self.best: Tensor | None = None
+        self.best_alpha = [t.detach().clone() for t in self.alpha]
+        self.best_beta = None if self.beta is None else [t.detach().clone() for t in self.beta]
+        self.last_alpha = [t.clone() for t in self.best_alpha]
+        self.last_beta = None if self.best_beta is None else [t.clone() for t in self.best_beta]
 
     def _adam(self) -> torch.optim.Adam:
         groups = [{"params": self.alpha, "lr": self.lrs[0]}]
@@ -217,6 +235,17 @@ class _Ascent:
     @property
     def params(self) -> list[Tensor]:
         return self.alpha + (self.beta or [])
+
+    def record(self, value: Tensor) -> None:
+        """Keep ``value`` (``[len(index), m]``) and its parameters where it beats the best."""
+        if self.best is None:
+            self.best = value.clone()
+            return
+        better = value > self.best[self.index]
+        self.best[self.index] = torch.where(better, value, self.best[self.index])
+        _keep(self.best_alpha, self.alpha, better, self.index)
+        if self.beta is not None:
+            _keep(self.best_beta, self.beta, better, self.index)
 
     def step(self, bound: Tensor) -> None:
         """One Adam step on ``-bound.sum()``, then projection (``alpha`` in [0, 1], ``beta >= 0``)."""
@@ -231,9 +260,20 @@ class _Ascent:
             for t in self.beta or []:
                 t.clamp_(min=0)
 
-    def save(self, alpha: list[Tensor], beta: list[Tensor] | None) -> None:
-        """Write the current parameters of the domains still running into ``alpha``/``beta``."""
-        for store, now in zip(alpha + (beta or []), self.params):
+    def prune(self, offset: Tensor) -> bool:
+        """Drop the finished domains (best ``max_row(bound + offset) > 0``) once an eighth
+        of the batch is finished; True when every domain is."""
+        done = (self.best[self.index] + offset).amax(-1) > 0
+        if bool(done.all()):
+            return True
+        if int(done.sum()) * 8 >= len(done):
+            self.save()
+            self.narrow((~done).nonzero().squeeze(1))
+        return False
+
+    def save(self) -> None:
+        """Write the current parameters of the domains still running into the last ones."""
+        for store, now in zip(self.last_alpha + (self.last_beta or []), self.params):
             store[self.index] = now.detach()
 
     def narrow(self, keep: Tensor) -> None:
@@ -245,15 +285,20 @@ class _Ascent:
         self.index = self.index[keep]
         self.spec = self.spec[keep] if len(self.spec) > 1 else self.spec
         self.bounds = [(lo[keep], hi[keep]) for lo, hi in self.bounds]
-        self.lines = Lines(*([t[keep] for t in part] for part in
-                             (self.lines.unstable, self.lines.active, self.lines.slope,
-                              self.lines.intercept)))  # fmt: skip
+        old = self.lines
+        parts = (old.unstable, old.active, old.slope, old.intercept)
+        self.lines = Lines(*([t[keep] for t in part] for part in parts))
         self.signs = None if self.signs is None else [s[keep] for s in self.signs]
         self.alpha = [t.detach()[keep].requires_grad_(True) for t in self.alpha]
         if self.beta is not None:
             self.beta = [t.detach()[keep].requires_grad_(True) for t in self.beta]
         self.opt = self._adam()
         self.opt.load_state_dict(state)
+
+
+def _leaves(tensors: list[Tensor]) -> list[Tensor]:
+    """Detached copies that require gradients (the optimised parameters)."""
+    return [t.detach().clone().requires_grad_(True) for t in tensors]
 
 
 def _keep(store: list[Tensor], current: list[Tensor], better: Tensor, index: Tensor) -> None:
@@ -267,8 +312,9 @@ def _keep(store: list[Tensor], current: list[Tensor], better: Tensor, index: Ten
             s[index] = torch.where(mask, c.detach(), s[index])
 
 
-def alpha_intermediate(net: Network, domain: InputDomain, iters: int = 20,
-                       crown: list[Interval] | None = None) -> list[Interval]:  # fmt: skip
+def alpha_intermediate(
+    net: Network, domain: InputDomain, iters: int = 20, crown: list[Interval] | None = None
+) -> list[Interval]:
     """Pre-activation bounds of every ReLU, each layer by CROWN and then alpha-CROWN.
 
     For each hidden layer after the first, the lower and upper bounds of the neurons that
@@ -305,9 +351,7 @@ def alpha_crown_bounds(net: Network, domain: InputDomain, spec: Tensor, iters: i
     from CROWN's own intervals): never looser than CROWN by construction.
     """
     crown = crown_intermediate(net, domain)
-    floor = torch.maximum(
-        crown_final(net, domain, spec, crown), final_from_intervals(net, domain, spec, crown)
-    )
+    floor = crown_or_ibp(net, domain, spec, crown)
     if net.n_relu == 0:
         return floor
     bounds = alpha_intermediate(net, domain, iters, crown)

@@ -15,8 +15,9 @@ relaxation is exact, so it keeps its interval bounds), and are intersected with 
 interval bounds. The first layer is skipped for linf when interval arithmetic is already
 exact there (one mixing map, e.g. Normalize then Conv). The final margin bound is the larger of the
 CROWN and the IBP bound computed from the same intermediate intervals (both are sound), so
-it is never looser than IBP. With ``intermediate="ibp"`` this is CROWN-IBP (Zhang et al.
-2020, "Towards stable and efficient training of verifiably robust neural networks").
+it is never looser than IBP. With IBP intermediate bounds (``crown_ibp_bounds``) this is
+CROWN-IBP (Zhang et al. 2020, "Towards stable and efficient training of verifiably robust
+neural networks"); ``crown_ibp_mixture`` is that paper's training bound.
 """
 
 from __future__ import annotations
@@ -26,15 +27,13 @@ import math
 import torch
 from torch import Tensor
 
-from advtrain.core.errors import ConfigError
 from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.ibp import (
     Interval,
     final_from_intervals,
-    first_segment_ball,
     ibp_intermediate,
     identity_rows,
-    interval_segment,
+    layer_by_layer,
 )
 from advtrain.verification.bounds.network import Network
 
@@ -129,17 +128,13 @@ def _interval_exact(net: Network, k: int) -> bool:
 
 def crown_intermediate(net: Network, domain: InputDomain) -> list[Interval]:
     """Pre-activation bounds of every ReLU, each layer by CROWN intersected with IBP."""
-    lo, hi = domain.lo, domain.hi
-    bounds: list[Interval] = []
-    for k in range(net.n_relu):
-        lo, hi = interval_segment(net, k, lo, hi)
-        if k == 0 and domain.norm != "linf":
-            lo, hi = first_segment_ball(net, domain, lo, hi)
-        if not (_interval_exact(net, k) and domain.norm == "linf"):
-            lo, hi = _refine(net, k, domain, bounds, lo, hi)
-        bounds.append((lo, hi))
-        lo, hi = lo.clamp_min(0), hi.clamp_min(0)
-    return bounds
+
+    def refine(k: int, bounds: list[Interval], lo: Tensor, hi: Tensor) -> Interval:
+        if _interval_exact(net, k) and domain.norm == "linf":
+            return lo, hi
+        return _refine(net, k, domain, bounds, lo, hi)
+
+    return layer_by_layer(net, domain, refine)
 
 
 def crown_final(net: Network, domain: InputDomain, spec: Tensor, bounds: list[Interval]) -> Tensor:
@@ -148,20 +143,29 @@ def crown_final(net: Network, domain: InputDomain, spec: Tensor, bounds: list[In
     return domain.lower(a, bias)
 
 
-def crown_bounds(
-    net: Network, domain: InputDomain, spec: Tensor, intermediate: str = "crown"
-) -> Tensor:
-    """Lower bounds ``[B, m]`` of ``spec @ f(x)``: max of CROWN and IBP given the same intervals.
-
-    Args:
-        intermediate: ``"crown"`` (full CROWN) or ``"ibp"`` (CROWN-IBP).
-    """
-    if intermediate not in ("crown", "ibp"):
-        raise ConfigError(f"intermediate={intermediate!r} is invalid; allowed: crown, ibp")
-    bounds = (
-        crown_intermediate(net, domain)
-        if intermediate == "crown"
-        else ibp_intermediate(net, domain)
-    )
+def crown_or_ibp(net: Network, domain: InputDomain, spec: Tensor, bounds: list[Interval]) -> Tensor:
+    """The larger of the CROWN and the IBP bound ``[B, m]`` given the same intervals."""
     crown = crown_final(net, domain, spec, bounds)
     return torch.maximum(crown, final_from_intervals(net, domain, spec, bounds))
+
+
+def crown_bounds(net: Network, domain: InputDomain, spec: Tensor) -> Tensor:
+    """Lower bounds ``[B, m]`` of ``spec @ f(x)``: CROWN with CROWN intermediate bounds
+    (never looser than IBP on the same intervals)."""
+    return crown_or_ibp(net, domain, spec, crown_intermediate(net, domain))
+
+
+def crown_ibp_bounds(net: Network, domain: InputDomain, spec: Tensor) -> Tensor:
+    """CROWN-IBP (Zhang et al. 2020): CROWN's final bound with IBP intermediate bounds
+    (never looser than IBP)."""
+    return crown_or_ibp(net, domain, spec, ibp_intermediate(net, domain))
+
+
+def crown_ibp_mixture(net: Network, domain: InputDomain, spec: Tensor, beta: float) -> Tensor:
+    """``beta * CROWN-IBP + (1 - beta) * IBP`` (Zhang et al. 2020's certified-training
+    bound), both from the same IBP intervals; differentiable in the weights."""
+    intervals = ibp_intermediate(net, domain)
+    lower = final_from_intervals(net, domain, spec, intervals)
+    if beta > 0:
+        lower = beta * crown_final(net, domain, spec, intervals) + (1 - beta) * lower
+    return lower

@@ -12,6 +12,8 @@ exact ``eps ||w_y - w_j||_q`` gap).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -52,17 +54,35 @@ def first_segment_ball(net: Network, domain: InputDomain, lo: Tensor, hi: Tensor
     return torch.maximum(lo, low[:, :n].view_as(lo)), torch.minimum(hi, -low[:, n:].view_as(hi))
 
 
-def ibp_intermediate(net: Network, domain: InputDomain) -> list[Interval]:
-    """Pre-activation intervals ``[(l_k, u_k)]``, one per ReLU."""
+#: ``(k, bounds of the ReLUs before k, lo, hi) -> tighter (lo, hi)`` of segment ``k``'s output.
+Refine = Callable[[int, list[Interval], Tensor, Tensor], Interval]
+
+
+def layer_by_layer(
+    net: Network, domain: InputDomain, refine: Refine | None = None
+) -> list[Interval]:
+    """Pre-activation intervals ``[(l_k, u_k)]``, one per ReLU, computed layer by layer.
+
+    Each segment's interval comes from the previous ReLU's clamped interval by interval
+    arithmetic (for l2/l1 the first segment's is also bounded over the ball), then
+    ``refine`` may tighten it (CROWN does) before the next layer uses it.
+    """
     lo, hi = domain.lo, domain.hi
     bounds: list[Interval] = []
     for k in range(net.n_relu):
         lo, hi = interval_segment(net, k, lo, hi)
         if k == 0 and domain.norm != "linf":
             lo, hi = first_segment_ball(net, domain, lo, hi)
+        if refine is not None:
+            lo, hi = refine(k, bounds, lo, hi)
         bounds.append((lo, hi))
         lo, hi = lo.clamp_min(0), hi.clamp_min(0)
     return bounds
+
+
+def ibp_intermediate(net: Network, domain: InputDomain) -> list[Interval]:
+    """Pre-activation intervals ``[(l_k, u_k)]``, one per ReLU, by interval arithmetic."""
+    return layer_by_layer(net, domain)
 
 
 def spec_through_last(net: Network, spec: Tensor) -> tuple[Tensor, Tensor]:

@@ -115,8 +115,9 @@ def _diag(name: str, scale: Tensor, shift: Tensor, shape: tuple[int, ...]) -> Af
     """A per-channel affine map ``z * scale + shift`` (Normalize, BatchNorm)."""
     bias = torch.broadcast_to(shift, shape).contiguous()
     abs_scale = scale.abs()
-    op = Affine(name, lambda z: z * scale, lambda z: z * abs_scale, lambda a: a * scale,
-                bias, shape, shape)  # fmt: skip
+    op = Affine(
+        name, lambda z: z * scale, lambda z: z * abs_scale, lambda a: a * scale, bias, shape, shape
+    )
     op.elementwise = True
     return op
 
@@ -128,21 +129,22 @@ def _channel_view(t: Tensor, shape: tuple[int, ...]) -> Tensor:
 def _linear(mod: nn.Linear, shape: tuple[int, ...]) -> Affine:
     w = mod.weight
     bias = mod.bias if mod.bias is not None else w.new_zeros(w.shape[0])
-    return Affine("Linear", lambda z: z @ w.T, lambda z: z @ w.abs().T, lambda a: a @ w,
-                  bias, shape, (w.shape[0],))  # fmt: skip
+    out = (w.shape[0],)
+    return Affine(
+        "Linear", lambda z: z @ w.T, lambda z: z @ w.abs().T, lambda a: a @ w, bias, shape, out
+    )
 
 
 def _conv(mod: nn.Conv2d, shape: tuple[int, ...]) -> Affine:
     w = mod.weight
-    kw = {
-        "stride": mod.stride,
-        "padding": mod.padding,
-        "dilation": mod.dilation,
-        "groups": mod.groups,
-    }
-    out = F.conv2d(torch.zeros(1, *shape, dtype=w.dtype, device=w.device), w, None, **kw).shape[1:]
-    full = [(o - 1) * s - 2 * p + d * (k - 1) + 1 for o, s, p, d, k in
-            zip(out[1:], mod.stride, mod.padding, mod.dilation, w.shape[2:])]  # fmt: skip
+    stride, padding, dilation, groups = mod.stride, mod.padding, mod.dilation, mod.groups
+
+    def conv(z: Tensor, weight: Tensor) -> Tensor:
+        return F.conv2d(z, weight, None, stride, padding, dilation, groups)
+
+    out = conv(torch.zeros(1, *shape, dtype=w.dtype, device=w.device), w).shape[1:]
+    geometry = zip(out[1:], mod.stride, mod.padding, mod.dilation, w.shape[2:])
+    full = [(o - 1) * s - 2 * p + d * (k - 1) + 1 for o, s, p, d, k in geometry]
     out_pad = tuple(i - f for i, f in zip(shape[1:], full))
 
     def transpose(a: Tensor) -> Tensor:
@@ -151,8 +153,15 @@ def _conv(mod: nn.Conv2d, shape: tuple[int, ...]) -> Affine:
         )
 
     bias = mod.bias if mod.bias is not None else w.new_zeros(w.shape[0])
-    return Affine("Conv2d", lambda z: F.conv2d(z, w, None, **kw), lambda z: F.conv2d(z, w.abs(), None, **kw),
-                  transpose, _channel_view(bias, out).expand(out).contiguous(), shape, tuple(out))  # fmt: skip
+    return Affine(
+        "Conv2d",
+        lambda z: conv(z, w),
+        lambda z: conv(z, w.abs()),
+        transpose,
+        _channel_view(bias, out).expand(out).contiguous(),
+        shape,
+        tuple(out),
+    )
 
 
 def _pool(mod: nn.Module, shape: tuple[int, ...], like: Tensor) -> Affine:
@@ -169,8 +178,10 @@ def _pool(mod: nn.Module, shape: tuple[int, ...], like: Tensor) -> Affine:
 
 def _flatten(mod: nn.Flatten, shape: tuple[int, ...], like: Tensor) -> Affine:
     if mod.start_dim != 1 or mod.end_dim != -1:
-        raise ConfigError(f"Flatten(start_dim={mod.start_dim}, end_dim={mod.end_dim}) is not supported; "
-                         "bound propagation needs Flatten(1, -1)")  # fmt: skip
+        raise ConfigError(
+            f"Flatten(start_dim={mod.start_dim}, end_dim={mod.end_dim}) is not supported; "
+            "bound propagation needs Flatten(1, -1)"
+        )
     n = 1
     for s in shape:
         n *= s

@@ -93,9 +93,15 @@ def _conv(attrs: dict, w: Tensor, b: Tensor | None) -> nn.Conv2d:
     if pads[:2] != pads[2:]:
         raise ConfigError(f"Conv pads {pads} are asymmetric; only symmetric padding is supported")
     groups = int(attrs.get("group", 1))
-    conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]),
-                     stride=tuple(attrs.get("strides", [1, 1])), padding=tuple(pads[:2]),
-                     dilation=tuple(attrs.get("dilations", [1, 1])), groups=groups)  # fmt: skip
+    conv = nn.Conv2d(
+        w.shape[1] * groups,
+        w.shape[0],
+        tuple(w.shape[2:]),
+        stride=tuple(attrs.get("strides", [1, 1])),
+        padding=tuple(pads[:2]),
+        dilation=tuple(attrs.get("dilations", [1, 1])),
+        groups=groups,
+    )
     conv = conv.to(torch.float64)
     with torch.no_grad():
         conv.weight.copy_(w)

@@ -25,6 +25,7 @@ from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.core.io import atomic_write_text
 from advtrain.models.onnx import onnx_forward
 from advtrain.verification.formats.vnnlib import Property, parse_vnnlib
+from advtrain.verification.verdict import Status
 
 RESULTS_HEADER = ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time"]
 _PAIR = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
@@ -68,8 +69,10 @@ def format_counterexample(x: Tensor, y: Tensor) -> str:
     return "(" + "\n ".join(pairs) + ")\n"
 
 
-def write_result(path: str | Path, status: str, x: Tensor | None, y: Tensor | None) -> None:
-    text = status + "\n" + (format_counterexample(x, y) if status == "violated" else "")
+def write_result(path: str | Path, status: Status, x: Tensor | None, y: Tensor | None) -> None:
+    """The result file: the status word and, for ``violated``, the counterexample."""
+    violated = status == Status.VIOLATED
+    text = str(status) + "\n" + (format_counterexample(x, y) if violated else "")
     atomic_write_text(path, text)
 
 
@@ -93,15 +96,15 @@ def counterexample_valid(onnx: str | Path, prop: Property, text: str) -> bool:
 def read_consensus(path: Path) -> dict[tuple[str, str], str]:
     """``(onnx name, vnnlib name) -> sat | unsat | unsolved`` from a ``results.csv``."""
     with path.open() as f:
-        return {(Path(r["onnx"]).name, Path(r["vnnlib"]).name): r["consensus"]
-                for r in csv.DictReader(f)}  # fmt: skip
+        rows = list(csv.DictReader(f))
+    return {(Path(r["onnx"]).name, Path(r["vnnlib"]).name): r["consensus"] for r in rows}
 
 
-def score(status: str, cex_ok: bool, expected: str | None) -> tuple[int, str]:
+def score(status: Status, cex_ok: bool, expected: str | None) -> tuple[int, str]:
     """VNN-COMP 2021 points of one answer and a verdict (correct / wrong / unscored)."""
-    if status == "violated":
+    if status == Status.VIOLATED:
         return (10, "correct") if cex_ok else (-150, "wrong")
-    if status == "holds":
+    if status == Status.HOLDS:
         if expected == "sat":
             return -150, "wrong"
         return 10, "correct" if expected == "unsat" else "unconfirmed"

@@ -1,0 +1,66 @@
+"""The answer of complete verification: a status, why the search ended, and who decided.
+
+The status words are VNN-COMP 2021's (``holds``, ``violated``, ``timeout``), so a
+``Status`` is written to a result file or a results CSV as the plain word. ``timeout``
+covers every way of stopping without an answer; ``Reason`` says which (the deadline, the
+sub-domain limit, or fully split sub-domains that the LP left undecided).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from torch import Tensor
+
+
+class Status(StrEnum):
+    """VNN-COMP's result words: the property holds, is violated, or was not decided."""
+
+    HOLDS = "holds"
+    VIOLATED = "violated"
+    TIMEOUT = "timeout"
+
+
+class Reason(StrEnum):
+    """Why the search ended."""
+
+    PROVED = "proved"  # every case excluded by a sound bound
+    COUNTEREXAMPLE = "counterexample"  # a point confirmed on the reference network
+    DEADLINE = "deadline"  # out of time
+    DOMAIN_LIMIT = "domain limit"  # more open sub-domains than allowed
+    UNDECIDED = "undecided"  # fully split sub-domains that the LP left undecided
+
+
+class Stage(StrEnum):
+    """The part of the pipeline that gave the answer."""
+
+    ATTACK = "attack"  # PGD on the whole box
+    ALPHA_CROWN = "alpha-crown"  # alpha-CROWN at the root excluded every disjunct
+    BAB = "bab"  # branch and bound with beta-CROWN
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer on one property.
+
+    Attributes:
+        status: ``holds``, ``violated`` or ``timeout``.
+        reason: Why the search ended.
+        stage: Which stage decided.
+        x: For ``violated``: the float32 input (flat) that the reference network confirmed.
+        y: The reference network's output at ``x``.
+        seconds: Wall-clock seconds spent.
+        domains: Sub-domains bounded by branch and bound.
+        bound: Branch and bound only: the lowest bound of an open sub-domain when the
+            search stopped (0 when none was left, ``-inf`` when unknown).
+    """
+
+    status: Status
+    reason: Reason
+    stage: Stage
+    x: Tensor | None = None
+    y: Tensor | None = None
+    seconds: float = 0.0
+    domains: int = 0
+    bound: float = float("-inf")
