@@ -53,7 +53,6 @@ def test_a_configuration_that_cannot_train_fails_before_fit(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     "parts,message",
     [
-        ({"objective": Madry()}, "objective 'madry' trains on adversarial examples"),
         ({"objective": Madry(), "attack": TeacherKLPGD("linf", 0.1)}, "needs a teacher"),
         (
             {"objective": Standard(), "regularizers": [GradAlign(weight=0.2)]},

@@ -105,29 +105,35 @@ def test_unknown_attack_name_raises():
 
 def test_every_attack_at_the_evaluated_eps_counts(trained_digits_model, digits_test):
     """The curve's PGD at the evaluated eps and the minimum-norm attack enter the worst
-    case: on the curve's examples the reported robust set is inside each one's."""
+    case: on the curve's examples the reported robust set is inside each one's. Not
+    vacuous: at one of the radii the curve's second restart finds what PGD-20 missed
+    (which radius depends on the trained model's last bits, so a few are tried)."""
     x, y = digits_test[0][:200], digits_test[1][:200]
-    eps = 0.5  # l2: here the curve's second restart finds what PGD-20 missed
-    options = EvalOptions(
-        norm="l2",
-        eps=eps,
-        suite="quick",
-        eps_curve=(0.0, eps),
-        curve_n_examples=200,
-        escalate=False,
-        progress=False,
-    )
-    ev = run_evaluation(trained_digits_model, x, y, options)
-    report = ev.report
-    rows = {r["name"]: r for r in report["attacks"]}
-    assert {"pgd-20x2 (curve)", "fmn (min-norm)"} <= set(rows)
-    assert rows["pgd-20x2 (curve)"]["newly_fooled"] > 0  # it found what PGD-20 missed
-    robust = int((ev.fooled_by == ROBUST).sum())
-    at_eps = next(p for p in report["robustness_curve"] if p["eps"] == eps)
-    assert robust <= round(at_eps["robust_accuracy"] * 200)
-    from_norms = next(p for p in report["robustness_curve_min_norm"] if p["eps"] == eps)
-    assert robust <= round(from_norms["robust_accuracy"] * 200)
-    assert report["robust_accuracy"]["value"] == rows["fmn (min-norm)"]["robust_accuracy"]
+    found_more = []
+    for eps in (0.5, 0.75, 1.0):  # l2
+        options = EvalOptions(
+            norm="l2",
+            eps=eps,
+            suite="quick",
+            eps_curve=(0.0, eps),
+            curve_n_examples=200,
+            escalate=False,
+            progress=False,
+        )
+        ev = run_evaluation(trained_digits_model, x, y, options)
+        report = ev.report
+        rows = {r["name"]: r for r in report["attacks"]}
+        assert {"pgd-20x2 (curve)", "fmn (min-norm)"} <= set(rows)
+        robust = int((ev.fooled_by == ROBUST).sum())
+        at_eps = next(p for p in report["robustness_curve"] if p["eps"] == eps)
+        assert robust <= round(at_eps["robust_accuracy"] * 200)
+        from_norms = next(p for p in report["robustness_curve_min_norm"] if p["eps"] == eps)
+        assert robust <= round(from_norms["robust_accuracy"] * 200)
+        assert report["robust_accuracy"]["value"] == rows["fmn (min-norm)"]["robust_accuracy"]
+        found_more.append(rows["pgd-20x2 (curve)"]["newly_fooled"])
+        if found_more[-1] > 0:
+            break
+    assert max(found_more) > 0, found_more  # the curve's attack entered the worst case
 
 
 class _Crash(Exception):
