@@ -225,7 +225,7 @@ def test_mnist_recipe(tmp_path: Path) -> None:
     cfg = config_of(
         _train("uv run advtrain-train experiment=mnist_pgd", tmp_path, [*SHORT, "data.val_size=20"])
     )
-    assert cfg["attack"]["steps"] == 40 and cfg["attack"]["eps"] == 0.3
+    assert cfg["attack"]["steps"] == 40 and cfg["threat"]["eps"] == 0.3
 
 
 @pytest.mark.slow
@@ -243,7 +243,7 @@ def test_cifar10_commands(text: str, tmp_path: Path) -> None:
     write_cifar(tmp_path / "data", "cifar-10-batches-py", names, "test_batch", "labels")
     cfg = config_of(_train(text, tmp_path, [*SHORT, "data.verify_md5=false", "data.val_size=10"]))
     assert cfg["model"]["_target_"].endswith("preact_resnet18")
-    assert as_float(cfg["attack"]["eps"]) == pytest.approx(8 / 255) or "cifar10_pgd" not in text
+    assert as_float(cfg["threat"]["eps"]) == pytest.approx(8 / 255) or "cifar10_pgd" not in text
 
 
 @pytest.mark.slow
