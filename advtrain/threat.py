@@ -67,8 +67,6 @@ def project_l1_ball(delta: Tensor, eps: float) -> Tensor:
     flat = delta.flatten(1)
     abs_flat = flat.abs()
     inside = abs_flat.sum(dim=1) <= eps
-    if bool(inside.all()):
-        return delta
     mu, _ = abs_flat.sort(dim=1, descending=True)
     cumsum = mu.cumsum(dim=1)
     ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
@@ -89,18 +87,30 @@ def project_l2_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) ->
 
     ``low <= 0 <= high`` (the box around the clean point). By the KKT conditions the
     solution is ``clip(t * delta, low, high)`` for the largest ``t`` in ``[0, 1]`` whose
-    norm is at most ``eps``; ``t`` is found by bisection (40 halvings, to float
-    precision), taking the feasible end of the bracket.
+    norm is at most ``eps``. The squared norm ``g(t)`` is nondecreasing and piecewise
+    ``C + t^2 D``: coordinate ``i`` is clipped for ``t`` beyond ``tau_i = c_i / d_i``
+    (``c_i`` its bound), contributing ``c_i^2`` instead of ``t^2 d_i^2``. Sorting the
+    ``tau_i`` gives ``g`` at every breakpoint in closed form; the segment where ``g``
+    crosses ``eps^2`` gives ``t = sqrt((eps^2 - C) / D)``. No loop, no host sync.
     """
-    norms = lp_norm(delta, "l2").clamp_min(1e-12)
-    t_lo = (eps / norms).clamp(max=1.0)  # feasible: the clipped ball projection
-    t_hi = torch.ones_like(t_lo)
-    for _ in range(_BISECTION_STEPS):
-        mid = (t_lo + t_hi) / 2
-        feasible = lp_norm((delta * per_example(mid, delta)).clamp(low, high), "l2") <= eps
-        t_lo = torch.where(feasible, mid, t_lo)
-        t_hi = torch.where(feasible, t_hi, mid)
-    return (delta * per_example(t_lo, delta)).clamp(low, high)
+    flat, lo, hi = delta.flatten(1), low.flatten(1), high.flatten(1)
+    bound = torch.where(flat > 0, hi, lo)
+    moving = flat != 0
+    tau = torch.where(moving, bound / torch.where(moving, flat, 1.0), float("inf"))
+    tau, order = tau.sort(dim=1)
+    clipped_sq = torch.where(moving, bound, 0.0).gather(1, order).square().cumsum(dim=1)
+    free_sq = flat.gather(1, order).square()
+    # sum of d_j^2 over the coordinates after breakpoint k (still moving at t = tau_k):
+    # suffix sums, exact zero at the end (a difference of totals could go negative)
+    suffix = free_sq.flip(1).cumsum(dim=1).flip(1)
+    free_after = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], dim=1)
+    g = torch.where(tau.isinf(), float("inf"), clipped_sq + tau.square() * free_after)
+    k = (g <= eps**2).sum(dim=1, keepdim=True)  # breakpoints inside the ball (g monotone)
+    prev = (k - 1).clamp_min(0)
+    c_sum = torch.where(k > 0, clipped_sq.gather(1, prev), 0.0)
+    d_sum = torch.where(k > 0, free_after.gather(1, prev), free_sq.sum(dim=1, keepdim=True))
+    t = ((eps**2 - c_sum).clamp_min(0) / d_sum.clamp_min(1e-30)).sqrt().clamp(max=1.0)
+    return (flat * t).clamp(lo, hi).view_as(delta)
 
 
 def project_l1_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
@@ -228,11 +238,10 @@ class LpBall:
         box_inside = lp_norm(boxed, self.norm) <= self.eps
         out = torch.where(per_example(box_inside, x), boxed, ball)
         ball_clipped = (ball != ball.clamp(low, high)).flatten(1).any(1)
-        hard = ~box_inside & ball_clipped
-        rows = hard.nonzero().squeeze(1)
-        if len(rows) > 0:
-            exact = project_l2_ball_box if self.norm == "l2" else project_l1_ball_box
-            out[rows] = exact(delta[rows], low[rows], high[rows], self.eps)
+        hard = per_example(~box_inside & ball_clipped, x)
+        exact = project_l2_ball_box if self.norm == "l2" else project_l1_ball_box
+        # every row, kept where needed: no host sync (a data-dependent row count would be)
+        out = torch.where(hard, exact(delta, low, high, self.eps), out)
         return (x + out).clamp(lo, hi)
 
     def linf_box(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -20,8 +20,8 @@ class TypeErrorWhenTraining(DigitsCNN):
 
 class PreemptAtSecondEpoch(Callback):
     """Stops a run with an error when its second epoch starts (a preempted job): the
-    first epoch's ``last.ckpt`` is on disk."""
+    first epoch's ``last.ckpt`` is on disk. A resumed fit (from a checkpoint) goes on."""
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch == 1:
+        if trainer.current_epoch == 1 and trainer.ckpt_path is None:
             raise RuntimeError("simulated preemption at the start of epoch 2")

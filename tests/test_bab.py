@@ -182,10 +182,10 @@ def test_bab_times_out_instead_of_guessing() -> None:
         assert res.reason == Reason.DEADLINE and res.x is None
 
 
-def test_bab_stops_at_the_domain_limit_and_says_so() -> None:
-    """More open sub-domains than ``max_domains``: ``timeout`` (VNN-COMP's word), with the
-    domain limit (not the deadline) as the reason."""
-    model, x = _wide(3), random_inputs(3, 1)
+def test_bab_stops_when_memory_is_full_and_says_so() -> None:
+    """More open sub-domains than the memory holds (here: a memory of one byte):
+    ``timeout`` (VNN-COMP's word), with memory (not the deadline) as the reason."""
+    model, x = _wide(0), random_inputs(0, 1)  # violated: the root is open
     net = parse(model, x.shape[1:])
     dom = InputDomain(x, "linf", 0.3)
     root = crown_intermediate(net, dom)
@@ -196,12 +196,12 @@ def test_bab_stops_at_the_domain_limit_and_says_so() -> None:
     problem = BabProblem(
         net, (dom.lo, dom.hi), spec, spec.new_zeros(1), root, adaptive_alpha(root, 1)
     )
-    res = bab(problem, time.monotonic() + 60, lambda xs: None, BaBSettings(max_domains=0))
+    res = bab(problem, time.monotonic() + 60, lambda xs: None, BaBSettings(memory=1))
     if res.status == Status.HOLDS:  # the root alone proved it
         assert float(exact.value[0]) > 0
     else:
         assert res.status == "timeout" and str(res.status) == "timeout"
-        assert res.reason == Reason.DOMAIN_LIMIT and res.domains == 1 and res.bound <= 0
+        assert res.reason == Reason.MEMORY and res.domains == 1 and res.bound <= 0
 
 
 def _lying_copy(model: nn.Module, y: int) -> nn.Module:

@@ -134,13 +134,18 @@ def test_eval_two_cpu_processes(checkpoint, tmp_path, monkeypatch):
     assert report["clean_accuracy"] == ref["clean_accuracy"]
 
 
-def test_eval_with_certification(checkpoint, tmp_path, monkeypatch):
+def test_eval_with_certification(checkpoint, tmp_path, monkeypatch, capsys):
     args = [f"ckpt_path={checkpoint}", "certify.method=crown", "eval.eps=0.01", *FAST]
     assert run_cli([*args, "eval.figures=false"], tmp_path / "run", monkeypatch) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     cert = report["certified_accuracy"]
     assert cert["method"] == "crown" and 0.0 <= cert["value"] <= report["robust_accuracy"]["value"]
-    assert report["sandwich"]["ok"]
+    assert report["sandwich"]["ok"] and cert["n"] == report["n_examples"]
+    low, high = cert["ci95"]
+    assert low <= cert["value"] <= high
+    assert f"certified accuracy (crown) {100 * cert['value']:.2f}%" in capsys.readouterr().out
+    assert f"{100 * low:.2f}, {100 * high:.2f}] |" in (tmp_path / "run" / "report.md").read_text()
+    assert run_cli([*args, "certify.timeout=0"], tmp_path / "bad", monkeypatch) == 2
 
 
 def test_surrogate_from_checkpoint_or_config(checkpoint, tmp_path):

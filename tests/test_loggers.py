@@ -18,14 +18,10 @@ from tests.scale_helpers import TINY, compose_train, read_metrics, train_in_proc
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tracked")
-    overrides = [
-        *TINY,
-        "logger=many",
-        f"logger.mlflow.tracking_uri=file:{root}/mlruns",
-        "logger.wandb.offline=true",
-        "log_checkpoints=true",
-    ]
-    train_in_process(root / "run", overrides)
+    overrides = [*TINY, "logger=many", "logger.wandb.offline=true", "log_checkpoints=true"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)  # MLflow's default store: the run dir
+        train_in_process(root / "run", overrides)
     return root
 
 
@@ -114,7 +110,9 @@ def test_tensorboard_events(tracked_run: Path) -> None:
 def test_mlflow_file_store(tracked_run: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"file:{tracked_run}/mlruns")
+    # no MLFLOW_TRACKING_URI: the file store is in the run dir (README), nothing beside it
+    assert [p.name for p in tracked_run.iterdir()] == ["run"]
+    client = MlflowClient(f"file:{tracked_run}/run/mlruns")
     experiment = client.get_experiment_by_name("train")
     (run,) = client.search_runs([experiment.experiment_id])
     metrics = read_metrics(tracked_run / "run")

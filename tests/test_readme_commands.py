@@ -90,6 +90,7 @@ def _eval(cmd: str, main_run: Path, extra: list[str] = FEW) -> dict:
     before = set(run_dirs(cwd, "eval"))
     assert run_in_process([*argv_of(command(cmd), **fill_ckpt(main_run)), *extra], cwd) == 0
     (out,) = set(run_dirs(cwd, "eval")) - before
+    assert "robust accuracy" in (out / "eval.log").read_text()  # the summary, in the run's log
     return json.loads((out / "report.json").read_text())
 
 
@@ -168,20 +169,39 @@ def test_choosing_the_training_attack(text: str, target: str, tmp_path: Path) ->
     assert cfg["attack"]["_target_"] == target
 
 
-def test_resume_from_last_ckpt(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A 2-epoch main job preempted at its second epoch resumes from its last.ckpt.
-    (3 batches an epoch: torch's OneCycleLR divides by zero at exactly 4 steps.)"""
+def test_resume_from_last_ckpt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
+) -> None:
+    """A ``trainer.max_epochs=4`` run preempted at its second epoch, resumed by the README
+    command as typed: the run's own configuration (no schedule mismatch), its own run dir,
+    one CSV history and log, best-checkpoint tracking restored (no "dirpath has changed")."""
     cmd = "uv run advtrain-train ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt"
-    two_epochs = ["trainer.limit_train_batches=3", *SHORT[2:], "trainer.max_epochs=2"]
+    small = ["trainer.limit_train_batches=3", *SHORT[2:], "data.eval_batch_size=64"]
+    small += ["attack.steps=2", "eval_attack.steps=2", "+trainer.enable_progress_bar=false"]
     preempt = "+callbacks.preempt._target_=tests.bug_models.PreemptAtSecondEpoch"
-    assert run_in_process([*argv_of(command(TRAIN)), *two_epochs, preempt], tmp_path) == 1
+    first_cmd = [*argv_of(command(TRAIN)), "trainer.max_epochs=4", *small, preempt]
+    assert run_in_process(first_cmd, tmp_path) == 1
     assert "simulated preemption" in capsys.readouterr().err
     (first,) = run_dirs(tmp_path)
     assert not (first / "metrics.json").exists()
-    resumed = _train(cmd, tmp_path, two_epochs, **fill_ckpt(first, "last"))
-    assert resumed != first and metrics_of(resumed)["epochs"] == 2
-    last = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 6 and last["epoch"] == 2  # epochs done
+    assert run_in_process(argv_of(command(cmd), **fill_ckpt(first, "last")), tmp_path) == 0
+    assert run_dirs(tmp_path) == [first] and metrics_of(first)["epochs"] == 4
+    last = torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 12 and last["epoch"] == 4  # epochs done
+    val = [float(r["val/robust_acc"]) for r in _csv_rows(first) if r.get("val/robust_acc")]
+    assert len(val) == 4  # epoch 1 from the first command, 2-4 from the resume
+    (best,) = [v for k, v in last["callbacks"].items() if "val/robust_acc" in k]
+    assert float(best["best_model_score"]) == pytest.approx(max(val))
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    log = (first / "train.log").read_text()
+    assert "simulated preemption" in log and "test clean accuracy" in log
+
+
+def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    import csv
+
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow
@@ -407,6 +427,8 @@ def test_verify_one_instance(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     run_in_process(argv_of(command(cmd)), tmp_path)
     out = capsys.readouterr().out
     assert any(word in out for word in ("holds", "violated")), out[-500:]
+    (log,) = run_dirs(tmp_path, "verify")
+    assert out.strip().splitlines()[-1] in (log / "verify.log").read_text()
 
 
 def test_verify_a_benchmark(tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def test_sandwich_violation_printed_loudly(monkeypatch, capsys, tiny_model, tiny
 
     x, y = tiny_batch
 
-    def overconfident(model, x, y, norm, eps, method):
+    def overconfident(model, x, y, norm, eps, method, **settings):
         return {"certified": [True] * len(y), "certified_accuracy": 1.0}
 
     monkeypatch.setattr(advtrain.certification, "certify", overconfident)

@@ -45,3 +45,32 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path: Path, device_resid
     ]
     assert timeless[0] == timeless[1]
     assert whole["test"]["n_examples"] == 101
+
+
+def test_resume_argv_puts_the_runs_own_overrides_first(tmp_path: Path) -> None:
+    """``ckpt_path=<run>/checkpoints/last.ckpt``: the run's overrides (run.json) in front, a
+    key typed now wins, sweeps and Hydra settings are not carried; its dir is the run dir."""
+    import json
+
+    from advtrain.cli.resume import resume_argv
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    saved = ["trainer.max_epochs=4", "attack=fgsm", "hparams_search=optuna", "ckpt_path=old.ckpt"]
+    (run / "run.json").write_text(json.dumps({"overrides": saved}))
+    ckpt = f"ckpt_path={run}/checkpoints/last.ckpt"
+    argv = resume_argv(["advtrain-train", ckpt, "attack=pgd"])
+    assert argv == [
+        "advtrain-train",
+        "trainer.max_epochs=4",
+        ckpt,
+        "attack=pgd",
+        f"hydra.run.dir='{run}'",
+        "hydra.output_subdir=null",
+    ]
+    outside = tmp_path / "elsewhere.ckpt"
+    outside.write_bytes(b"")
+    unchanged = ["advtrain-train", f"ckpt_path={outside}"]
+    assert resume_argv(unchanged) == unchanged
+    assert resume_argv(["advtrain-train", "-m", ckpt]) == ["advtrain-train", "-m", ckpt]

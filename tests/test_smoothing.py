@@ -26,6 +26,7 @@ from advtrain.smoothing.certify import (
     certify_smoothed,
     lower_confidence_bound,
     predict_smoothed,
+    radius_ceiling,
 )
 
 SIGMA = 0.5
@@ -232,3 +233,16 @@ def test_model_in_train_mode_is_certified_in_eval_mode_and_restored() -> None:
     predict_smoothed(model, x, sigma=SIGMA, n=100)
     assert model.training and len(out["radius"]) == 2
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_no_radius_above_the_ceiling_of_n_samples() -> None:
+    """A model that always answers the label gets exactly ``sigma Phi^-1(alpha^(1/n))``,
+    the largest radius CERTIFY can give with ``n`` samples (Cohen et al. 2019)."""
+    model = linear(torch.zeros(2, 4, dtype=torch.float64), torch.tensor([1.0, 0.0]).double())
+    x = torch.full((3, 1, 2, 2), 0.5, dtype=torch.float64)
+    out = certify_smoothed(model, x, torch.zeros(3, dtype=torch.long), sigma=SIGMA, n0=10, n=200,
+                           alpha=0.01)  # fmt: skip
+    ceiling = radius_ceiling(SIGMA, 200, 0.01)
+    assert ceiling == pytest.approx(SIGMA * norm.ppf(0.01 ** (1 / 200)))
+    assert out["radius"] == pytest.approx([ceiling] * 3)
+    assert radius_ceiling(SIGMA, 100_000, 0.001) > ceiling  # more samples, a higher ceiling

@@ -177,8 +177,12 @@ def test_eval_cli_certifies_with_smoothing(tmp_path: Path, monkeypatch) -> None:
     assert "alpha=0.01" in report["certified_accuracy"]["method"]
     assert report["sandwich"]["ok"] and "smoothed classifier" in report["sandwich"]["detail"]
     assert [row["radius"] for row in s["table"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert s["radius_ceiling"] == pytest.approx(0.25 * norm.ppf(0.01 ** (1 / 300)))
+    assert max(s["radius"]) <= s["radius_ceiling"] + 1e-12
+    assert report["certified_accuracy"]["ci95"] == s["certified_accuracy"]["ci95"]
     md = (tmp_path / "eval" / "report.md").read_text()
     assert "1 - alpha = 0.99" in md and "certified accuracy (alpha=0.01)" in md
+    assert f"**{s['radius_ceiling']:.4g}**" in md and "certify.n" in md
     assert (tmp_path / "eval" / "certified_accuracy_curve.png").stat().st_size > 1000
     bad = [*args[:-1], "eval.norm=linf"]
     assert run_cli(bad, tmp_path / "bad", monkeypatch) == 2

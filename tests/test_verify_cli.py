@@ -100,6 +100,8 @@ def test_single_instances_answer_like_the_milp(files) -> None:
             prop = parse_vnnlib(files["props"][name])
             assert counterexample_valid(files["onnx"], prop, text)
             assert "(Y_2 " in text
+        said = f"counterexample: {result}" in proc.stdout  # the path of the file written
+        assert said == (status == "violated")
 
 
 def test_benchmark_run_writes_results_summary_and_score(files) -> None:

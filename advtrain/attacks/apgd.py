@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack, AttackInputs, select_kwargs
+from advtrain.attacks.runs import merge_runs, rows_to_run, run_targets_of
 from advtrain.core.errors import ConfigError
+from advtrain.core.memory import rows_that_fit
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
 from advtrain.threat import LpBall, lp_norm
@@ -38,9 +40,9 @@ _MOMENTUM = 0.75
 
 @dataclass
 class _State:
-    """The per-example state of one APGD run, restricted to the still-active examples."""
+    """The per-row state of one batch of APGD runs (rows: the still-active examples)."""
 
-    idx: Tensor  # positions in the caller's batch
+    rows: Tensor  # positions in the batch's output
     x: Tensor
     y: Tensor
     target: Tensor | None
@@ -58,15 +60,17 @@ class _State:
     reduced_at_check: Tensor
     topk: Tensor  # l1: fraction of coordinates a sparse step moves
     sparsity_old: Tensor  # l1: non-zeros of the best perturbation at the last check
+    found: Tensor  # the first fooling iterate (where ``fooled``)
+    fooled: Tensor
 
-    def keep(self, mask: Tensor) -> None:
-        """Drop the examples where ``mask`` is False from every per-example field."""
+    def keep(self, idx: Tensor) -> None:
+        """Keep only the rows ``idx`` (a long tensor) of every per-row field."""
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
-                setattr(self, f.name, value[mask])
+                setattr(self, f.name, value[idx])
             elif isinstance(value, dict):
-                setattr(self, f.name, {k: v[mask] for k, v in value.items()})
+                setattr(self, f.name, {k: v[idx] for k, v in value.items()})
 
 
 def checkpoints(steps: int, norm: str) -> set[int]:
@@ -87,12 +91,19 @@ def checkpoints(steps: int, norm: str) -> set[int]:
     return out
 
 
-class _Book(NamedTuple):
-    """The results of a call, filled in over the runs (full batch)."""
+def compaction_points(steps: int, norm: str) -> set[int]:
+    """Iterations after which fooled examples leave the batch (``early_stop``): the
+    checkpoints and, early on, iterations 0, 1, 3, 7 and 15, where most fooled examples
+    fall. Each costs one host sync; the iterations between them cost none."""
+    return checkpoints(steps, norm) | {i for i in (0, 1, 3, 7, 15) if i < steps}
 
-    result: Tensor  # the returned points
-    fooled: Tensor  # where result fools the model
-    best: Tensor  # the highest objective of an unfooled result
+
+class _Rows(NamedTuple):
+    """The results of a batch of runs, per row."""
+
+    result: Tensor  # the first fooling iterate, else the highest-objective one
+    fooled: Tensor
+    best: Tensor  # the highest objective of a run that never fooled (-inf otherwise)
 
 
 class APGD(Attack):
@@ -135,6 +146,7 @@ class APGD(Attack):
         restarts: int = 1,
         rho: float = 0.75,
         early_stop: bool = True,
+        parallel_runs: int | None = None,
         threat: LpBall | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
         loss: str = "ce",
@@ -162,95 +174,121 @@ class APGD(Attack):
         self.restarts = positive_int(restarts, "restarts")
         self.rho = float(rho)
         self.early_stop = bool(early_stop)
+        self.parallel_runs = (
+            None if parallel_runs is None else positive_int(parallel_runs, "parallel_runs")
+        )
 
     # -- entry point ------------------------------------------------------------------
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        kw, clean_logits, book = self._prepare(model, inputs)
-        todo = (clean_logits.argmax(1) == inputs.y).nonzero().squeeze(1)
-        for _ in range(self.restarts):
-            todo = todo[~book.fooled[todo]]
-            if len(todo) == 0:
-                break
-            target = inputs.target[todo] if inputs.target is not None else None
-            self.run(model, inputs, todo, target, select_kwargs(kw, todo), book)
-        return book.result
-
-    def _prepare(
-        self, model: nn.Module, inputs: AttackInputs
-    ) -> tuple[dict[str, Tensor], Tensor, _Book]:
-        """The loss tensors, the clean logits and an empty book (the clean inputs)."""
-        x = inputs.x
-        kw = self.loss_kwargs(model, x, inputs.y)
+        x, y = inputs.x, inputs.y
+        kw = self.loss_kwargs(model, x, y)
         with torch.no_grad():
             clean_logits = model(x)
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        best = torch.full((len(x),), float("-inf"), device=x.device)
-        return kw, clean_logits, _Book(x.clone(), fooled, best)
+        targets = self.run_targets(clean_logits, inputs)
+        return self.run_all(model, inputs, kw, targets, clean_logits.argmax(1) == y)
+
+    def run_targets(self, clean_logits: Tensor, inputs: AttackInputs) -> list[Tensor | None]:
+        """The target labels of each run, in the order the protocol runs them (one run
+        per restart; APGD-T: per target class and restart)."""
+        return [inputs.target] * self.restarts
 
     def success(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         """Per-example success of an iterate (see ``Attack.is_fooled``)."""
         return self.is_fooled(logits, y, target)
 
-    # -- one run ----------------------------------------------------------------------
-    def run(
+    def run_all(
         self,
         model: nn.Module,
         inputs: AttackInputs,
-        idx: Tensor,
+        kw: dict[str, Tensor],
+        targets: list[Tensor | None],
+        todo: Tensor,
+    ) -> Tensor:
+        """Every run on the examples ``todo`` (a mask), ``parallel_runs`` of them per batch.
+
+        The random starts of all runs are drawn first, so a run's computation on an
+        example does not depend on how runs are batched; as in the sequential protocol a
+        run skips the examples an earlier batch of runs fooled, and the result is the
+        first run's fooling point, else the highest-objective point of any run.
+        """
+        x, n, n_runs = inputs.x, len(inputs.x), len(targets)
+        starts = self._random_start(x.repeat(n_runs, *[1] * (x.dim() - 1)), inputs.generator)
+        out = _Rows(starts.new_zeros(starts.shape), *_empty_marks(n_runs * n, x.device))
+        group, chunk = self.parallel_runs or n_runs, rows_that_fit(model, x)
+        fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+        for first in range(0, n_runs, group):
+            rows = rows_to_run(todo & ~fooled, first, min(first + group, n_runs), n_runs)
+            for c in range(0, len(rows), chunk):
+                r, p = rows[c : c + chunk], rows[c : c + chunk] % n
+                got = self.run(
+                    model, x[p], inputs.y[p], run_targets_of(targets, r, n),
+                    select_kwargs(kw, p), starts[r],
+                )  # fmt: skip
+                out.result[r], out.fooled[r], out.best[r] = got
+            fooled = fooled | out.fooled.view(n_runs, n).any(0)
+        return merge_runs(x, out.result, out.fooled, out.best)
+
+    # -- one batch of runs ------------------------------------------------------------
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
         target: Tensor | None,
         kw: dict[str, Tensor],
-        book: _Book,
-    ) -> None:
-        """One APGD run on the examples ``idx`` of ``inputs`` (``target`` and ``kw``
-        already restricted to them); writes into ``book``."""
-        state, logits = self._init_state(model, inputs, idx, target, kw)
-        self._record(state, logits, book)
+        start: Tensor,
+    ) -> _Rows:
+        """APGD from ``start`` on every row of ``x``; no host sync but at the
+        ``compaction_points`` (where fooled rows leave the batch)."""
+        state, logits = self._init_state(model, x, y, target, kw, start)
+        out = _Rows(x.clone(), *_empty_marks(len(x), x.device))
+        self._record(state, logits)
         marks = checkpoints(self.steps, self.norm)
+        drops = compaction_points(self.steps, self.norm) if self.early_stop else set()
         for i in range(self.steps):
-            if self.early_stop:
-                self._drop_fooled(state, book.fooled)
-                if len(state.idx) == 0:
-                    return
             self._step(state, first=i == 0)
             logits = self._evaluate(model, state, need_grad=i < self.steps - 1)
-            self._record(state, logits, book)
+            self._record(state, logits)
             if i in marks:
                 self._checkpoint(state, i, marks)
-        # examples never fooled return their best point
-        self._write_best(state, book)
+            if i in drops and not self._compact(state, out):
+                return out
+        self._flush(state, out)
+        return out
 
     def _init_state(
         self,
         model: nn.Module,
-        inputs: AttackInputs,
-        idx: Tensor,
+        x: Tensor,
+        y: Tensor,
         target: Tensor | None,
         kw: dict[str, Tensor],
+        start: Tensor,
     ) -> tuple[_State, Tensor]:
         """The random start, its objective and gradient: the state of a fresh run."""
-        x, y = inputs.x[idx], inputs.y[idx]
-        x_adv = self._random_start(x, inputs.generator)
-        value, grad, logits = self.input_gradient(model, x_adv, y, target, **kw)
-        n, alpha = len(x), 1.0 if self.norm == "l1" else 2.0
+        value, grad, logits = self.input_gradient(model, start, y, target, **kw)
+        n, alpha, dev = len(x), 1.0 if self.norm == "l1" else 2.0, x.device
         state = _State(
-            idx=idx,
+            rows=torch.arange(n, device=dev),
             x=x,
             y=y,
             target=target,
             kw=kw,
-            x_adv=x_adv,
-            x_old=x_adv.clone(),
+            x_adv=start,
+            x_old=start.clone(),
             grad=grad,
             value=value,
-            x_best=x_adv.clone(),
+            x_best=start.clone(),
             grad_best=grad.clone(),
             value_best=value.clone(),
-            step=per_example(torch.full((n,), alpha * self.eps, device=x.device, dtype=x.dtype), x),
-            n_increase=torch.zeros(n, device=x.device),
+            step=per_example(torch.full((n,), alpha * self.eps, device=dev, dtype=x.dtype), x),
+            n_increase=torch.zeros(n, device=dev),
             best_at_check=value.clone(),
-            reduced_at_check=torch.ones(n, dtype=torch.bool, device=x.device),
-            topk=torch.full((n,), 0.2, device=x.device),
-            sparsity_old=torch.full((n,), float(x[0].numel()), device=x.device),
+            reduced_at_check=torch.ones(n, dtype=torch.bool, device=dev),
+            topk=torch.full((n,), 0.2, device=dev),
+            sparsity_old=torch.full((n,), float(x[0].numel()), device=dev),
+            found=start.clone(),
+            fooled=torch.zeros(n, dtype=torch.bool, device=dev),
         )
         return state, logits
 
@@ -267,7 +305,7 @@ class APGD(Attack):
             return self.threat.project(x, x + self.eps * t)
         return self.threat.project(x, x + t)
 
-    # -- iteration pieces -------------------------------------------------------------
+    # -- iteration pieces (no host sync) ----------------------------------------------
     def _step(self, s: _State, first: bool) -> None:
         """A momentum step (linf, l2) or a sparse step (l1), projected."""
         if self.norm == "l1":
@@ -290,28 +328,17 @@ class APGD(Attack):
         s.n_increase += (value > s.value).float()
         s.value, s.grad = value, grad
         improved = value > s.value_best
-        s.x_best[improved] = s.x_adv[improved]
-        s.grad_best[improved] = grad[improved]
+        wide = per_example(improved, s.x)
+        s.x_best = torch.where(wide, s.x_adv, s.x_best)
+        s.grad_best = torch.where(wide, grad, s.grad_best)
         s.value_best = torch.where(improved, value, s.value_best)
         return logits
 
-    def _record(self, s: _State, logits: Tensor, book: _Book) -> None:
-        """Store the iterates that just fooled the model (the first one per example)."""
-        new = self.success(logits, s.y, s.target) & ~book.fooled[s.idx]
-        if bool(new.any()):
-            book.result[s.idx[new]] = s.x_adv[new]
-            book.fooled[s.idx[new]] = True
-
-    def _drop_fooled(self, s: _State, fooled: Tensor) -> None:
-        done = fooled[s.idx]
-        if bool(done.any()):
-            s.keep(~done)
-
-    def _write_best(self, s: _State, book: _Book) -> None:
-        """Where no iterate fooled the model: keep the best point if it beats the book's."""
-        better = ~book.fooled[s.idx] & (s.value_best > book.best[s.idx])
-        book.result[s.idx[better]] = s.x_best[better]
-        book.best[s.idx[better]] = s.value_best[better]
+    def _record(self, s: _State, logits: Tensor) -> None:
+        """Keep the first iterate that fooled the model, per row."""
+        new = self.success(logits, s.y, s.target) & ~s.fooled
+        s.found = torch.where(per_example(new, s.x), s.x_adv, s.found)
+        s.fooled = s.fooled | new
 
     def _checkpoint(self, s: _State, i: int, marks: set[int]) -> None:
         """Halve the step (linf, l2) or adapt sparsity (l1); restart reduced ones from the best."""
@@ -324,10 +351,11 @@ class APGD(Attack):
             reset = oscillating | no_progress
             s.reduced_at_check = reset
             s.best_at_check = s.value_best.clone()
-            s.step[reset] /= 2.0
+            s.step = torch.where(per_example(reset, s.x), s.step / 2.0, s.step)
         s.n_increase.zero_()
-        s.x_adv[reset] = s.x_best[reset]
-        s.grad[reset] = s.grad_best[reset]
+        wide = per_example(reset, s.x)
+        s.x_adv = torch.where(wide, s.x_best, s.x_adv)
+        s.grad = torch.where(wide, s.grad_best, s.grad)
 
     def _adapt_sparsity(self, s: _State) -> Tensor:
         """l1 (Croce & Hein 2021): shrink k to the best point's sparsity; reset the step
@@ -336,11 +364,35 @@ class APGD(Attack):
         sparsity = (s.x_best - s.x).flatten(1).ne(0).sum(1).float()
         reset = sparsity / s.sparsity_old.clamp_min(1) < 0.95
         s.topk = sparsity / n_fts / 1.5
-        s.step[reset] = self.eps
-        s.step[~reset] /= 1.5
-        s.step.clamp_(self.eps / 10, self.eps)
+        step = torch.where(per_example(reset, s.x), self.eps, s.step / 1.5)
+        s.step = step.clamp(self.eps / 10, self.eps)
         s.sparsity_old = sparsity
         return reset
+
+    # -- leaving the batch (one host sync each) ----------------------------------------
+    def _flush(self, s: _State, out: _Rows) -> None:
+        """Write every row's result so far into ``out``."""
+        out.result[s.rows] = torch.where(per_example(s.fooled, s.x), s.found, s.x_best)
+        out.fooled[s.rows] = s.fooled
+        out.best[s.rows] = torch.where(s.fooled, float("-inf"), s.value_best)
+
+    def _compact(self, s: _State, out: _Rows) -> bool:
+        """Write the rows out and drop the fooled ones; False when none is left."""
+        self._flush(s, out)
+        alive = (~s.fooled).nonzero().squeeze(1)
+        if len(alive) == 0:
+            return False
+        if len(alive) < len(s.rows):
+            s.keep(alive)
+        return True
+
+
+def _empty_marks(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``fooled`` (all False) and ``best`` (all -inf) for ``n`` rows."""
+    return (
+        torch.zeros(n, dtype=torch.bool, device=device),
+        torch.full((n,), float("-inf"), device=device),
+    )
 
 
 def _sparse_direction(grad: Tensor, topk: Tensor) -> Tensor:
@@ -354,4 +406,4 @@ def _sparse_direction(grad: Tensor, topk: Tensor) -> Tensor:
     return sign.view_as(grad)
 
 
-__all__ = ["APGD", "checkpoints"]
+__all__ = ["APGD", "checkpoints", "compaction_points"]

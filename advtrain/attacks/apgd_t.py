@@ -9,10 +9,10 @@ models: linf, l2 and l1 (as APGD).
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from advtrain.attacks.apgd import APGD
-from advtrain.attacks.base import AttackInputs, select_kwargs
+from advtrain.attacks.base import AttackInputs
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
 from advtrain.threat import LpBall
@@ -32,6 +32,9 @@ class APGDT(APGD):
         restarts: Runs per target class; only still-robust examples rerun.
         rho: Oscillation threshold of the step-size halving (see ``APGD``).
         early_stop: Examples leave the loop once fooled.
+        parallel_runs: How many (target class, restart) runs share one batch;
+            ``None``: all of them (in chunks that fit free memory); 1: one after
+            another, as AutoAttack runs them (the same per-example outcome).
         threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
         bounds: The data box.
         loss: The loss minimised towards each target: ``"dlr_targeted"`` (default) or
@@ -56,6 +59,7 @@ class APGDT(APGD):
         restarts: int = 1,
         rho: float = 0.75,
         early_stop: bool = True,
+        parallel_runs: int | None = None,
         threat: LpBall | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
         loss: str = "dlr_targeted",
@@ -74,6 +78,7 @@ class APGDT(APGD):
             restarts=restarts,
             rho=rho,
             early_stop=early_stop,
+            parallel_runs=parallel_runs,
             threat=threat,
             bounds=bounds,
             loss=loss,
@@ -88,18 +93,11 @@ class APGDT(APGD):
     def success(self, logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         return logits.argmax(1) != y
 
-    def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        kw, clean_logits, book = self._prepare(model, inputs)
+    def run_targets(self, clean_logits: Tensor, inputs: AttackInputs) -> list[Tensor | None]:
+        """Each runner-up class of the clean prediction in turn, ``restarts`` runs each."""
         ranked = clean_logits.argsort(dim=1, descending=True)
-        todo = (ranked[:, 0] == inputs.y).nonzero().squeeze(1)
         n_targets = min(self.n_target_classes, clean_logits.shape[1] - 1)
-        for rank in range(1, n_targets + 1):
-            for _ in range(self.restarts):
-                todo = todo[~book.fooled[todo]]
-                if len(todo) == 0:
-                    return book.result
-                self.run(model, inputs, todo, ranked[todo, rank], select_kwargs(kw, todo), book)
-        return book.result
+        return [ranked[:, rank] for rank in range(1, n_targets + 1) for _ in range(self.restarts)]
 
 
 __all__ = ["APGDT"]

@@ -20,13 +20,17 @@ restart each, on the examples still robust at ``eps``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.base import AttackInputs
 from advtrain.attacks.hyperplane import project_hyperplane_box
 from advtrain.attacks.minimum_norm import MinimumNormAttack
+from advtrain.attacks.runs import exit_points, rows_to_run, run_targets_of
 from advtrain.core.errors import ConfigError
+from advtrain.core.memory import rows_that_fit
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
 from advtrain.threat import LpBall, dual_norm, lp_norm
@@ -56,6 +60,9 @@ class FAB(MinimumNormAttack):
         eta: Overshoot of the projection step (>= 1).
         beta: Backward step towards the original once adversarial (0 < beta < 1).
         n_target_classes: FAB-T: how many runner-up classes to target (AutoAttack: 9).
+        parallel_runs: FAB-T: how many target classes share one batch; ``None``: all
+            (in chunks that fit free memory); 1: one after another, as AutoAttack
+            runs them (the same per-example outcome; see ``advtrain.attacks.runs``).
         threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
         bounds: The data box.
         targeted: FAB-T: the decision boundary towards each runner-up class in turn
@@ -81,6 +88,7 @@ class FAB(MinimumNormAttack):
         eta: float = 1.05,
         beta: float = 0.9,
         n_target_classes: int = 9,
+        parallel_runs: int | None = None,
         threat: LpBall | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
         targeted: bool = False,
@@ -103,30 +111,58 @@ class FAB(MinimumNormAttack):
         self.steps = positive_int(steps, "steps")
         self.restarts = positive_int(restarts, "restarts")
         self.n_target_classes = positive_int(n_target_classes, "n_target_classes")
+        self.parallel_runs = (
+            None if parallel_runs is None else positive_int(parallel_runs, "parallel_runs")
+        )
         self.alpha_max, self.eta, self.beta = _check_steps(alpha_max, eta, beta)
 
     # -- the search over targets and restarts ----------------------------------------------
     def search(
         self, model: nn.Module, inputs: AttackInputs, stop: float | None
     ) -> tuple[Tensor, Tensor]:
-        x, y, target, generator = inputs
+        x, y, target, _ = inputs
         with torch.no_grad():
             logits = model(x)
         best_x = x.clone()
         best = torch.where(logits.argmax(1) == y, float("inf"), 0.0).to(x.dtype)
-        for tgt in self._targets(logits, target):
+        targets = self._targets(logits, target)
+        group = self.parallel_runs or len(targets)
+        for first in range(0, len(targets), group):
+            runs = targets[first : first + group]
             for restart in range(self.restarts):
-                todo = (best > (stop if stop is not None else 0.0)).nonzero().squeeze(1)
-                if len(todo) == 0:
-                    return best_x, best
-                sub_t = tgt[todo] if tgt is not None else None
-                radius = best[todo].clamp(max=self.eps)
-                start = self._start(x[todo], radius, generator) if restart > 0 else x[todo]
-                adv, norms = self._run(model, x[todo], y[todo], sub_t, start, stop)
-                better = norms < best[todo]
-                best[todo] = torch.where(better, norms, best[todo])
-                best_x[todo] = torch.where(per_example(better, adv), adv, best_x[todo])
+                todo = best > (stop if stop is not None else 0.0)
+                rows = rows_to_run(todo, 0, len(runs), len(runs))  # one host sync
+                if len(rows) == 0:
+                    break
+                adv, norms = self._run_rows(model, inputs, runs, rows, best, restart, stop)
+                _keep_smallest(best_x, best, adv, norms)
         return best_x, best
+
+    def _run_rows(
+        self,
+        model: nn.Module,
+        inputs: AttackInputs,
+        runs: list[Tensor | None],
+        rows: Tensor,
+        best: Tensor,
+        restart: int,
+        stop: float | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Runs ``runs`` (their targets) on the rows ``run * n + i``, in chunks that fit
+        free memory: every row's smallest adversarial point and norm (inf: none)."""
+        x, n = inputs.x, len(inputs.x)
+        adv = x.repeat(len(runs), *[1] * (x.dim() - 1))
+        norms = torch.full((len(runs) * n,), float("inf"), device=x.device, dtype=x.dtype)
+        chunk = rows_that_fit(model, x)
+        for c in range(0, len(rows), chunk):
+            r = rows[c : c + chunk]
+            p = r % n
+            start = x[p]
+            if restart > 0:
+                start = self._start(x[p], best[p].clamp(max=self.eps), inputs.generator)
+            target = run_targets_of(runs, r, n)
+            adv[r], norms[r] = self._run(model, x[p], inputs.y[p], target, start, stop)
+        return adv, norms
 
     def _targets(self, logits: Tensor, target: Tensor | None) -> list[Tensor | None]:
         if not self.targeted:
@@ -152,27 +188,32 @@ class FAB(MinimumNormAttack):
         x1: Tensor,
         stop: float | None,
     ) -> tuple[Tensor, Tensor]:
-        """One FAB run from ``x1``: the smallest adversarial iterate per example and its norm."""
-        n = len(x0)
+        """One FAB run from ``x1``: the smallest adversarial iterate per example and its
+        norm. No host sync but at ``exit_points`` (with ``stop``: where rows whose
+        adversarial is within ``stop`` leave the batch)."""
         adv = x0.clone()
-        res = torch.full((n,), float("inf"), device=x0.device, dtype=x0.dtype)
-        x1 = x1.clone()
-        idx = torch.arange(n, device=x0.device)
-        for _ in range(self.steps):
-            if stop is not None:
-                idx = idx[res[idx] > stop]
-                if len(idx) == 0:
-                    break
-            xa, xo = x1[idx], x0[idx]
-            x_new = self._next_point(model, xa, xo, y[idx], None if target is None else target[idx])
-            with torch.no_grad():
-                fooled = model(x_new).argmax(1) != y[idx]
-            norms = lp_norm(x_new - xo, self.norm)
-            better = fooled & (norms < res[idx])
-            res[idx] = torch.where(better, norms, res[idx])
-            adv[idx] = torch.where(per_example(better, xa), x_new, adv[idx])
-            x1[idx] = torch.where(per_example(fooled, xa), xo + (x_new - xo) * self.beta, x_new)
+        res = torch.full((len(x0),), float("inf"), device=x0.device, dtype=x0.dtype)
+        live = _Live(torch.arange(len(x0), device=x0.device), x0, y, target, x1, adv, res)
+        drops = exit_points(self.steps, 16) if stop is not None else set()
+        for i in range(self.steps):
+            self._iterate(model, live)
+            if i in drops and not live.compact(adv, res, stop):
+                return adv, res
+        live.flush(adv, res)
         return adv, res
+
+    def _iterate(self, model: nn.Module, s: _Live) -> None:
+        """One FAB step on every live row: keep the smallest adversarial iterate; once
+        adversarial, step back towards the original by ``beta``."""
+        x_new = self._next_point(model, s.x1, s.x0, s.y, s.target)
+        with torch.no_grad():
+            fooled = model(x_new).argmax(1) != s.y
+        norms = lp_norm(x_new - s.x0, self.norm)
+        better = fooled & (norms < s.res)
+        s.res = torch.where(better, norms, s.res)
+        s.adv = torch.where(per_example(better, s.x0), x_new, s.adv)
+        back = s.x0 + (x_new - s.x0) * self.beta
+        s.x1 = torch.where(per_example(fooled, s.x0), back, x_new)
 
     def _next_point(
         self, model: nn.Module, x1: Tensor, x0: Tensor, y: Tensor, target: Tensor | None
@@ -228,6 +269,53 @@ class FAB(MinimumNormAttack):
         return df / self.eot_iter, dg / self.eot_iter
 
 
+@dataclass
+class _Live:
+    """The rows of a FAB run still iterating (``rows``: their places in the output)."""
+
+    rows: Tensor
+    x0: Tensor
+    y: Tensor
+    target: Tensor | None
+    x1: Tensor
+    adv: Tensor
+    res: Tensor
+
+    def flush(self, adv: Tensor, res: Tensor) -> None:
+        adv[self.rows], res[self.rows] = self.adv, self.res
+
+    def compact(self, adv: Tensor, res: Tensor, stop: float | None) -> bool:
+        """Write the rows out and drop those found within ``stop`` (one host sync);
+        False when none is left."""
+        self.flush(adv, res)
+        alive = (self.res > stop).nonzero().squeeze(1)
+        if len(alive) == 0:
+            return False
+        if len(alive) < len(self.rows):
+            self.rows, self.x0, self.y, self.x1 = (
+                self.rows[alive],
+                self.x0[alive],
+                self.y[alive],
+                self.x1[alive],
+            )
+            self.adv, self.res = self.adv[alive], self.res[alive]
+            self.target = None if self.target is None else self.target[alive]
+        return True
+
+
+def _keep_smallest(best_x: Tensor, best: Tensor, adv: Tensor, norms: Tensor) -> None:
+    """Per example, the smallest norm over the runs' rows (the first run on ties) where it
+    beats ``best``; updates ``best_x`` and ``best`` in place."""
+    n = len(best)
+    norms = norms.view(-1, n)
+    pick = norms.argmin(0)  # argmin returns the first minimum
+    smallest = norms[pick, torch.arange(n, device=best.device)]
+    chosen = adv.view(-1, *best_x.shape)[pick, torch.arange(n, device=best.device)]
+    better = smallest < best
+    best_x.copy_(torch.where(per_example(better, best_x), chosen, best_x))
+    best.copy_(torch.where(better, smallest, best))
+
+
 class FABT(FAB):
     """FAB-T: FAB towards each of the top ``n_target_classes`` runner-up classes
     (AutoAttack's standard protocol, Croce & Hein 2020).
@@ -241,6 +329,8 @@ class FABT(FAB):
         eta: Overshoot of the projection step (>= 1).
         beta: Backward step towards the original once adversarial (0 < beta < 1).
         n_target_classes: How many runner-up classes to target (AutoAttack: 9).
+        parallel_runs: How many target classes share one batch (``None``: all, in
+            chunks that fit free memory; 1: one after another, as AutoAttack).
         threat: A ready ``LpBall``; overrides ``norm``, ``eps`` and ``bounds``.
         bounds: The data box.
         targeted: ``True`` (the default) is FAB-T; ``False`` is plain FAB.
@@ -263,6 +353,7 @@ class FABT(FAB):
         eta: float = 1.05,
         beta: float = 0.9,
         n_target_classes: int = 9,
+        parallel_runs: int | None = None,
         threat: LpBall | None = None,
         bounds: tuple[float, float] = (0.0, 1.0),
         targeted: bool = True,
@@ -280,6 +371,7 @@ class FABT(FAB):
             eta=eta,
             beta=beta,
             n_target_classes=n_target_classes,
+            parallel_runs=parallel_runs,
             threat=threat,
             bounds=bounds,
             targeted=targeted,

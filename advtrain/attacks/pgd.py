@@ -18,7 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack, AttackInputs, select_kwargs, step_size
+from advtrain.attacks.runs import exit_points
 from advtrain.core.numbers import positive_int
+from advtrain.core.tensors import per_example
 from advtrain.threat import LpBall
 
 
@@ -115,34 +117,33 @@ class PGD(Attack):
     def _run_tracked(
         self, model: nn.Module, inputs: AttackInputs, kw: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One restart with early stop; returns ``(x_adv, fooled, final objective)``."""
+        """One restart with early stop; returns ``(x_adv, fooled, final objective)``.
+
+        Every row steps on a fixed batch; with ``early_stop`` a fooled row is frozen at
+        its fooling iterate (masked, not removed), and the loop ends early only at
+        ``exit_points`` (one host sync each), when every row is frozen."""
         x, y, target, generator = inputs
         x_adv = self._start(x, generator)
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        values = torch.full((len(x),), float("-inf"), device=x.device)
-        active = torch.arange(len(x), device=x.device)
+        frozen = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        fooled, values = frozen.clone(), torch.full((len(x),), float("-inf"), device=x.device)
+        exits = exit_points(self.steps, 16) if self.early_stop else set()
         for step in range(self.steps + 1):
-            sub_kw = select_kwargs(kw, active)
-            sub_t = target[active] if target is not None else None
             if step == self.steps:  # the last iterate only needs its logits
                 with torch.no_grad():
-                    logits = model(x_adv[active])
-                values[active] = self.objective(logits, y[active], sub_t, **sub_kw)
+                    logits = model(x_adv)
+                value = self.objective(logits, y, target, **kw)
             else:
-                v, grad, logits = self.input_gradient(
-                    model, x_adv[active], y[active], sub_t, **sub_kw
-                )
-                values[active] = v
-            now = self.is_fooled(logits, y[active], sub_t)
-            fooled[active] = now
+                value, grad, logits = self.input_gradient(model, x_adv, y, target, **kw)
+            now = self.is_fooled(logits, y, target)
+            values = torch.where(frozen, values, value)
+            fooled = torch.where(frozen, fooled, now)
             if step == self.steps:
                 break
-            keep = ~now if self.early_stop else torch.ones_like(now)
             if self.early_stop:
-                grad, active = grad[keep], active[keep]
-                if len(active) == 0:
-                    break
-            x_adv[active] = self._step(x[active], x_adv[active], grad)
+                frozen = frozen | now
+            x_adv = torch.where(per_example(frozen, x), x_adv, self._step(x, x_adv, grad))
+            if step in exits and bool(frozen.all()):
+                break
         return x_adv, fooled, values
 
     def _run_restarts(

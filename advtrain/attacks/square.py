@@ -16,11 +16,15 @@ once per iteration for the whole batch.
 
 from __future__ import annotations
 
+import random
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack, AttackInputs
 from advtrain.attacks.losses import margin
+from advtrain.attacks.runs import exit_points
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
@@ -165,70 +169,80 @@ class Square(Attack):
         target: Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor]:
-        """One random search from a fresh start: the points and their margins."""
-        with torch.no_grad():
-            x_best = self._init(x, generator)
-            margins, loss = self.margin_and_loss(model, x_best, y, target)
-            for i in range(self.n_queries - 1):
-                active = (margins > 0).nonzero().squeeze(1)
-                if len(active) == 0:
-                    break
-                sub_t = target[active] if target is not None else None
-                x_new = self._propose(x[active], x_best[active], i, generator)
-                m_new, l_new = self.margin_and_loss(model, x_new, y[active], sub_t)
-                better = l_new < loss[active]
-                loss[active] = torch.where(better, l_new, loss[active])
-                accept = better | (m_new <= 0)
-                margins[active] = torch.where(accept, m_new, margins[active])
-                x_best[active[accept]] = x_new[accept]
-        return x_best, margins
+        """One random search from a fresh start: the points and their margins.
 
-    def _init(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        Queries run on a fixed batch (rows already fooled are masked, not removed); fooled
+        rows leave the batch at ``exit_points`` (one host sync each). Window positions
+        come from a host-side generator seeded once per call, so no query waits on the
+        device."""
+        draws = _Draws(generator, random.Random(_host_seed(generator, x.device)))
+        with torch.no_grad():
+            x_best = self._init(x, draws)
+            margins, loss = self.margin_and_loss(model, x_best, y, target)
+            out_x, out_m = x_best.clone(), margins.clone()
+            live = _Rows(torch.arange(len(x), device=x.device), x, y, target)
+            drops = exit_points(self.n_queries - 1, 256)
+            for i in range(self.n_queries - 1):
+                x_new = self._propose(live.x, x_best, i, draws)
+                m_new, l_new = self.margin_and_loss(model, x_new, live.y, live.target)
+                active = margins > 0
+                better = active & (l_new < loss)
+                loss = torch.where(better, l_new, loss)
+                accept = better | (active & (m_new <= 0))
+                margins = torch.where(accept, m_new, margins)
+                x_best = torch.where(per_example(accept, x_best), x_new, x_best)
+                if i in drops:
+                    out_x[live.rows], out_m[live.rows] = x_best, margins
+                    alive = (margins > 0).nonzero().squeeze(1)
+                    if len(alive) == 0:
+                        return out_x, out_m
+                    live, x_best = live.select(alive), x_best[alive]
+                    margins, loss = margins[alive], loss[alive]
+            out_x[live.rows], out_m[live.rows] = x_best, margins
+        return out_x, out_m
+
+    def _init(self, x: Tensor, draws: _Draws) -> Tensor:
         if self.norm == "linf":
             b, c, _, w = x.shape
-            stripes = self._signs((b, c, 1, w), x, generator)
+            stripes = self._signs((b, c, 1, w), x, draws)
             return (x + self.eps * stripes).clamp(*self.threat.bounds)
-        return self._init_l2(x, generator)
+        return self._init_l2(x, draws)
 
-    def _init_l2(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _init_l2(self, x: Tensor, draws: _Draws) -> Tensor:
         b, c, h, w = x.shape
         delta = torch.zeros_like(x)
         s = max(h // 5, 1)
         start = (h - s * 5) // 2 if h >= 5 else 0
-        pattern = self._pattern(s, x, generator)
+        pattern = self._pattern(s, x, draws)
         for vh in range(start, h - s + 1, s):
             for vw in range(start, w - s + 1, s):
-                signs = self._signs((b, c, 1, 1), x, generator)
+                signs = self._signs((b, c, 1, 1), x, draws)
                 delta[:, :, vh : vh + s, vw : vw + s] += pattern * signs
         delta = delta / per_example(lp_norm(delta, "l2").clamp_min(1e-12), x)
         return self.threat.project(x, x + self.eps * delta)
 
-    def _propose(
-        self, x: Tensor, x_best: Tensor, i: int, generator: torch.Generator | None
-    ) -> Tensor:
+    def _propose(self, x: Tensor, x_best: Tensor, i: int, draws: _Draws) -> Tensor:
         c, h, w = x.shape[1:]
         p = p_selection(self.p_init, i, self.n_queries)
         s = max(round((p * h * w) ** 0.5), 1)
         s = min(s, h, w)
         if self.norm == "linf":
-            vh, vw = self._int(h - s, generator), self._int(w - s, generator)
+            vh, vw = draws.host.randint(0, h - s), draws.host.randint(0, w - s)
             x_new = x_best.clone()
-            signs = self._signs((len(x), c, 1, 1), x, generator)
+            signs = self._signs((len(x), c, 1, 1), x, draws)
             x_new[:, :, vh : vh + s, vw : vw + s] = (
                 x[:, :, vh : vh + s, vw : vw + s] + self.eps * signs
             )
             return self.threat.project(x, x_new)
-        return self._propose_l2(x, x_best, max(s, 3) | 1 if min(h, w) >= 3 else s, generator)
+        return self._propose_l2(x, x_best, max(s, 3) | 1 if min(h, w) >= 3 else s, draws)
 
-    def _propose_l2(
-        self, x: Tensor, x_best: Tensor, s: int, generator: torch.Generator | None
-    ) -> Tensor:
+    def _propose_l2(self, x: Tensor, x_best: Tensor, s: int, draws: _Draws) -> Tensor:
         """Move the perturbation mass of window 2 (and of window 1) into window 1."""
         n, c, h, w = x.shape
         s = min(s, h, w)
         delta = x_best - x
-        vh, vw = self._int(h - s, generator), self._int(w - s, generator)
-        vh2, vw2 = self._int(h - s, generator), self._int(w - s, generator)
+        vh, vw = draws.host.randint(0, h - s), draws.host.randint(0, w - s)
+        vh2, vw2 = draws.host.randint(0, h - s), draws.host.randint(0, w - s)
         win1 = (slice(None), slice(None), slice(vh, vh + s), slice(vw, vw + s))
         win2 = (slice(None), slice(None), slice(vh2, vh2 + s), slice(vw2, vw2 + s))
         mask = torch.zeros_like(x)
@@ -237,7 +251,7 @@ class Square(Attack):
         norm_windows = lp_norm(delta * mask, "l2")
         old = delta[win1]
         old = old / old.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt().add(1e-12)
-        new = self._pattern(s, x, generator) * self._signs((n, c, 1, 1), x, generator) + old
+        new = self._pattern(s, x, draws) * self._signs((n, c, 1, 1), x, draws) + old
         budget = ((self.eps**2 - norm_image**2).clamp_min(0) / c + norm_windows**2).sqrt()
         new = (
             new
@@ -251,20 +265,41 @@ class Square(Attack):
 
     # -- randomness -------------------------------------------------------------------------
     @staticmethod
-    def _signs(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-        bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    def _signs(shape: tuple[int, ...], like: Tensor, draws: _Draws) -> Tensor:
+        bits = torch.randint(0, 2, shape, generator=draws.device, device=like.device)
         return (bits * 2 - 1).to(like.dtype)
 
-    @staticmethod
-    def _int(high: int, generator: torch.Generator | None) -> int:
-        """A uniform integer in ``[0, high]``."""
-        device = generator.device if generator is not None else torch.device("cpu")
-        return int(torch.randint(0, high + 1, (1,), generator=generator, device=device).item())
-
-    def _pattern(self, s: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _pattern(self, s: int, like: Tensor, draws: _Draws) -> Tensor:
         """``_eta(s)``, transposed with probability 1/2 (as in the paper's code)."""
         pattern = _eta(s, like)
-        return pattern.T.contiguous() if self._int(1, generator) else pattern
+        return pattern.T.contiguous() if draws.host.random() < 0.5 else pattern
+
+
+class _Draws(NamedTuple):
+    """The randomness of one call: the device generator (signs) and a host-side one
+    (window positions: Python ints the slicing needs, drawn without a device sync)."""
+
+    device: torch.Generator | None
+    host: random.Random
+
+
+class _Rows(NamedTuple):
+    """The rows of a search still running, and their places in the output."""
+
+    rows: Tensor
+    x: Tensor
+    y: Tensor
+    target: Tensor | None
+
+    def select(self, idx: Tensor) -> _Rows:
+        target = None if self.target is None else self.target[idx]
+        return _Rows(self.rows[idx], self.x[idx], self.y[idx], target)
+
+
+def _host_seed(generator: torch.Generator | None, device: torch.device) -> int:
+    """A seed for the host-side generator drawn from the call's (one sync per call)."""
+    where = generator.device if generator is not None else device
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=where).item())
 
 
 __all__ = ["Square", "p_selection"]

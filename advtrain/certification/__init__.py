@@ -22,6 +22,7 @@ from advtrain.certification.certify import (
     CertifySettings,
     certify,
     check_method,
+    check_timeout,
 )
 from advtrain.certification.lipschitz import lipschitz_constant, lipschitz_radius
 from advtrain.certification.milp import exact_radius, min_margin
@@ -37,6 +38,7 @@ __all__ = [
     "SmoothingSettings",
     "certify",
     "check_method",
+    "check_timeout",
     "exact_radius",
     "lipschitz_constant",
     "lipschitz_radius",

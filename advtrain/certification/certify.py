@@ -8,8 +8,9 @@
   Lipschitz bound (product of layer operator norms); also returns certified radii;
 * ``milp``: exact verification (Tjeng et al. 2019), linf only, small networks only;
 * ``bab``: complete verification, branch and bound with beta-CROWN (Wang et al. 2021),
-  linf only; an example is certified when the answer is ``holds`` (a timeout or a
-  counterexample confirmed on the model leaves it uncertified);
+  linf only, ``timeout`` seconds per example; an example is certified when the answer is
+  ``holds``; the result also counts the examples ``violated`` (a counterexample confirmed
+  on the model) and ``undecided`` (``certification.bab``);
 * ``smoothing``: randomized smoothing (Cohen et al. 2019), l2 only; a certificate of the
   smoothed classifier that holds with probability ``1 - alpha``.
 
@@ -20,7 +21,9 @@ Bounds are computed in float64 by default (a copy of the model), so that roundin
 turn a margin of ~1e-7 into a wrong certificate.
 
 Every method is a ``Certifier``, ``(model, x, y, threat, settings) -> CertifyResult``;
-``certify()`` checks the request, runs the one named and writes the result dict.
+``certify()`` checks the request, runs the one named and writes the result dict. Each
+method draws one progress bar (``core.progress``; quiet off a terminal), advanced per
+batch of examples with the certified accuracy so far.
 """
 
 from __future__ import annotations
@@ -34,9 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.certification.bab import bab_verdicts, verdict_summary
 from advtrain.certification.lipschitz import lipschitz_radius
 from advtrain.certification.milp import min_margin
 from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
+from advtrain.core.progress import StageProgress
 from advtrain.smoothing.certify import SmoothingSettings, certify_smoothed
 from advtrain.threat import LpBall
 from advtrain.verification.bounds import (
@@ -46,7 +52,6 @@ from advtrain.verification.bounds import (
     crown_bounds,
     ibp_bounds,
 )
-from advtrain.verification.verify import bab_certified
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,14 @@ class CertifySettings:
         dtype: Precision of the bound computation (a copy of the model is converted).
         timeout: ``bab``: seconds per example.
         smoothing: ``smoothing``: sigma, n0, n, alpha, seed.
+        progress: Where each method draws its bar (``None``: no bar).
     """
 
     batch_size: int = 64
     dtype: torch.dtype = torch.float64
     timeout: float = 60.0
     smoothing: SmoothingSettings | None = None
+    progress: StageProgress | None = None
 
 
 @dataclass(frozen=True)
@@ -97,18 +104,43 @@ def _linf_only(method: str, threat: LpBall) -> None:
         raise ConfigError(f"method {method!r} supports norm 'linf' only; got norm={threat.norm!r}")
 
 
+def _certify_batches(
+    method: str,
+    settings: CertifySettings,
+    n: int,
+    run: Callable[[slice], list[bool]],
+    size: int | None = None,
+) -> list[bool]:
+    """``run`` on batches of ``size`` (default ``settings.batch_size``) of the ``n``
+    examples under one bar ``certify <method>``; the certificates in order."""
+    progress = settings.progress or StageProgress(False)
+    progress.stage(f"certify {method}", n, None, "certified")
+    out: list[bool] = []
+    size = size or settings.batch_size
+    for start in range(0, n, size):
+        got = run(slice(start, min(start + size, n)))
+        out += got
+        progress.advance(len(got), sum(out) / max(len(out), 1))
+    return out
+
+
 def _by_bounds(
-    bound: BoundFn, model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, batch_size: int
+    method: str,
+    bound: BoundFn,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    threat: LpBall,
+    settings: CertifySettings,
 ) -> CertifyResult:
     """Certified where every margin's lower bound by ``bound`` is positive."""
-    parts = []
+
+    def run(part: slice) -> list[bool]:
+        low = bound_margins(bound, model, x[part], y[part], threat.norm, threat.eps, threat.bounds)
+        return [bool(c) for c in (low > 0).all(1)]
+
     with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            low = bound_margins(bound, model, xb, yb, threat.norm, threat.eps, threat.bounds)
-            parts.append((low > 0).all(1))
-    certified = torch.cat(parts) if parts else y.new_zeros(0, dtype=torch.bool)
-    return CertifyResult([bool(c) for c in certified])
+        return CertifyResult(_certify_batches(method, settings, len(x), run))
 
 
 def certify_ibp(
@@ -116,7 +148,7 @@ def certify_ibp(
 ) -> CertifyResult:
     """Interval bound propagation (Gowal et al. 2018)."""
     model, x, y = _prepared(model, x, y, threat, settings)
-    return _by_bounds(ibp_bounds, model, x, y, threat, settings.batch_size)
+    return _by_bounds("ibp", ibp_bounds, model, x, y, threat, settings)
 
 
 def certify_crown(
@@ -124,15 +156,16 @@ def certify_crown(
 ) -> CertifyResult:
     """CROWN (Zhang et al. 2018), never looser than IBP."""
     model, x, y = _prepared(model, x, y, threat, settings)
-    return _by_bounds(crown_bounds, model, x, y, threat, settings.batch_size)
+    return _by_bounds("crown", crown_bounds, model, x, y, threat, settings)
 
 
 def certify_alpha_crown(
     model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
 ) -> CertifyResult:
-    """alpha-CROWN (Xu et al. 2021), never looser than CROWN."""
+    """alpha-CROWN (Xu et al. 2021), never looser than CROWN: one optimisation per batch
+    over every example's and every margin's slopes (``verification.bounds.alpha_bounds``)."""
     model, x, y = _prepared(model, x, y, threat, settings)
-    return _by_bounds(alpha_crown_bounds, model, x, y, threat, settings.batch_size)
+    return _by_bounds("alpha-crown", alpha_crown_bounds, model, x, y, threat, settings)
 
 
 def certify_lipschitz(
@@ -141,7 +174,10 @@ def certify_lipschitz(
     """The Lipschitz-margin certificate (Tsuzuku et al. 2018) with its radii."""
     model, x, y = _prepared(model, x, y, threat, settings)
     radius = lipschitz_radius(model, x, y, threat.norm, batch_size=settings.batch_size)
-    return CertifyResult([bool(c) for c in radius > threat.eps], [float(r) for r in radius])
+    certified = _certify_batches(
+        "lipschitz", settings, len(x), lambda part: [bool(r > threat.eps) for r in radius[part]]
+    )
+    return CertifyResult(certified, [float(r) for r in radius])
 
 
 def certify_milp(
@@ -150,18 +186,26 @@ def certify_milp(
     """The exact minimum margin by MILP (Tjeng et al. 2019); linf, small networks."""
     _linf_only("milp", threat)
     model, x, y = _prepared(model, x, y, threat, settings)
-    margins = min_margin(model, x, y, threat.eps, threat.bounds).value
-    return CertifyResult([bool(c) for c in margins > 0])
+
+    def run(part: slice) -> list[bool]:
+        margins = min_margin(model, x[part], y[part], threat.eps, threat.bounds).value
+        return [bool(c) for c in margins > 0]
+
+    return CertifyResult(_certify_batches("milp", settings, len(x), run, size=1))
 
 
 def certify_bab(
     model: nn.Module, x: Tensor, y: Tensor, threat: LpBall, settings: CertifySettings
 ) -> CertifyResult:
-    """Branch and bound with beta-CROWN (Wang et al. 2021): certified when it says holds."""
+    """Branch and bound with beta-CROWN (Wang et al. 2021): certified when it says holds;
+    ``extra``: each example's verdict and the holds/violated/undecided counts."""
     _linf_only("bab", threat)
     model, x, y = _prepared(model, x, y, threat, settings)
-    holds = bab_certified(model, x, y, threat.eps, threat.bounds, settings.timeout)
-    return CertifyResult([bool(c) for c in holds])
+    found = bab_verdicts(
+        model, x, y, threat.eps, threat.bounds, settings.timeout, settings.progress
+    )
+    summary = verdict_summary(found, settings.timeout)
+    return CertifyResult([v == "holds" for v in summary["verdicts"]], extra=summary)
 
 
 def certify_smoothing(
@@ -183,6 +227,7 @@ def certify_smoothing(
         alpha=s.alpha,
         batch_size=settings.batch_size,
         seed=s.seed,
+        progress=settings.progress,
     )
     keys = ("method", "norm", "eps", "certified", "certified_accuracy", "radius")
     return CertifyResult(
@@ -222,6 +267,7 @@ def certify(
     dtype: torch.dtype = torch.float64,
     timeout: float = 60.0,
     smoothing: SmoothingSettings | None = None,
+    progress: StageProgress | None = None,
 ) -> dict:
     """Certify each example against every perturbation in the l_p ball.
 
@@ -236,12 +282,16 @@ def certify(
         bounds: The data box.
         batch_size, dtype, timeout, smoothing: See ``CertifySettings``; ``smoothing`` is
             required by, and only allowed with, ``method="smoothing"``.
+        progress: An entered ``core.progress.StageProgress`` to draw the method's bar on
+            (``with StageProgress() as bars: certify(..., progress=bars)``); None: no bar.
 
     Returns:
         ``{"method", "norm", "eps", "certified": [bool], "certified_accuracy": float,
         "radius": [float] | None}``; ``radius`` (the certified radius in ``norm``) is
         given by ``lipschitz`` and ``smoothing`` only, which also adds the keys of
-        ``advtrain.smoothing.certify.certify_smoothed``.
+        ``advtrain.smoothing.certify.certify_smoothed``; ``bab`` adds ``verdicts``
+        (``holds`` / ``violated`` / ``undecided`` per example), ``reasons``, ``counts``
+        and ``timeout`` (``certification.bab.verdict_summary``).
 
     Raises:
         ConfigError: For an unknown method or norm, a bad eps, inputs outside the box,
@@ -254,8 +304,17 @@ def certify(
     threat = LpBall(norm, eps, bounds)
     if len(x) != len(y):
         raise ConfigError(f"x has {len(x)} examples but y has {len(y)}; they must match")
-    result = certifier(model, x, y, threat, CertifySettings(batch_size, dtype, timeout, smoothing))
-    return _report(method, threat, result)
+    timeout = check_timeout(timeout)
+    settings = CertifySettings(batch_size, dtype, timeout, smoothing, progress)
+    return _report(method, threat, certifier(model, x, y, threat, settings))
+
+
+def check_timeout(timeout: float | str) -> float:
+    """``timeout`` (seconds per example) as a positive float, else one line."""
+    value = as_float(timeout, "certify.timeout")
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"certify.timeout={timeout!r} is invalid; need seconds > 0")
+    return value
 
 
 def _report(method: str, threat: LpBall, result: CertifyResult) -> dict:

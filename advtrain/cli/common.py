@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from advtrain.cli.rundir import RUN_LOG, discard_run_dir, fresh_run_dir
 from advtrain.core.errors import ConfigError
 from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.core.modes import eval_mode
@@ -116,21 +118,43 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def one_line_errors(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def report_user_error(prog: str, err: BaseException, cause: ConfigError, logged: bool) -> None:
+    """``prog: error: <first line>`` on stderr (after the traceback with ``ADVTRAIN_DEBUG=1``)
+    and, when ``logged``, in the run's log."""
+    if debug_mode():
+        traceback.print_exception(err)
+    line = f"{prog}: error: {first_line(cause)}"
+    print(line, file=sys.stderr)
+    if logged:
+        RUN_LOG.error(line)
+
+
+def one_line_errors(
+    prog: str, run_dir: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Bad user input (:class:`advtrain.core.errors.ConfigError`) becomes one
-    ``prog: error: ...`` line and exit code 2; every other exception is a bug and
-    propagates with its traceback."""
+    ``prog: error: ...`` line and exit code 2 (``ADVTRAIN_DEBUG=1``: the traceback first,
+    the same exit code); every other exception is a bug and propagates with its traceback
+    (also written to the run's log).
+
+    With ``run_dir=True`` (the Hydra task function of a single run) a user error also
+    removes the run dir Hydra created for the command (``advtrain.cli.rundir``).
+    """
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            fresh = fresh_run_dir() if run_dir else None
             try:
                 return func(*args, **kwargs)
             except Exception as err:
                 cause = user_error(err)
-                if cause is None or debug_mode():
+                if cause is None:
+                    if run_dir:
+                        RUN_LOG.error("%s: a bug ended the run", prog, exc_info=err)
                     raise
-                print(f"{prog}: error: {first_line(cause)}", file=sys.stderr)
+                report_user_error(prog, err, cause, logged=run_dir)
+                discard_run_dir(fresh)
                 sys.exit(2)
 
         return wrapper
@@ -203,6 +227,37 @@ def check_model_fits_data(model: nn.Module, datamodule: Any) -> None:
         )
 
 
+def check_data_files(datamodule: Any) -> None:
+    """The data set's files are there or downloaded, before a run writes anything
+    (``check_files`` of advtrain's data modules; another data module has none)."""
+    check = getattr(datamodule, "check_files", None)
+    if callable(check):
+        check()
+
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_accelerator(trainer_cfg: DictConfig) -> None:
+    """One line when the trainer asks for GPUs this machine does not have (``trainer=gpu``
+    without CUDA); Lightning would fail only once the Trainer is built."""
+    accelerator = str(trainer_cfg.get("accelerator") or "auto").lower()
+    if accelerator not in GPU_ACCELERATORS:
+        return
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if have == 0:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU but none is visible on this "
+            "machine; use trainer=cpu (or trainer=ddp_cpu for 2 CPU processes)"
+        )
+    devices = trainer_cfg.get("devices")
+    if isinstance(devices, int) and devices > have:
+        raise ConfigError(
+            f"trainer.devices={devices} but {have} CUDA GPU(s) are visible; set "
+            f"trainer.devices={have} or fewer"
+        )
+
+
 def _git(*args: str) -> str:
     """The output of ``git <args>`` in the package's checkout (raises when git fails)."""
     out = subprocess.run(
@@ -219,10 +274,15 @@ def git_commit() -> str | None:
         return None
 
 
-def write_run_record(cfg: DictConfig, out_dir: str | Path) -> None:
-    """The resolved config, the git commit and the command line of a run."""
+def write_run_record(
+    cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
+) -> None:
+    """The resolved config, the git commit, the command line and the job's overrides of a
+    run (``overrides``: what a resume composes the run's configuration from again)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     record = {"git_commit": git_commit(), "command": shlex.join(sys.argv), "argv": sys.argv}
+    if overrides is not None:
+        record["overrides"] = list(overrides)
     write_json_atomic(record, out / "run.json")

@@ -40,7 +40,7 @@ def is_ddp_child(environ: dict[str, str] | None = None) -> bool:
     return JOB_ENV in env and int(env.get("LOCAL_RANK", "0")) > 0
 
 
-def _quote(value: str) -> str:
+def quote_override(value: str) -> str:
     """A Hydra override value that keeps any path intact (quotes, escapes)."""
     escaped = value.replace("'", "\\'")
     return f"'{escaped}'"
@@ -54,12 +54,12 @@ def child_argv(argv0: str, environ: dict[str, str] | None = None) -> list[str]:
     argv = [argv0, *job["overrides"]]
     argv += [
         "hydra.mode=RUN",  # hparams_search=optuna sets MULTIRUN: a child runs one job
-        f"hydra.run.dir={_quote(job['run_dir'])}",
+        f"hydra.run.dir={quote_override(job['run_dir'])}",
         f"hydra.job.name=train_ddp_process_{rank}",
         "hydra.output_subdir=null",
     ]
     if job.get("ckpt_path"):
-        argv.append(f"ckpt_path={_quote(job['ckpt_path'])}")
+        argv.append(f"ckpt_path={quote_override(job['ckpt_path'])}")
     return argv
 
 

@@ -39,11 +39,13 @@ from torch import Tensor, nn
 from advtrain.cli.common import (
     build_all,
     build_model,
+    check_data_files,
     check_group_choices,
     config_dir,
     is_configured,
     one_line_errors,
 )
+from advtrain.cli.rundir import say
 from advtrain.cli.smoothing import (
     add_smoothing_section,
     smoothing_options,
@@ -54,7 +56,7 @@ from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.evaluation import EvalOptions, Evaluation, run_evaluation, write_report
 from advtrain.evaluation.export import check_export, write_model_info
 from advtrain.evaluation.figures import write_figures
-from advtrain.evaluation.report import log_report
+from advtrain.evaluation.report import certified_line, log_report
 from advtrain.evaluation.state import STATE_FILE, state_files
 from advtrain.models.robustbench import ZOO, clean_accuracy_warning, threat_model_warning
 
@@ -140,6 +142,7 @@ def evaluation_options(cfg: DictConfig) -> EvalOptions:
         curve_n_examples=ev.get("curve_n_examples", 200),
         eot_iter=ev.get("eot_iter", 8),
         certify_method=None if smoothing else method,
+        certify_timeout=(cfg.get("certify") or {}).get("timeout", 60.0),
         smoothing=smoothing_options(cfg) if smoothing else None,
         progress=bool(ev.get("progress", True)),
     )
@@ -188,6 +191,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     device = rank_device(eval_device(cfg.eval.get("device")))
     model, data_cfg, model_name = resolve_model_and_data(cfg)
     datamodule = instantiate(data_cfg)
+    check_data_files(datamodule)
     x, y = datamodule.test_tensors(limit=cfg.eval.n_examples)
     options = replace(
         options,
@@ -239,11 +243,11 @@ def publish(cfg: DictConfig, report: dict, out: Path) -> None:
             threat_model_warning(zoo_name, threat["norm"], float(threat["eps"])),
         ):
             if warning:
-                print(f"advtrain-eval: warning: {warning}", file=sys.stderr)
+                say(f"advtrain-eval: warning: {warning}", sys.stderr)
     if cfg.eval.get("export") == "robustbench":
         arch = model_cfg.get("architecture_name") or _zoo_architecture(zoo_name)
         path = write_model_info(report, out, str(zoo_name or report["model"]), arch)
-        print(f"RobustBench model_info: {path}")
+        say(f"RobustBench model_info: {path}")
 
 
 def _zoo_architecture(zoo_name: str | None) -> str | None:
@@ -258,19 +262,21 @@ def instantiate_loggers(cfg: Any) -> list[Any]:
 def print_summary(report: dict, json_path: Path) -> None:
     clean, robust = report["clean_accuracy"], report["robust_accuracy"]
     tm = report["threat_model"]
-    print(
+    cert = report.get("certified_accuracy")
+    say(
         f"clean accuracy {100 * clean['value']:.2f}% "
         f"[{100 * clean['ci95'][0]:.1f}, {100 * clean['ci95'][1]:.1f}], "
         f"robust accuracy {100 * robust['value']:.2f}% "
-        f"[{100 * robust['ci95'][0]:.1f}, {100 * robust['ci95'][1]:.1f}] "
-        f"({tm['norm']} eps={tm['eps']:.4g}, n={report['n_examples']}, suite "
+        f"[{100 * robust['ci95'][0]:.1f}, {100 * robust['ci95'][1]:.1f}]"
+        + (f", {certified_line(cert)}" if cert else "")
+        + f" ({tm['norm']} eps={tm['eps']:.4g}, n={report['n_examples']}, suite "
         f"{report['suite']}); gradient masking "
         f"{'SUSPECTED' if report['gradient_masking']['suspected'] else 'not suspected'}; "
         f"report: {json_path}"
     )
     sandwich = report.get("sandwich")
     if sandwich and not sandwich["ok"]:
-        print(f"advtrain-eval: BUG: {sandwich['detail']}", file=sys.stderr)
+        say(f"advtrain-eval: BUG: {sandwich['detail']}", sys.stderr)
 
 
 def rank_device(device: torch.device) -> torch.device:
@@ -313,7 +319,7 @@ def spawn_eval(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
-@one_line_errors("advtrain-eval")
+@one_line_errors("advtrain-eval", run_dir=True)
 def _hydra_main(cfg: DictConfig) -> float:
     return run_eval(cfg)["robust_accuracy"]["value"]
 

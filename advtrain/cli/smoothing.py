@@ -81,7 +81,9 @@ def add_smoothing_section(
     report["smoothing"] = section
     report["certified_accuracy"] = {
         "method": f"smoothing, sigma={section['sigma']:g}, alpha={section['alpha']:g}",
-        "value": section["certified_accuracy"]["value"],
+        **section["certified_accuracy"],
+        "n": section["n_examples"],
+        "seconds": section["seconds"],
         "alpha": section["alpha"],
     }
     report["sandwich"] = section["sandwich"]

@@ -14,6 +14,7 @@ every job's status into ``summary.json`` in the sweep dir and prints one line pe
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import traceback
 from pathlib import Path
@@ -25,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from advtrain.cli.common import first_line, user_error
+from advtrain.cli.rundir import say
 from advtrain.core.io import atomic_write_text, write_json_atomic
 
 STATUS_FILE = "job_status.json"
@@ -61,7 +63,7 @@ def record_job(out_dir: Path, error: BaseException | None, prog: str) -> None:
             else "".join(traceback.format_exception(error))
         )
         atomic_write_text(out_dir / "error.txt", text)
-        print(text, file=sys.stderr, end="")
+        say(text.rstrip("\n"), sys.stderr, logging.ERROR)  # and into the job's log
     write_json_atomic(status, out_dir / STATUS_FILE)
 
 

@@ -12,7 +12,9 @@ Examples::
 Speed options: ``trainer.precision=bf16-mixed``, ``compile=true`` (``torch.compile`` of
 the model), ``channels_last=true``, ``device_resident=true`` (the data set on the device,
 augmented there; ``advtrain.data.device_loader``). ``resume=auto`` (the default) picks up
-``<run dir>/checkpoints/last.ckpt`` when it exists, so a requeued SLURM job continues.
+``<run dir>/checkpoints/last.ckpt`` when it exists, so a requeued SLURM job continues;
+``ckpt_path=<run>/checkpoints/last.ckpt`` resumes that run with its own configuration in
+its own dir (``advtrain.cli.resume``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from advtrain.cli.common import (
     build,
     build_all,
     build_model,
+    check_accelerator,
+    check_data_files,
     check_group_choices,
     check_model_fits_data,
     check_threat_keys,
@@ -49,6 +53,8 @@ from advtrain.cli.common import (
 )
 from advtrain.cli.ddp import child_argv, ddp_job_scope, is_ddp_child
 from advtrain.cli.distill import build_teacher
+from advtrain.cli.resume import in_own_run_dir, resume_argv
+from advtrain.cli.rundir import say
 from advtrain.cli.sweep import SweepState, in_multirun, record_job
 from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.core.io import write_json_atomic
@@ -171,7 +177,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     out_dir = Path(cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg, out_dir)
+    check_accelerator(cfg.trainer)
     datamodule = build_datamodule(cfg)
+    check_data_files(datamodule)
     threat = build_threat(cfg)
     module = build_module(cfg, datamodule, threat)
     if cfg.get("compile"):
@@ -183,9 +191,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
     if trainer.is_global_zero:
-        write_run_record(cfg, out_dir)
+        write_run_record(cfg, out_dir, _job_overrides())
     log_config(trainer.loggers, OmegaConf.to_container(cfg, resolve=True))
-    with ddp_job_scope(_job_overrides(), out_dir, ckpt_path):
+    with ddp_job_scope(_job_overrides(), out_dir, ckpt_path), in_own_run_dir(ckpt_path, out_dir):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         val_metrics = dict(trainer.callback_metrics)
         test_metrics = run_test(cfg, trainer, module, datamodule)
@@ -223,7 +231,7 @@ def print_summary(metrics: dict[str, Any], out_dir: Path) -> None:
                 else f"{100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]"
             )
 
-        print(
+        say(
             f"test clean accuracy {fmt(test['clean_acc'])}, robust accuracy {fmt(test['robust_acc'])} "
             f"(n={test['n_examples']}, Wilson 95%); run dir {out_dir}"
         )
@@ -239,7 +247,7 @@ def objective_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
     return value["value"] if isinstance(value, dict) else value
 
 
-@one_line_errors(PROG)
+@one_line_errors(PROG, run_dir=True)
 def run_one(cfg: DictConfig) -> float | None:
     """A single run: a user error is one line and exit code 2."""
     return objective_value(cfg, train(cfg))
@@ -268,6 +276,8 @@ def main() -> float | None:
     if is_ddp_child():
         # a DDP rank started by Lightning: run the parent's job, not the parent's sweep
         sys.argv = child_argv(sys.argv[0])
+    else:  # ckpt_path=<run>/checkpoints/last.ckpt: that run's configuration and run dir
+        sys.argv = resume_argv(sys.argv)
     check_group_choices(sys.argv[1:])
     check_threat_keys([tuple(a.split("=", 1)) for a in sys.argv[1:] if "=" in a])
     if debug_mode():  # Hydra then shows whole tracebacks, of user errors too

@@ -1,8 +1,8 @@
 """``advtrain-verify``: complete verification of ONNX + VNNLIB properties (VNN-COMP).
 
 ``advtrain-verify onnx=net.onnx vnnlib=prop.vnnlib timeout=120`` prints the VNN-COMP 2021
-result line (``holds`` / ``violated`` / ``timeout``) and writes the result file with the
-counterexample. ``advtrain-verify instances=instances.csv timeout=60`` runs a benchmark
+result line (``holds`` / ``violated`` / ``timeout``, the last line of its output) and writes
+the result file with the counterexample, whose path it prints. ``advtrain-verify instances=instances.csv timeout=60`` runs a benchmark
 (each instance's own timeout, capped by ``timeout``), appends each answer to a results CSV
 in VNN-COMP's layout as it goes, checks every counterexample again from the written file
 with onnxruntime, scores the run by VNN-COMP 2021's rule against the published consensus
@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from advtrain.cli.common import config_dir, one_line_errors
+from advtrain.cli.rundir import say
 from advtrain.core.errors import ConfigError
 from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.models.onnx import onnx_forward
@@ -73,7 +74,8 @@ def run_instance(cfg: DictConfig, inst: Instance) -> Verdict:
 
 def _settings(cfg: DictConfig, timeout: float) -> VerifySettings:
     """The pipeline's settings from ``cfg.attack`` and ``cfg.bab`` (see conf/verify.yaml)."""
-    bab = BaBSettings(batch=int(cfg.bab.batch), iters=int(cfg.bab.iters))
+    batch = None if cfg.bab.batch is None else int(cfg.bab.batch)
+    bab = BaBSettings(batch=batch, iters=int(cfg.bab.iters))
     return VerifySettings(
         timeout, restarts=int(cfg.attack.restarts), steps=int(cfg.attack.steps), bab=bab
     )
@@ -84,7 +86,9 @@ def _single(cfg: DictConfig, out: Path) -> Status:
     verdict = run_instance(cfg, inst)
     path = Path(cfg.result_file) if cfg.result_file else out / "result.txt"
     write_result(path, verdict.status, verdict.x, verdict.y)
-    print(verdict.status)
+    if verdict.status == Status.VIOLATED:  # before the result line, which stays last
+        say(f"counterexample: {path}")
+    say(str(verdict.status))
     return verdict.status
 
 
@@ -128,8 +132,9 @@ def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
     summary = _summary(counts, counts["points"], time.monotonic() - start, len(insts))
     summary["per_net"] = {k: _summary(v, v["points"], None, None) for k, v in per_net.items()}
     summary["results_csv"] = str(results)
+    summary["counterexamples"] = str(cex_dir)
     write_json_atomic(summary, out / "summary.json")
-    print(" ".join(f"{k}={v}" for k, v in summary.items() if k != "per_net"))
+    say(" ".join(f"{k}={v}" for k, v in summary.items() if k != "per_net"))
     return summary
 
 
@@ -200,7 +205,7 @@ def run_verify(cfg: DictConfig) -> Any:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="verify")
-@one_line_errors("advtrain-verify")
+@one_line_errors("advtrain-verify", run_dir=True)
 def _hydra_main(cfg: DictConfig) -> Any:
     return run_verify(cfg)
 

@@ -28,7 +28,8 @@ def pick(logits: Tensor, k: Tensor) -> Tensor:
 
 def without_class(logits: Tensor, k: Tensor) -> Tensor:
     """``logits`` with the entry of class ``k[i]`` of each row set to ``-inf``."""
-    return logits.masked_fill(F.one_hot(k, logits.shape[1]).bool(), float("-inf"))
+    # scatter, not one_hot: one_hot checks its labels' range on the host (a sync)
+    return logits.scatter(1, k[:, None], float("-inf"))
 
 
 def kl_terms(

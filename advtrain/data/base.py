@@ -104,6 +104,10 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
         """Labels of the training split, for a stratified validation slice (optional)."""
         return None
 
+    def check_files(self) -> None:
+        """Fail with one line when the data set's files are neither there nor downloadable
+        (runs before a run writes anything; a data set held in memory has nothing to check)."""
+
     # -- Lightning --------------------------------------------------------------------
     def _n_val(self, n: int) -> int:
         if isinstance(self.val_size, float) and 0 <= self.val_size < 1:

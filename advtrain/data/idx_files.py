@@ -62,7 +62,15 @@ class MNISTIdxSplitDataModule(ClassificationDataModule):
         for name in (f"{self.prefix}-{kind}-ubyte.gz", f"{self.prefix}-{kind}-ubyte"):
             if (self.raw_folder / name).is_file():
                 return self.raw_folder / name
-        raise ConfigFileNotFound(f"no {self.prefix}-{kind}-ubyte[.gz] in {self.raw_folder}")
+        raise ConfigFileNotFound(
+            f"no {self.prefix}-{kind}-ubyte[.gz] in data.raw_folder={str(self.raw_folder)!r}; "
+            "set data.raw_folder=<the folder with the idx files>"
+        )
+
+    def check_files(self) -> None:
+        """Both idx files present (one line naming ``data.raw_folder`` otherwise)."""
+        self._find("images-idx3")
+        self._find("labels-idx1")
 
     def _load(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._data is None:

@@ -224,6 +224,14 @@ class MixedDataModule(L.LightningDataModule):
         self.input_shape = real.input_shape
         self._aux: tuple[Tensor, Tensor] | None = None
 
+    def check_files(self) -> None:
+        """The real data set's files and the auxiliary ``.npz`` (one line when missing)."""
+        self.real.check_files()
+        if not Path(self.aux_path).is_file():
+            raise ConfigFileNotFound(
+                f"auxiliary data {self.aux_path!r} not found; set data.aux_path"
+            )
+
     def prepare_data(self) -> None:
         self.real.prepare_data()
 

@@ -21,7 +21,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
+from advtrain.core.errors import ConfigError
 from advtrain.data.base import ClassificationDataModule
+from advtrain.data.files import fetch_or_fail, missing_files, not_found
 
 
 class _OptionalMd5:
@@ -131,19 +133,49 @@ class TorchvisionDataModule(ClassificationDataModule):
     def _make(self, train: bool, augment: bool) -> Dataset:
         raise NotImplementedError
 
+    def expected_files(self) -> list[Path]:
+        """The files the data set reads (below ``root``)."""
+        raise NotImplementedError
+
+    # accepted names of each expected file: itself, or its suffixed form
+    file_suffixes: tuple[str, ...] = ("",)
+
+    def check_files(self) -> None:
+        """One line (``data.root``, ``data.download=true``) when the files are neither
+        there nor downloadable; a download that fails leaves nothing behind."""
+        missing = missing_files(self.expected_files(), self.file_suffixes)
+        if not missing:
+            return
+        if not self.download:
+            raise not_found(self.name, Path(self.root), missing[0])
+        fetch_or_fail(self.prepare_data, self.name, Path(self.root))
+
+    def _open(self, train: bool, augment: bool) -> Dataset:
+        """``_make``, with torchvision's "not found or corrupted" as one line."""
+        try:
+            return self._make(train=train, augment=augment)
+        except RuntimeError as err:
+            if "download=True" not in str(err):
+                raise
+            raise ConfigError(
+                f"the {self.name} files in data.root={self.root!r} are missing or fail their "
+                "md5 check; data.download=true fetches them again, data.verify_md5=false "
+                "accepts files of your own"
+            ) from err
+
     def prepare_data(self) -> None:
         if self.download:
             self._make(train=True, augment=False)
             self._make(train=False, augment=False)
 
     def train_dataset(self, augment: bool) -> Dataset:
-        return self._make(train=True, augment=augment)
+        return self._open(train=True, augment=augment)
 
     def test_dataset(self) -> Dataset:
-        return self._make(train=False, augment=False)
+        return self._open(train=False, augment=False)
 
     def train_labels(self) -> torch.Tensor | None:
-        ds = self._make(train=True, augment=False)
+        ds = self._open(train=True, augment=False)
         labels = getattr(ds, "targets", None)
         if labels is None:
             labels = getattr(ds, "labels", None)
@@ -156,6 +188,11 @@ class MNISTDataModule(TorchvisionDataModule):
     name = "mnist"
     input_shape = (1, 28, 28)
     _dataset_cls = datasets.MNIST
+    file_suffixes = ("", ".gz")
+
+    def expected_files(self) -> list[Path]:
+        raw = Path(self.root) / self._dataset_cls.__name__ / "raw"
+        return [raw / name.removesuffix(".gz") for name, _ in self._dataset_cls.resources]
 
     def _make(self, train: bool, augment: bool) -> Dataset:
         decompress_idx_files(Path(self.root) / self._dataset_cls.__name__ / "raw")
@@ -179,6 +216,12 @@ class CIFAR10DataModule(TorchvisionDataModule):
     crop_padding = 4
     flip = True
     _dataset_cls: type = _CIFAR10Files
+
+    def expected_files(self) -> list[Path]:
+        cls = self._dataset_cls
+        folder = Path(self.root) / cls.base_folder
+        names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return [folder / name for name in names]
 
     def _make(self, train: bool, augment: bool) -> Dataset:
         return self._dataset_cls(
@@ -204,6 +247,10 @@ class SVHNDataModule(TorchvisionDataModule):
     name = "svhn"
     input_shape = (3, 32, 32)
     crop_padding = 4
+
+    def expected_files(self) -> list[Path]:
+        splits = datasets.SVHN.split_list
+        return [Path(self.root) / splits[split][1] for split in ("train", "test")]
 
     def _make(self, train: bool, augment: bool) -> Dataset:
         return _SVHNFiles(

@@ -9,6 +9,10 @@ the data box (``box_eps``: any input is then reachable).
 ``curve_from_norms`` draws the curve from one run of a minimum-norm attack (FAB, Croce
 & Hein 2020; FMN, Pintor et al. 2021): an example is robust at eps when its minimal
 adversarial distance exceeds eps, so every eps is read off the same per-example norms.
+Every adversarial example a fixed-eps attack found is also an upper bound on that
+distance (``attack_distances``); the reported distance is the smaller of the two, so the
+curve read off it is never above the attack curve at the same eps (Carlini et al. 2019:
+minimum-norm and fixed-eps attacks must agree).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from torch import Tensor, nn
 
 from advtrain.attacks import PGD, MinimumNormAttack
 from advtrain.core.statistics import wilson_interval
-from advtrain.evaluation.gauntlet import ROBUST, GauntletState
+from advtrain.core.tensors import per_example
+from advtrain.evaluation.gauntlet import CLEAN_WRONG, ROBUST, GauntletState
 from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.suites import SuiteEntry
-from advtrain.threat import LpBall
+from advtrain.threat import LpBall, lp_norm
 
 DEFAULT_FACTORS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 
@@ -142,14 +147,74 @@ def minimal_distances(
     return torch.cat(found), torch.cat(norms)
 
 
-def distance_section(attack: str, norm: str, norms: Tensor) -> dict:
+def fooled_within(
+    runs: list[tuple[float, GauntletState]], x: Tensor, norm: str, eps: float
+) -> GauntletState:
+    """One state over the examples ``x``: fooled (code 0) where a run found an adversarial
+    example within ``eps`` of ``x`` (that example kept, from the first run that did),
+    robust elsewhere, misclassified where ``x`` is. A run at a larger radius counts
+    where its perturbation happens to be that small."""
+    fooled_by = torch.where(runs[0][1].fooled_by == CLEAN_WRONG, CLEAN_WRONG, ROBUST)
+    x_adv = x.detach().cpu().clone()
+    for run in runs:
+        new = (fooled_by == ROBUST) & (attack_distances([run], x, norm) <= eps)
+        fooled_by = torch.where(new, 0, fooled_by)
+        x_adv = torch.where(per_example(new, x_adv), run[1].x_adv, x_adv)
+    return GauntletState(fooled_by, x_adv, 1, seconds=[t for _, st in runs for t in st.seconds])
+
+
+def attack_distances(runs: list[tuple[float, GauntletState]], x: Tensor, norm: str) -> Tensor:
+    """Per-example upper bounds on the minimal adversarial distance from fixed-eps attacks.
+
+    Args:
+        runs: ``(eps, state)`` pairs: the gauntlet state of attacks run at radius ``eps``
+            on the examples ``x``.
+        x: The clean inputs.
+        norm: The l_p norm.
+
+    Returns:
+        Per example: the smallest ``||x_adv - x||_p`` over the runs that fooled it, capped
+        at that run's eps (the attacks keep inside the ball; the cap absorbs rounding, so
+        a point fooled at eps is never read as robust at eps); 0 where ``x`` is
+        misclassified; ``inf`` where no run fooled it.
+    """
+    x = x.detach().cpu().double()  # in float64, so a cap at eps compares equal to eps
+    out = torch.full((len(x),), math.inf, dtype=x.dtype, device=x.device)
+    for eps, state in runs:
+        d = lp_norm(state.x_adv.double() - x, norm).clamp(max=eps)
+        out = torch.where(state.fooled_by >= 0, torch.minimum(out, d), out)
+        out = torch.where(state.fooled_by == CLEAN_WRONG, 0.0, out)
+    return out
+
+
+def alone_missed(own: Tensor, attacks: Tensor, eps_list: list[float]) -> tuple[int, int, float]:
+    """Where a minimum-norm attack on its own trails the fixed-eps attacks: the largest
+    count, over ``eps_list``, of examples an attack fooled within eps for which the
+    minimum-norm attack (distances ``own``) found nothing within eps; returns
+    ``(missed, fooled by the attacks, eps)`` at that eps."""
+    counts = [
+        (int(((attacks <= e) & (own > e)).sum()), int((attacks <= e).sum()), float(e))
+        for e in eps_list
+    ]
+    return max(counts, key=lambda c: c[0], default=(0, 0, 0.0))
+
+
+def distance_section(attack: str, norm: str, norms: Tensor, own: Tensor | None = None) -> dict:
     """report.json's ``minimal_distance``: per-example distances (``None``: none found)
-    and their median (torch's lower median; ``None`` when that is not found)."""
+    and their median (torch's lower median; ``None`` when that is not found).
+
+    ``own``: the minimum-norm attack's distances alone, when ``norms`` also takes the
+    attacks' perturbations; ``from_attacks`` counts the examples where an attack's was
+    smaller.
+    """
     median = float(norms.median()) if len(norms) else math.inf
-    return {
+    section = {
         "attack": attack,
         "norm": norm,
         "n": len(norms),
         "median": median if math.isfinite(median) else None,
         "per_example": [v if math.isfinite(v) else None for v in norms.tolist()],
     }
+    if own is not None:
+        section["from_attacks"] = int((norms < own).sum())
+    return section

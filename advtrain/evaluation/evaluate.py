@@ -38,6 +38,7 @@ from advtrain.evaluation.stages import (
     escalate,
     fgsm_check,
     masking_checks,
+    min_norm_distances,
     run_suite,
 )
 from advtrain.evaluation.suites import SUITES, Suite, build_suite
@@ -117,9 +118,19 @@ def _evaluate_eval_mode(
     found = curves(setup, worst)
     checks = masking_checks(setup, worst, clean, single_step, found.points)
     esc = escalate(setup, worst, checks) if options.escalate else None
+    found, agrees = min_norm_distances(setup, worst, found)
+    checks = [*checks, agrees]
     robust = (worst.state.fooled_by == ROBUST).to(setup.x.device)
     cert = certified_section(
-        model, setup.x, setup.y, setup.threat, options.certify_method, clean, robust
+        model,
+        setup.x,
+        setup.y,
+        setup.threat,
+        options.certify_method,
+        clean,
+        robust,
+        timeout=options.certify_timeout,
+        progress=setup.runner.progress,
     )
     findings = _Findings(clean, robust, checks, esc, cert, found)
     report = _report(setup, worst, suite, findings)
@@ -178,6 +189,7 @@ def evaluate(
     surrogate: nn.Module | None = None,
     eot_iter: int = 8,
     certify_method: str | None = None,
+    certify_timeout: float = 60.0,
     state_dir: str | Path | None = None,
     min_norm: str | None = "fmn",
     escalate: bool = True,
@@ -214,6 +226,7 @@ def evaluate(
         surrogate=surrogate,
         eot_iter=eot_iter,
         certify_method=certify_method,
+        certify_timeout=certify_timeout,
         state_dir=state_dir,
         min_norm=min_norm,
         escalate=escalate,

@@ -43,16 +43,25 @@ def _plot_from_norms(ax: plt.Axes, norms: list[float | None], top: float, attack
     found = np.sort(np.array([v for v in norms if v is not None], dtype=float))
     grid = np.linspace(0.0, top, 200)
     robust = 100 * (len(norms) - np.searchsorted(found, grid, side="right")) / len(norms)
-    label = f"from minimal distances ({attack})"
+    label = f"from minimal distances ({attack} or attacks)"
     ax.plot(grid, robust, color="C2", drawstyle="steps-post", label=label)
 
 
 def _box_note(ax: plt.Axes, box_point: dict) -> None:
+    """The whole-box point as a caption under the x-axis label, clear of the legend."""
     note = (
         f"at eps={box_point['eps']:.3g} (whole box): "
         f"{100 * box_point['robust_accuracy']:.1f}% (should be ~0)"
     )
-    ax.text(0.02, 0.03, note, transform=ax.transAxes, fontsize=8)
+    ax.annotate(
+        note,
+        xy=(0.0, 0.0),
+        xycoords="axes fraction",
+        xytext=(0, -36),
+        textcoords="offset points",
+        fontsize=8,
+        va="top",
+    )
 
 
 def plot_curve(

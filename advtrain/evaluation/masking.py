@@ -31,6 +31,8 @@ ADVICE = {
     "the attack cannot follow the gradient; try BPDA, EOT, DLR loss or Square",
     "monotone_in_eps": "accuracy rises with eps: the attack is unreliable; add steps and "
     "restarts, and check for gradient masking",
+    "min_norm_agrees": "the curve read off the minimal distances is above the attack curve: "
+    "the distances miss adversarial examples the attacks found; trust the attack curve",
 }
 
 
@@ -150,3 +152,25 @@ def summarize(checks: list[dict]) -> dict:
         "checks": checks,
         "advice": [f"{name}: {ADVICE[name]}" for name in failed if name in ADVICE],
     }
+
+
+def check_min_norm_agrees(
+    attack_curve: list[dict], min_norm_curve: list[dict] | None, note: str = ""
+) -> dict:
+    """The curve read off the minimal distances must not be above the attack curve at
+    the same eps by more than one example (Carlini et al. 2019: a minimum-norm attack and
+    fixed-eps attacks must agree). ``note`` adds what the minimum-norm attack alone found."""
+    if min_norm_curve is None:
+        return _result("min_norm_agrees", True, "skipped: no minimum-norm attack run")
+    attack = {p["eps"]: p for p in attack_curve}
+    excess = [
+        (round((p["robust_accuracy"] - attack[p["eps"]]["robust_accuracy"]) * p["n"]), p["eps"])
+        for p in min_norm_curve
+        if p["eps"] in attack and attack[p["eps"]].get("n") == p["n"]
+    ]
+    worst, at = max(excess, default=(0, 0.0))
+    detail = "the min-norm curve is never above the attack curve"
+    if worst > 0:
+        detail = f"the min-norm curve is above the attack curve by {worst} example(s) at "
+        detail += f"eps={at:.4g} (allowed: 1)"
+    return _result("min_norm_agrees", worst <= 1, detail + (f"; {note}" if note else ""))

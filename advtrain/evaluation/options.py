@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from advtrain.attacks import MinimumNormAttack
-from advtrain.certification import METHODS
+from advtrain.certification import METHODS, check_timeout
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float, positive_int
 from advtrain.evaluation.suites import check_suite
@@ -80,6 +80,7 @@ class EvalOptions:
         eot_iter: EOT draws per gradient when the model is randomized.
         certify_method: A name in ``advtrain.certification.METHODS`` (adds certified
             accuracy and the sandwich check), or ``None``.
+        certify_timeout: ``bab``: seconds per example (``certify.timeout``).
         smoothing: Randomized smoothing's section (``advtrain-eval`` adds it; l2 only).
         state_dir: Save the per-example state there after every chunk and resume from it
             (stored as a ``Path``).
@@ -103,6 +104,7 @@ class EvalOptions:
     surrogate: nn.Module | None = None
     eot_iter: int = 8
     certify_method: str | None = None
+    certify_timeout: float = 60.0
     smoothing: SmoothingOptions | None = None
     state_dir: Path | str | None = None
     min_norm: str | None = "fmn"
@@ -119,6 +121,7 @@ class EvalOptions:
         if self.eps_curve is not None:
             _set(self, "eps_curve", _eps_curve(self.norm, self.eps_curve))
         _check_certify(self.certify_method, self.smoothing, self.norm)
+        _set(self, "certify_timeout", check_timeout(self.certify_timeout))
         _check_min_norm(self.min_norm)
         if self.surrogate is not None and not isinstance(self.surrogate, nn.Module):
             raise ConfigError(f"surrogate={self.surrogate!r} is invalid; need an nn.Module")

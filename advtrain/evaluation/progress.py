@@ -1,81 +1,8 @@
-"""A progress bar per attack stage of the gauntlet (rich): examples done, robust accuracy
-so far, elapsed time and ETA. Quiet when stderr is not a terminal or when disabled."""
+"""The evaluation's progress bars: ``advtrain.core.progress.StageProgress`` (one bar per
+attack stage; the certification stages draw on the same object)."""
 
 from __future__ import annotations
 
-from types import TracebackType
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
-
-class StageProgress:
-    """``with StageProgress() as p: p.stage(name, total); p.advance(k, robust_acc)``.
-
-    Args:
-        enabled: ``False`` prints nothing.
-        console: Where to draw; default stderr. Nothing is drawn unless it is a terminal
-            (a console built with ``force_terminal=True`` always draws).
-    """
-
-    def __init__(self, enabled: bool = True, console: Console | None = None) -> None:
-        console = console if console is not None else Console(stderr=True)
-        self.enabled = bool(enabled) and console.is_terminal
-        self._progress = (
-            Progress(
-                TextColumn("[bold]{task.description:<22}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("robust {task.fields[robust]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            if self.enabled
-            else None
-        )
-        self._task: TaskID | None = None
-
-    def __enter__(self) -> StageProgress:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def stage(self, name: str, total: int, robust: float | None = None) -> None:
-        """Start the bar of a new stage (an attack) over ``total`` examples."""
-        if self._progress is None:
-            return
-        if self._task is not None:
-            self._progress.stop_task(self._task)
-        self._task = self._progress.add_task(name, total=max(total, 0), robust=_fmt(robust))
-
-    def advance(self, done: int, robust: float | None = None) -> None:
-        """``done`` more examples of the stage are finished; ``robust`` accuracy so far."""
-        if self._progress is None or self._task is None:
-            return
-        self._progress.update(self._task, advance=done, robust=_fmt(robust))
-
-
-def _fmt(robust: float | None) -> str:
-    return "-" if robust is None else f"{100 * robust:.1f}%"
-
+from advtrain.core.progress import StageProgress
 
 __all__ = ["StageProgress"]

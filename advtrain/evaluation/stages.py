@@ -10,7 +10,7 @@ escalation all fold into. ``evaluate`` chains the stages.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,11 +20,14 @@ from advtrain.attacks import FGSM, Square
 from advtrain.core.statistics import proportion
 from advtrain.evaluation import escalation, masking
 from advtrain.evaluation.curves import (
+    alone_missed,
+    attack_distances,
     box_eps,
     curve_attack,
     curve_from_norms,
     default_eps_list,
     distance_section,
+    fooled_within,
     minimal_distances,
     robustness_curve,
 )
@@ -130,10 +133,14 @@ class WorstCase:
 
 @dataclass(frozen=True)
 class Curves:
-    """The robustness curve (the large-eps point last) and the minimum-norm attack's
-    distances and curve (``None`` without a minimum-norm attack)."""
+    """The robustness curve (the large-eps point last), the runs behind it (``(eps,
+    state)`` per point, on the first ``points[0]["n"]`` examples) and the minimum-norm
+    attack's own distances (``None`` without one); ``distance`` and ``from_norms`` (the
+    reported distances and their curve) are filled in by ``min_norm_distances``."""
 
     points: list[dict]
+    runs: list[tuple[float, GauntletState]] = field(default_factory=list)
+    own: Tensor | None = None
     distance: dict | None = None
     from_norms: list[dict] | None = None
 
@@ -173,8 +180,11 @@ def fgsm_check(setup: Setup, worst: WorstCase) -> dict:
 
 
 def curves(setup: Setup, worst: WorstCase) -> Curves:
-    """The PGD robustness curve on the first ``curve_n_examples`` (its point at the
-    evaluated eps folds into the worst case), and the minimum-norm attack's."""
+    """The PGD robustness curve on the first ``curve_n_examples`` and the minimum-norm
+    attack's distances there. Every adversarial example the curve's PGD found inside the
+    evaluated ball (at any of its radii) folds into the worst case, as does every one the
+    minimum-norm attack found, so an example within eps of its reported minimal distance
+    is never reported robust."""
     opts, threat = setup.options, setup.threat
     eps_list = sorted(float(e) for e in (opts.eps_curve or default_eps_list(threat.eps)))
     m = min(opts.curve_n_examples, len(setup.y))
@@ -184,11 +194,12 @@ def curves(setup: Setup, worst: WorstCase) -> Curves:
     points = robustness_curve(
         setup.runner, x, y, threat, radii, seed=opts.seed, eot_iter=setup.eot, states=states
     )
-    if threat.eps in states:  # the curve's PGD at the evaluated eps counts too
+    runs = [(e, s) for e, s in states.items() if e > 0]
+    if runs:  # every adversarial example the curve's PGD found inside the ball counts
         pgd = SuiteEntry("pgd-20x2 (curve)", curve_attack(threat, opts.seed, setup.eot))
-        worst.fold(pgd, states[threat.eps], head)
+        worst.fold(pgd, fooled_within(runs, x, threat.norm, threat.eps), head)
     if opts.min_norm is None:
-        return Curves(points)
+        return Curves(points, runs)
     attack = build_attack(opts.min_norm, threat=threat, seed=opts.seed)
     runner, t0 = setup.runner, time.perf_counter()
     x_adv, norms = minimal_distances(
@@ -197,8 +208,34 @@ def curves(setup: Setup, worst: WorstCase) -> Curves:
     codes = torch.where(norms <= threat.eps, 0, ROBUST).to(torch.long)
     found = GauntletState(codes, x_adv, 1, seconds=[time.perf_counter() - t0])
     worst.fold(SuiteEntry(f"{opts.min_norm} (min-norm)", attack), found, head)
-    distance = distance_section(opts.min_norm, threat.norm, norms)
-    return Curves(points, distance, curve_from_norms(norms, eps_list))
+    return Curves(points, runs, norms)
+
+
+def min_norm_distances(setup: Setup, worst: WorstCase, found: Curves) -> tuple[Curves, dict]:
+    """The reported minimal distances and their check (after every attack has run).
+
+    Per example of the curve: the smaller of the minimum-norm attack's distance and the
+    perturbation of every successful attack at any eps (the curve's, and the worst case
+    at the evaluated eps: suite, FGSM, escalation). Returns the curves with ``distance``
+    and ``from_norms`` set, and the ``min_norm_agrees`` check.
+    """
+    opts, threat = setup.options, setup.threat
+    if found.own is None:
+        return found, masking.check_min_norm_agrees(found.points[:-1], None)
+    m = len(found.own)
+    head = GauntletState(worst.state.fooled_by[:m], worst.state.x_adv[:m])
+    attacks = attack_distances([*found.runs, (threat.eps, head)], setup.x[:m], threat.norm)
+    norms = torch.minimum(found.own.double(), attacks)
+    eps_list = [p["eps"] for p in found.points[:-1]]
+    missed, fooled, at = alone_missed(found.own.double(), attacks, eps_list)
+    note = (
+        f"{opts.min_norm} alone found nothing within eps for {missed} of the {fooled} "
+        f"examples the attacks fooled at eps={at:.4g} (its largest gap; the reported "
+        "distances take the attacks' perturbations where smaller)"
+    )
+    distance = distance_section(opts.min_norm, threat.norm, norms, found.own)
+    curves = replace(found, distance=distance, from_norms=curve_from_norms(norms, eps_list))
+    return curves, masking.check_min_norm_agrees(found.points[:-1], curves.from_norms, note)
 
 
 def masking_checks(
@@ -262,5 +299,6 @@ __all__ = [
     "escalate",
     "fgsm_check",
     "masking_checks",
+    "min_norm_distances",
     "run_suite",
 ]

@@ -21,19 +21,17 @@ noise comes from one ``torch.Generator`` on the model's device, seeded by ``seed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from rich.console import Console
-from rich.progress import Progress
 from scipy.stats import binomtest, norm
 from torch import Tensor, nn
 
 from advtrain.core.errors import ConfigError
 from advtrain.core.modes import attack_context
 from advtrain.core.numbers import as_float, positive_int
+from advtrain.core.progress import StageProgress
 from advtrain.smoothing.attack import check_sigma
 from advtrain.threat import LpBall
 
@@ -83,6 +81,17 @@ def radius_of(p_lower: float, sigma: float) -> float:
     return sigma * float(norm.ppf(p_lower)) if p_lower > 0.5 else 0.0
 
 
+def radius_ceiling(sigma: float, n: int, alpha: float) -> float:
+    """The largest l2 radius CERTIFY can certify with ``n`` samples at ``alpha``.
+
+    Even when all ``n`` noisy samples return the top class, the one-sided Clopper-Pearson
+    bound is ``p_A_lower = alpha^(1/n)``, so no radius exceeds ``sigma *
+    Phi^-1(alpha^(1/n))`` (Cohen et al. 2019, sec. 3.2: the radius grows with ``n`` only
+    through this bound; e.g. sigma 0.25, n 100,000, alpha 0.001: 0.25 x 3.8 = 0.95).
+    """
+    return radius_of(lower_confidence_bound(n, n, alpha), sigma)
+
+
 def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     """The device of the model's first parameter (or buffer), else ``fallback``."""
     tensor = next(iter([*model.parameters(), *model.buffers()]), None)
@@ -121,15 +130,6 @@ def predict_from_counts(counts: Tensor, alpha: float) -> int:
     if binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
         return ABSTAIN
     return int(top.indices[0])
-
-
-@contextmanager
-def _quiet_progress(total: int, description: str) -> Iterator[Progress]:
-    """A rich progress bar, switched off when stdout is not a terminal."""
-    console = Console()
-    with Progress(console=console, disable=not console.is_terminal, transient=True) as bar:
-        bar.add_task(description, total=total)
-        yield bar
 
 
 def _prepare(model: nn.Module, x: Tensor, y: Tensor | None, batch_size: int, seed: int):
@@ -190,6 +190,7 @@ def certify_smoothed(
     alpha: float | str = 0.001,
     batch_size: int = 1000,
     seed: int = 0,
+    progress: StageProgress | None = None,
 ) -> dict:
     """Cohen et al.'s CERTIFY for each example, in ``certify()``'s contract.
 
@@ -201,6 +202,7 @@ def certify_smoothed(
         sigma: Noise standard deviation (pixel units).
         n0: Selection samples; n: estimation samples; alpha: failure probability.
         batch_size: Noise draws per forward pass; seed: seed of the noise generator.
+        progress: The bar to draw on (``core.progress``); None: its own (only on a terminal).
 
     Returns:
         ``{"method": "smoothing", "norm", "eps", "certified", "certified_accuracy",
@@ -217,9 +219,12 @@ def certify_smoothed(
     sigma, alpha = check_sigma(sigma), check_alpha(alpha)
     n0, n = positive_int(n0, "n0"), positive_int(n, "n")
     x, y, generator = _prepare(model, x, y, batch_size, seed)
-    preds, p_lower = [], []
-    with attack_context(model, "eval"), torch.no_grad(), _quiet_progress(len(x), "CERTIFY") as bar:
+    preds, p_lower, labels, hits = [], [], y.tolist(), 0
+    own = StageProgress() if progress is None else None
+    bars = progress or own
+    with attack_context(model, "eval"), torch.no_grad(), own or nullcontext():
         n_classes = _n_classes(model, x)
+        bars.stage("certify smoothing", len(x), None, "certified")
         for i in range(len(x)):
             counts0 = sample_counts(model, x[i], sigma, n0, n_classes, batch_size, generator)
             c_a = int(counts0.argmax())
@@ -227,8 +232,9 @@ def certify_smoothed(
             p = lower_confidence_bound(int(counts[c_a]), n, alpha)
             preds.append(c_a if p > 0.5 else ABSTAIN)
             p_lower.append(p)
-            bar.advance(bar.task_ids[0])
-    return _report(threat.eps, y.tolist(), preds, p_lower, sigma, alpha, n, n0)
+            hits += c_a == labels[i] and certified_at([radius_of(p, sigma)], threat.eps)[0]
+            bars.advance(1, hits / (i + 1))
+    return _report(threat.eps, labels, preds, p_lower, sigma, alpha, n, n0)
 
 
 def _report(
@@ -284,5 +290,6 @@ __all__ = [
     "certify_smoothed",
     "lower_confidence_bound",
     "predict_smoothed",
+    "radius_ceiling",
     "radius_of",
 ]

@@ -33,6 +33,7 @@ from advtrain.smoothing.certify import (
     certified_at,
     certify_smoothed,
     predict_smoothed,
+    radius_ceiling,
 )
 
 TABLE_RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -119,6 +120,7 @@ def _certified_section(cert: dict, eps: float, n0: int, n: int) -> dict:
         "n0": n0,
         "n": n,
         "n_examples": len(radius),
+        "radius_ceiling": radius_ceiling(cert["sigma"], n, cert["alpha"]),
         "eps": float(eps),
         "certified_accuracy": proportion(sum(cert["certified"]), len(radius)),
         "abstained": sum(cert["abstained"]),
@@ -178,6 +180,9 @@ def _plot_section(ax: plt.Axes, i: int, label: str, s: dict) -> None:
     ax.fill_between(r, lo, hi, step="post", alpha=0.2, color=f"C{i}")
     name = f"{label}: certified, alpha={s['alpha']:g}, n={s['n']}"
     ax.step(r, acc, where="post", color=f"C{i}", label=name)
+    if "radius_ceiling" in s:
+        name = f"{label}: largest certifiable radius with n={s['n']}"
+        ax.axvline(s["radius_ceiling"], color=f"C{i}", linestyle=":", linewidth=1, label=name)
     rob = s.get("smoothed_robust_accuracy")
     if rob and s["eps"] > 0:
         name = f"{label}: smoothed PREDICT under PGD on g, eps={s['eps']:g}"
@@ -223,6 +228,19 @@ def _pct(p: dict) -> str:
     return f"{100 * p['value']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+def _ceiling_note(s: dict) -> list[str]:
+    """The largest radius ``n`` samples can certify at ``alpha`` (absent in old reports)."""
+    if "radius_ceiling" not in s:
+        return []
+    return [
+        "",
+        f"Radius ceiling: with n={s['n']} samples at alpha={s['alpha']:g} no certified "
+        f"radius exceeds sigma * Phi^-1(alpha^(1/n)) = **{s['radius_ceiling']:.4g}** "
+        "(all n samples correct; Cohen et al. 2019). A larger radius needs a larger "
+        "`certify.n` (or sigma).",
+    ]
+
+
 def smoothing_markdown(s: dict) -> list[str]:
     """The report.md section: every smoothed number carries its alpha."""
     a = f"alpha={s['alpha']:g}"
@@ -234,6 +252,7 @@ def smoothing_markdown(s: dict) -> list[str]:
         f"1 - alpha = {s['confidence']:g} ({a}; n0={s['n0']}, n={s['n']}, "
         f"{s['n_examples']} examples, {s['abstained']} abstained). Intervals: Wilson 95% "
         "over the examples.",
+        *_ceiling_note(s),
         "",
         f"| l2 radius | certified accuracy ({a}) [Wilson 95%] |",
         "|---|---|",

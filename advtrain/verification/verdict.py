@@ -2,8 +2,8 @@
 
 The status words are VNN-COMP 2021's (``holds``, ``violated``, ``timeout``), so a
 ``Status`` is written to a result file or a results CSV as the plain word. ``timeout``
-covers every way of stopping without an answer; ``Reason`` says which (the deadline, the
-sub-domain limit, or fully split sub-domains that the LP left undecided).
+covers every way of stopping without an answer; ``Reason`` says which (the deadline,
+memory, or fully split sub-domains that the LP left undecided).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Reason(StrEnum):
     PROVED = "proved"  # every case excluded by a sound bound
     COUNTEREXAMPLE = "counterexample"  # a point confirmed on the reference network
     DEADLINE = "deadline"  # out of time
-    DOMAIN_LIMIT = "domain limit"  # more open sub-domains than allowed
+    MEMORY = "memory"  # more open sub-domains than the memory holds (bab.capacity)
     UNDECIDED = "undecided"  # fully split sub-domains that the LP left undecided
 
 

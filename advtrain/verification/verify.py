@@ -29,12 +29,8 @@ from torch import Tensor, nn
 
 from advtrain.verification.bab.falsify import pgd_box
 from advtrain.verification.bab.search import BabProblem, BaBSettings, bab
-from advtrain.verification.bounds.alpha_crown import (
-    Relaxation,
-    adaptive_alpha,
-    alpha_intermediate,
-    optimize,
-)
+from advtrain.verification.bounds.alpha_bounds import alpha_intermediate
+from advtrain.verification.bounds.alpha_crown import Relaxation, adaptive_alpha, optimize
 from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.ibp import Interval
 from advtrain.verification.bounds.network import Network, parse
@@ -177,22 +173,3 @@ def margin_property(
         Conjunction((eye[y] - eye[j])[None], x0.new_zeros(1)) for j in range(num_classes) if j != y
     ]
     return Property(lo, hi, rows)
-
-
-def bab_certified(
-    model: nn.Module, x: Tensor, y: Tensor, eps: float, bounds: tuple[float, float], timeout: float
-) -> Tensor:
-    """``[B]``: whether branch and bound proves each example robust (``holds``)."""
-    out = []
-    shape = tuple(x.shape[1:])
-    with torch.no_grad():
-        num_classes = model(x[:1]).shape[1]
-
-    def reference(z: Tensor) -> Tensor:
-        return model(z.view(len(z), *shape).to(x.dtype))
-
-    for xi, yi in zip(x, y):
-        prop = margin_property(xi, int(yi), num_classes, eps, bounds)
-        verdict = verify_property(model, shape, prop, reference, VerifySettings(timeout=timeout))
-        out.append(verdict.status == Status.HOLDS)
-    return torch.tensor(out, dtype=torch.bool, device=x.device)

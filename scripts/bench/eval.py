@@ -20,6 +20,10 @@ of it (the script exits non-zero when a check fails).
     OMP_NUM_THREADS=1 nice -n 10 uv run python scripts/bench/eval.py --data digits --n 100 \
         --settings linf:0.1
 
+``--full``: the advtrain side runs the whole ``evaluate(suite="standard")`` with every
+default of ``advtrain-eval`` (FGSM check, robustness curve, minimum norm, masking
+checks, escalation), timed as one, against the reference's four stages.
+
 ``--profile 25``: advtrain's ``standard`` alone under cProfile (where its time goes).
 
 ``--data digits``: the small DigitsCNN of the tests on the 8x8 digits test split, a
@@ -42,6 +46,7 @@ from torch import nn
 
 from advtrain.attacks import PGD
 from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
+from advtrain.evaluation import evaluate
 from advtrain.evaluation.gauntlet import attack_rows, initial_state, run_gauntlet
 from advtrain.evaluation.suites import build_suite
 from advtrain.models import DigitsCNN, MnistCNN, NormalizedModel
@@ -148,6 +153,18 @@ def run_advtrain(model, x, y, norm, eps, batch_size) -> tuple[float, list]:
     return float((state.fooled_by == -1).float().mean()), stages
 
 
+def run_full(model, x, y, norm, eps, batch_size) -> tuple[float, list]:
+    """The whole ``evaluate(suite="standard")`` as ``advtrain-eval`` runs it by default
+    (FGSM check, curve, minimum norm, masking checks, escalation), timed as one; the
+    suite's stage rows for the cross-check."""
+    report = evaluate(model, x, y, norm, eps, suite="standard", batch_size=batch_size,
+                      progress=False)  # fmt: skip
+    n_suite = len(build_suite("standard", LpBall(norm, eps)).entries)
+    stages = [(r["name"], r["robust_accuracy"], r.get("seconds", 0.0))
+              for r in report["attacks"][:n_suite]]  # fmt: skip
+    return float(report["robust_accuracy"]["value"]), stages
+
+
 RUNNERS = {"advtrain": run_advtrain, "reference": run_torchattacks}
 
 
@@ -167,9 +184,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--data", choices=("mnist", "digits"), default="mnist")
+    parser.add_argument("--full", action="store_true",
+                        help="time advtrain's whole evaluate(standard), not its suite alone")  # fmt: skip
     parser.add_argument("--profile", type=int, default=0, metavar="ROWS",
                         help="profile advtrain alone (cProfile), print this many rows")  # fmt: skip
     args = parser.parse_args()
+    if args.full:
+        RUNNERS["advtrain"] = run_full
     if args.data == "mnist":
         dm = MNISTIdxSplitDataModule(raw_folder=RAW, n_train=8000, batch_size=128, seed=0)
         model = train_model(dm, args.epochs, args.train_eps)

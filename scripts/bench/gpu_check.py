@@ -1,321 +1,298 @@
-"""One-GPU check of issue 11: training throughput, fast training, evaluation and devices.
+"""One-GPU check of issue 25 that always brings something back; default sizes fit in 5 minutes.
 
-On CIFAR-10-shaped synthetic data (3x32x32, 10 classes; no download) with PreActResNet-18:
+Six sections (``gpu_train.py``, ``gpu_sections.py``), on CIFAR-10-shaped synthetic data
+(3x32x32, 10 classes; no download) with PreActResNet-18 where a model is trained:
 
-1. PGD-10 training (linf 8/255, step 2/255, random start; Madry et al. 2018): a plain
-   hand-written PyTorch loop vs advtrain (Lightning ``Trainer`` + ``AdversarialModule``
-   + advtrain's PGD) doing the same math on the same loader; images/s and the ratio,
-   in fp32 and in bf16 + channels_last (+ ``torch.compile``). Steady state: batches after
-   ``--warmup`` are timed (CUDA synchronised), variants interleaved, medians of repeats.
-2. FGSM-RS training (Wong et al. 2020: eps 8/255, step 10/255) through advtrain in
-   bf16 + channels_last: images/s and the projected time of 15 CIFAR-10 epochs (50,000
-   images each) next to fast_adversarial's published 12 minutes.
-3. ``evaluate(suite="standard")`` on ``--eval-n`` images of the model trained in (2) vs
-   torchattacks' components with the original AutoAttack settings (APGD-CE, APGD-T with
-   9 targets, FAB-T with 9 targets and 100 iterations, Square with 5,000 queries): times
-   and robust accuracies.
-4. The device-correctness test (``tests/test_device_meta.py``: every registered
-   component with the default device meta) with model and data on ``--device``.
+1. ``training``: PGD-10 training (linf 8/255, step 2/255, random start; Madry et al. 2018),
+   a plain hand-written loop vs advtrain (Lightning ``Trainer`` + ``AdversarialModule``),
+   same math, same loader; fp32 and bf16 + channels_last at batch 128 and 512: images/s
+   (CUDA-synchronised, after warm-up, medians of interleaved repeats), the ratios, and
+   bf16 + channels_last at 512 over fp32 at 128. ``training_compile``: the same with
+   ``torch.compile``, in its own budget (each run compiles afresh).
+2. ``fgsm_rs``: FGSM-RS training (Wong et al. 2020) in bf16 + channels_last at batch 512:
+   images/s and the projected time of 15 CIFAR-10 epochs.
+3. ``evaluation``: ``evaluate(suite="standard")`` with everything ``advtrain-eval`` runs by
+   default (curve, minimum norm, escalation, masking checks), then the original-settings
+   AutoAttack built from torchattacks' components (``eval.py``'s ``run_torchattacks``),
+   each timed, on a model trained until about half of the points survive PGD-10.
+4. ``verification``: ``verify_property`` on issue 25's seven mnistfc 256x2/4/6 instances
+   (``--vnncomp``: VNN-COMP 2021's data folder; skipped with a note when absent); 6 s
+   each by default, ``--verify-timeout 25`` for the issue's target.
+5. ``devices``: the meta-default-device test (tests/test_device_meta.py) on the device.
 
-Prints one table and writes JSON (``--out``)::
+Each section has its own time budget (``--budget NAME=SECONDS``) inside an overall one
+(``--total``, counted from the start of the script); a section whose budget is spent is
+stopped (SIGALRM) and the rest of it skipped with a note, and a section with no time left
+is skipped with a note. Each row is printed and the JSON (``--out``, with the device name)
+rewritten atomically as soon as it is measured, so a run stopped from outside keeps every
+figure it had. ``--smoke``: every section at tiny sizes (CPU, one thread: a few minutes).
 
-    uv run python scripts/bench/gpu_check.py                          # one GPU, < 8 minutes
-    uv run python scripts/bench/gpu_check.py --device cpu --smoke     # tiny, proves it runs
+    uv run python scripts/bench/gpu_check.py                    # one GPU, < 5 minutes
+    uv run python scripts/bench/gpu_check.py --sections verification --verify-timeout 25 \
+        --budget verification=240                               # issue 25's BaB target
+    uv run python scripts/bench/gpu_check.py --device cpu --smoke --out /tmp/smoke.json
+
+On the lent GPU machine (torch, lightning, onnx there; no hydra, which the sections do not
+need; torchattacks carried as a wheel; the mnistfc files copied into ``.devcarry/``)::
+
+    PYTHONPATH=. python3 scripts/bench/gpu_check.py --out $OUT/gpu_check.json \
+        --vnncomp .devcarry/vnncomp2021
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from pathlib import Path
 
-import lightning as L
-import torch
-import torch.nn.functional as F
-from torch import nn
+STARTED = time.monotonic()  # the overall budget counts from here (imports included)
 
-from advtrain.attacks import FGSMRS, PGD
-from advtrain.data import SyntheticDataModule
-from advtrain.evaluation import evaluate
-from advtrain.models import preact_resnet18
-from advtrain.objectives import Madry
-from advtrain.training import AdversarialModule
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import gc  # noqa: E402
+import importlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-EPS, STEP, LR = 8 / 255, 2 / 255, 0.05
-PUBLISHED_FGSM_RS_MINUTES = 12.0  # Wong et al. 2020, fast_adversarial, 15 epochs
-VARIANTS = {
-    "fp32": {"bf16": False, "channels_last": False, "compile": False},
-    "bf16+cl": {"bf16": True, "channels_last": True, "compile": False},
-    "bf16+cl+compile": {"bf16": True, "channels_last": True, "compile": True},
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_sections import ROOT, SECTIONS, Config, Skip  # noqa: E402
+
+GPU = Config(
+    shape=(3, 32, 32), batches=(128, 512), warmup=3, steps=10, repeats=2, compile=True,
+    fgsm_batch=512, fgsm_steps=20, eval_n=64, eval_batch=500, eval_suite="standard",
+    calib_batch=256, calib_seconds=15.0, verify_timeout=6.0, verify_instances=7,
+    device_tests=None, vnncomp=ROOT.parent / "shared" / "data" / "vnncomp2021",
+)  # fmt: skip
+SMOKE = replace(
+    GPU, shape=(3, 8, 8), batches=(2, 4), warmup=1, steps=1, repeats=1, compile=False,
+    fgsm_batch=4, fgsm_steps=2, eval_n=8, eval_batch=8, eval_suite="quick", calib_batch=8,
+    calib_seconds=2.0, verify_timeout=2.0, verify_instances=1,
+    device_tests="pgd-linf or quick or crown or madry or masking or catches",
+)  # fmt: skip
+#: Seconds per section; the overall budget (``TOTAL``) caps their sum.
+BUDGETS = {"training": 60, "training_compile": 40, "fgsm_rs": 15, "evaluation": 90,
+           "verification": 50, "devices": 30}  # fmt: skip
+SMOKE_BUDGETS = {"training": 60, "training_compile": 10, "fgsm_rs": 20, "evaluation": 60,
+                 "verification": 15, "devices": 90}  # fmt: skip
+TOTAL = 285.0
+
+
+class BudgetSpent(Exception):
+    """Raised in the main thread when a section's time budget is spent."""
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """``obj`` as JSON at ``path``, atomically: the project's writer where advtrain imports,
+    else a temporary file beside ``path`` renamed over it."""
+    try:
+        from advtrain.core.io import write_json_atomic
+    except ImportError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+        return
+    write_json_atomic(obj, path)
+
+
+class Recorder:
+    """The results so far; every change is printed and written to ``out`` at once."""
+
+    def __init__(self, out: Path, header: dict[str, Any]) -> None:
+        self.out, self.results = out, {**header, "sections": {}}
+        self.current: dict[str, Any] | None = None
+
+    def start(self, name: str, budget: float) -> None:
+        self.current = {"status": "running", "budget_s": budget, "seconds": 0.0, "note": None,
+                        "rows": []}  # fmt: skip
+        self.results["sections"][name] = self.current
+        self.save()
+
+    def row(self, line: str, **figures: Any) -> None:
+        print(line, flush=True)
+        self.current["rows"].append({"line": line, **figures})
+        self.save()
+
+    def finish(self, name: str, status: str, seconds: float, note: str | None = None) -> None:
+        section = self.results["sections"].setdefault(name, {"rows": [], "budget_s": 0.0})
+        section.update(status=status, seconds=round(seconds, 2), note=note)
+        print(f"[{name}] {status} in {seconds:.1f} s{f': {note}' if note else ''}", flush=True)
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.results, self.out)
+
+
+@contextlib.contextmanager
+def alarm(seconds: float) -> Iterator[None]:
+    """Raise ``BudgetSpent`` in the main thread after ``seconds`` (restores any previous
+    SIGALRM handler and timer, e.g. pytest-timeout's)."""
+
+    def spent(signum: int, frame: Any) -> None:
+        raise BudgetSpent
+
+    previous = signal.signal(signal.SIGALRM, spent)
+    before = signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if before[0] > 0:
+            signal.setitimer(signal.ITIMER_REAL, *before)
+
+
+def run_section(rec: Recorder, name: str, cfg: Config, device: torch.device, budget: float) -> None:
+    """Run one section inside its budget (and the overall one's rest); its status and note
+    say how it ended: done, cut (budget spent), skipped or failed."""
+    left = rec.results["total_s"] - (time.monotonic() - STARTED)
+    if min(budget, left) <= 0:
+        rec.finish(name, "skipped", 0.0, f"no time: its budget {budget:g} s, overall "
+                   f"{max(left, 0):.0f} s left")  # fmt: skip
+        return
+    budget = min(budget, left)
+    rec.start(name, round(budget, 2))
+    start = time.monotonic()
+    try:
+        with alarm(budget):
+            SECTIONS[name](rec, cfg, device)
+        rec.finish(name, "done", time.monotonic() - start)
+    except BudgetSpent:
+        rows = len(rec.current["rows"])
+        rec.finish(name, "cut", time.monotonic() - start,
+                   f"budget of {budget:.2f} s spent after {rows} rows; the rest skipped")  # fmt: skip
+    except Skip as why:
+        rec.finish(name, "skipped", time.monotonic() - start, str(why))
+    except Exception as err:  # a failing section must not lose the others
+        rec.finish(name, "failed", time.monotonic() - start, f"{type(err).__name__}: {err}")
+    finally:
+        _release(device)
+
+
+#: What each section imports (``preload``; torch.optim imports torch._dynamo at its first
+#: optimizer, alpha-CROWN's Adam too).
+_TRAINING = ["torch._dynamo", "lightning", "advtrain.attacks", "advtrain.training",
+             "advtrain.objectives", "advtrain.data", "advtrain.models"]  # fmt: skip
+MODULES = {
+    "training": _TRAINING,
+    "training_compile": [*_TRAINING, "torch._inductor"],
+    "fgsm_rs": _TRAINING,
+    "evaluation": [*_TRAINING, "advtrain.evaluation", "torchattacks"],
+    "verification": [
+        "torch._dynamo",
+        "advtrain.verification.verify",
+        "advtrain.verification.formats.onnx_net",
+        "advtrain.models.onnx",
+        "onnx",
+        "onnxruntime",
+    ],
+    "devices": [],  # a subprocess
 }
 
 
-def sync(device: torch.device) -> None:
+def preload(sections: list[str], budgets: dict[str, float]) -> dict[str, str]:
+    """Import what the sections with a budget use before any budget runs, so that an alarm
+    never stops an import halfway (a half-imported module can break the next section);
+    returns the modules that failed to import, with why (their sections then fail)."""
+    names = [m for s in sections if budgets.get(s, 0) > 0 for m in MODULES.get(s, [])]
+    failed = {}
+    for name in dict.fromkeys(names):
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # recorded; the section that needs it reports it
+            failed[name] = f"{type(err).__name__}: {err}"
+    return failed
+
+
+def _release(device: torch.device) -> None:
+    """Free what a section left: compiled graphs, cached device memory."""
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
+    gc.collect()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
 
 
-def datamodule(batch: int, n_batches: int) -> SyntheticDataModule:
-    dm = SyntheticDataModule(n_train=batch * n_batches, n_test=16, shape=(3, 32, 32),
-                             batch_size=batch, val_size=0, seed=0)  # fmt: skip
-    dm.setup("fit")
-    return dm
-
-
-def make_model(device: torch.device, channels_last: bool, compile: bool) -> nn.Module:
-    torch.manual_seed(0)
-    model = preact_resnet18(num_classes=10).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile:
-        model.compile()
-    return model
-
-
-class BatchTimer(L.Callback):
-    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
-
-    def __init__(self, warmup: int, device: torch.device) -> None:
-        self.warmup, self.device, self.start, self.seconds, self.images = (
-            warmup,
-            device,
-            0.0,
-            0.0,
-            0,
-        )
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if batch_idx == self.warmup:
-            sync(self.device)
-            self.start = time.perf_counter()
-        if batch_idx >= self.warmup:
-            self.images += len(batch[1])
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        sync(self.device)
-        self.seconds = time.perf_counter() - self.start
-
-
-def plain_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> torch.Tensor:
-    """Madry et al.'s PGD by hand: uniform start, signed steps, projection, eval mode."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    delta = ((x + (torch.rand_like(x) * 2 - 1) * EPS).clamp(0, 1) - x).detach()
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta).float(), y)
-        (grad,) = torch.autograd.grad(loss, delta)
-        delta = ((delta.detach() + STEP * grad.sign()).clamp(-EPS, EPS) + x).clamp(0, 1) - x
-    for p in model.parameters():
-        p.requires_grad_(True)
-    model.train()
-    return (x + delta).detach()
-
-
-def run_plain(dm, device, warmup: int, steps: int, bf16: bool, channels_last: bool,
-              compile: bool) -> float:  # fmt: skip
-    """Images/s of the hand-written PGD-10 training loop."""
-    model = make_model(device, channels_last, compile)
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=5e-4)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    images, start = 0, 0.0
-    for i, (x, y) in enumerate(dm.train_dataloader()):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            x_adv = plain_pgd(model, x, y, steps)
-            loss = F.cross_entropy(model(x_adv).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        images += len(y) if i >= warmup else 0
-    sync(device)
-    return images / (time.perf_counter() - start)
-
-
-def run_advtrain(dm, device, warmup: int, attack, bf16: bool, channels_last: bool,
-                 compile: bool) -> tuple[float, nn.Module]:  # fmt: skip
-    """Images/s of advtrain's training (Lightning + AdversarialModule) and the model."""
-    model = make_model(device, False, compile)
-    module = AdversarialModule(
-        model, Madry(), attack=attack, channels_last=channels_last,
-        optimizer=lambda p: torch.optim.SGD(p, lr=LR, momentum=0.9, weight_decay=5e-4),
-    )  # fmt: skip
-    timer = BatchTimer(warmup, device)
-    trainer = L.Trainer(
-        max_epochs=1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        precision="bf16-mixed" if bf16 else "32-true", logger=False, callbacks=[timer],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, num_sanity_val_steps=0, inference_mode=False,
-    )  # fmt: skip
-    trainer.fit(module, train_dataloaders=dm.train_dataloader())
-    return timer.images / timer.seconds, module.model
-
-
-def training_section(args, device) -> list[dict]:
-    """(1) plain PGD-10 loop vs advtrain, per variant, interleaved; medians."""
-    dm = datamodule(args.batch, args.warmup + args.steps)
-    rows = []
-    for name, variant in VARIANTS.items():
-        if variant["compile"] and not args.compile:
-            continue
-        plain, adv = [], []
-        repeats = 1 if variant["compile"] else args.repeats  # each run compiles afresh
-        for r in range(repeats):
-            order = ("plain", "advtrain") if r % 2 == 0 else ("advtrain", "plain")
-            for who in order:
-                if who == "plain":
-                    plain.append(run_plain(dm, device, args.warmup, 10, **variant))
-                else:
-                    attack = PGD("linf", EPS, steps=10, step_size=STEP)
-                    adv.append(run_advtrain(dm, device, args.warmup, attack, **variant)[0])
-        p, a = statistics.median(plain), statistics.median(adv)
-        rows.append({"variant": name, "plain_img_s": p, "advtrain_img_s": a, "ratio": a / p,
-                     "target": ">= 0.95", "plain_runs": plain, "advtrain_runs": adv})  # fmt: skip
-    return rows
-
-
-def fgsm_rs_section(args, device) -> tuple[dict, nn.Module]:
-    """(2) FGSM-RS images/s in bf16 + channels_last and the projected 15-epoch time."""
-    dm = datamodule(args.batch, args.warmup + args.fgsm_steps)
-    attack = FGSMRS("linf", EPS, step_size=10 / 255)
-    rate, model = run_advtrain(dm, device, args.warmup, attack, True, True, False)
-    minutes = 15 * 50_000 / rate / 60
-    row = {"img_s": rate, "projected_15_epochs_min": minutes,
-           "published_min": PUBLISHED_FGSM_RS_MINUTES, "target_min": "<= 6"}  # fmt: skip
-    return row, model.eval()
-
-
-def torchattacks_standard(model: nn.Module, x, y, batch: int) -> tuple[float, float]:
-    """Original-settings AutoAttack from torchattacks' components; (robust acc, seconds)."""
-    import torchattacks
-
-    common = {"norm": "Linf", "eps": EPS, "seed": 0, "n_restarts": 1}
-    attack = torchattacks.MultiAttack([
-        torchattacks.APGD(model, loss="ce", steps=100, **common),
-        torchattacks.APGDT(model, n_classes=10, steps=100, **common),
-        torchattacks.FAB(model, multi_targeted=True, n_classes=10, steps=100, **common),
-        torchattacks.Square(model, n_queries=5000, **common),
-    ])  # fmt: skip
-    sync(x.device)
-    start, robust = time.perf_counter(), 0
-    for i in range(0, len(y), batch):
-        x_adv = attack(x[i : i + batch], y[i : i + batch])
-        with torch.no_grad():
-            robust += int((model(x_adv).argmax(1) == y[i : i + batch]).sum())
-    sync(x.device)
-    return robust / len(y), time.perf_counter() - start
-
-
-def evaluation_section(args, device, model: nn.Module) -> dict:
-    """(3) ``evaluate(suite="standard")`` vs the original-settings AutoAttack."""
-    dm = SyntheticDataModule(n_train=64, n_test=args.eval_n, shape=(3, 32, 32), val_size=0)
-    x, y = dm.test_tensors(limit=args.eval_n)
-    x, y = x.to(device), y.to(device)
-    sync(device)
-    start = time.perf_counter()
-    report = evaluate(model, x, y, "linf", EPS, suite="standard", batch_size=args.eval_batch,
-                      eps_curve=[0.0, EPS], curve_n_examples=min(100, len(y)))  # fmt: skip
-    sync(device)
-    seconds = time.perf_counter() - start
-    ta_acc, ta_seconds = torchattacks_standard(model, x, y, args.eval_batch)
-    return {
-        "n": len(y), "clean_acc": report["clean_accuracy"]["value"],
-        "advtrain_robust_acc": report["robust_accuracy"]["value"], "advtrain_s": seconds,
-        "advtrain_attack_s": sum(a["seconds"] for a in report["attacks"]),
-        "attacks": [a["name"] for a in report["attacks"]],
-        "torchattacks_robust_acc": ta_acc, "torchattacks_s": ta_seconds,
-        "time_ratio": seconds / ta_seconds, "target": "<= 0.5x time at <= robust acc",
-    }  # fmt: skip
-
-
-def device_section(args, device) -> dict:
-    """(4) The meta-default-device test with model and data on ``device``."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-           str(ROOT / "tests" / "test_device_meta.py")]  # fmt: skip
-    if args.smoke:
-        cmd += ["-k", "pgd-linf or quick or crown or madry or masking or catches"]
-    env = {**os.environ, "ADVTRAIN_TEST_DEVICE": str(device)}
-    start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    summary = (done.stdout.strip().splitlines() or [""])[-1]
-    return {"passed": done.returncode == 0, "summary": summary,
-            "seconds": time.perf_counter() - start}  # fmt: skip
-
-
-def table(results: dict) -> str:
-    lines = ["| check | figure | target |", "|---|---|---|"]
-    for row in results["training"]:
-        lines.append(f"| PGD-10 training {row['variant']} | plain {row['plain_img_s']:,.1f} img/s, "
-                     f"advtrain {row['advtrain_img_s']:,.1f} img/s, ratio {row['ratio']:.3f} | "
-                     f"{row['target']} |")  # fmt: skip
-    f = results["fgsm_rs"]
-    lines.append(f"| FGSM-RS bf16+cl | {f['img_s']:,.1f} img/s; 15 CIFAR-10 epochs "
-                 f"{f['projected_15_epochs_min']:.1f} min (published {f['published_min']:.0f}) | "
-                 f"{f['target_min']} min |")  # fmt: skip
-    e = results["evaluation"]
-    lines.append(f"| standard suite, n={e['n']} (clean {e['clean_acc']:.3f}) | advtrain "
-                 f"{e['advtrain_robust_acc']:.3f} in {e['advtrain_s']:.1f} s; AutoAttack "
-                 f"(torchattacks) {e['torchattacks_robust_acc']:.3f} in {e['torchattacks_s']:.1f} s;"
-                 f" ratio {e['time_ratio']:.2f} | {e['target']} |")  # fmt: skip
-    d = results["devices"]
-    lines.append(f"| meta-default-device test on {results['device']} | "
-                 f"{'passed' if d['passed'] else 'FAILED'}: {d['summary']} | all pass |")  # fmt: skip
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of every row and every section's ending (for docs/benchmarks.md)."""
+    lines = [f"Device: {results['device_name']} ({results['device']}), torch {results['torch']}",
+             "", "| section | figure |", "|---|---|"]  # fmt: skip
+    for name, section in results["sections"].items():
+        lines += [f"| {name} | {row['line']} |" for row in section["rows"]]
+        if section["status"] != "done":
+            lines.append(f"| {name} | {section['status']}: {section['note']} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU: proves it runs)")
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "gpu_check.json"))
-    parser.add_argument("--eval-n", type=int, default=None, help="images of (3); default 1000")
-    parser.add_argument("--repeats", type=int, default=None, help="rounds of (1); default 3")
+    parser.add_argument("--smoke", action="store_true", help="every section at tiny sizes")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "gpu_check.json")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated, in order")
+    parser.add_argument("--budget", action="append", default=[], metavar="NAME=SECONDS")
+    parser.add_argument("--total", type=float, default=None, help=f"overall seconds ({TOTAL:g})")
+    parser.add_argument("--vnncomp", type=Path, default=None, help="VNN-COMP 2021 data folder")
+    parser.add_argument("--verify-timeout", type=float, default=None, help="seconds per instance")
+    parser.add_argument("--eval-n", type=int, default=None, help="points of the evaluation")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled variant")
-    args = parser.parse_args()
-    sizes = ({"batch": 2, "warmup": 1, "steps": 1, "fgsm_steps": 2, "repeats": 1, "eval_n": 4,
-              "eval_batch": 4, "compile": False} if args.smoke else
-             {"batch": 128, "warmup": 5, "steps": 25, "fgsm_steps": 60, "repeats": 3,
-              "eval_n": 1000, "eval_batch": 500, "compile": True})  # fmt: skip
-    sizes["eval_n"] = args.eval_n or sizes["eval_n"]
-    sizes["repeats"] = args.repeats or sizes["repeats"]
-    sizes["compile"] = sizes["compile"] and not args.no_compile
-    vars(args).update(sizes)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's; --smoke: 1, the fastest on "
+                        "a shared CPU)")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def settings(args: argparse.Namespace) -> tuple[Config, dict[str, float]]:
+    """The sizes and budgets the arguments ask for."""
+    cfg, budgets = (SMOKE, dict(SMOKE_BUDGETS)) if args.smoke else (GPU, dict(BUDGETS))
+    for item in args.budget:
+        name, _, seconds = item.partition("=")
+        if name not in SECTIONS:
+            raise SystemExit(f"gpu_check: error: --budget {item!r}: unknown section {name!r}")
+        budgets[name] = float(seconds)
+    cfg = replace(cfg, compile=cfg.compile and not args.no_compile,
+                  vnncomp=args.vnncomp or cfg.vnncomp,
+                  verify_timeout=args.verify_timeout or cfg.verify_timeout,
+                  eval_n=args.eval_n or cfg.eval_n)  # fmt: skip
+    return cfg, budgets
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    cfg, budgets = settings(args)
     device = torch.device(args.device)
+    threads = args.threads or (1 if args.smoke else None)
+    if threads:
+        torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     torch.set_float32_matmul_precision("high")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {device} ({name}), torch {torch.__version__}, sizes {sizes}", flush=True)
-    results: dict = {"device": str(device), "device_name": name, "torch": torch.__version__,
-                     "smoke": args.smoke, "sizes": sizes}  # fmt: skip
-    timed: list[tuple[str, Callable]] = [
-        ("training", lambda: training_section(args, device)),
-        ("fgsm_rs", lambda: fgsm_rs_section(args, device)),
-    ]
-    for key, run in timed:
-        start = time.perf_counter()
-        results[key] = run()
-        print(f"{key}: {time.perf_counter() - start:.1f} s", flush=True)
-    results["fgsm_rs"], model = results["fgsm_rs"]
-    results["evaluation"] = evaluation_section(args, device, model)
-    results["devices"] = device_section(args, device)
-    print(table(results))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+    total = args.total or (sum(budgets.values()) if args.smoke else TOTAL)
+    sections = [s for s in args.sections.split(",") if s]
+    print(f"gpu_check: default sizes fit in 5 minutes on one GPU (overall budget {total:g} s "
+          f"from the start; per section {budgets}); device {device} ({name}), torch "
+          f"{torch.__version__}; sections {sections}; JSON rewritten after every row: "
+          f"{args.out}", flush=True)  # fmt: skip
+    header = {"device": str(device), "device_name": name, "torch": torch.__version__,
+              "smoke": args.smoke, "total_s": total, "budgets": budgets,
+              "sizes": json.loads(json.dumps(vars(cfg), default=str))}  # fmt: skip
+    rec = Recorder(args.out, header)
+    rec.save()
+    rec.results["import_errors"] = preload(sections, budgets)
+    rec.save()
+    for section in sections:
+        run_section(rec, section, cfg, device, budgets.get(section, 0.0))
+    print(table(rec.results))
     print(f"wrote {args.out}")
+    return rec.results
 
 
 if __name__ == "__main__":

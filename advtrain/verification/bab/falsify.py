@@ -18,6 +18,10 @@ from torch import Tensor, nn
 
 from advtrain.verification.formats.vnnlib import Property
 
+#: Steps between the looks on the host at whether a violation was found (the loop's
+#: only host sync; the answer does not depend on it).
+CHECK_EVERY = 10
+
 
 def disjunct_values(prop: Property, y: Tensor) -> Tensor:
     """``[N, D]``: ``max_row (A y + b)`` of each disjunct; ``<= 0`` where it is satisfied."""
@@ -62,15 +66,23 @@ def pgd_box(
             goal = values.gather(1, target[:, None]).squeeze(1)
             goal = torch.cat([v[:1], goal[1:]])
             (grad,) = torch.autograd.grad(goal.sum(), x)
-        i = int(v.argmin())
-        if v[i] < best_v:
-            best_v, best_x = v[i].detach().clone(), x[i].detach().clone()
-        if best_v <= 0 or step == steps:
+        best_x, best_v = _keep_best(x.detach(), v.detach(), best_x, best_v)
+        if step == steps or (step % CHECK_EVERY == 0 and bool(best_v <= 0)):
             break
         size = 0.25 * (0.04 ** (step / max(steps - 1, 1)))
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - size * width * grad.sign(), lo), hi)
     return best_x.view(shape), best_v
+
+
+def _keep_best(x: Tensor, v: Tensor, best_x: Tensor, best_v: Tensor) -> tuple[Tensor, Tensor]:
+    """The best point so far, on the device (no host sync): this step's lowest value
+    replaces the best when lower, until a violation (``<= 0``) is held, which is kept,
+    so the answer is the first violation found however seldom the loop looks."""
+    v_min, i = v.min(0)
+    better = (v_min < best_v) & (best_v > 0)
+    best_x = torch.where(better, x.index_select(0, i.view(1))[0], best_x)
+    return best_x, torch.where(better, v_min, best_v)
 
 
 def _starting_points(prop: Property, restarts: int, starts: Tensor | None, seed: int) -> Tensor:

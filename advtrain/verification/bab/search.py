@@ -3,20 +3,23 @@
 Bunel, Lu, Turkaslan, Torr, Kohli, Kumar 2020 ("Branch and bound for piecewise linear
 neural network verification"): the input set is covered by sub-domains, each fixing the
 phase of some unstable ReLUs; a sub-domain is *pruned* when a sound lower bound of the
-property's margin is positive on it, and otherwise split on one more unstable ReLU chosen
-by the BaBSR score. Bounds are beta-CROWN (``alpha_crown.ascend`` with split
+property's margin is positive on it, and otherwise split on one more unstable ReLU
+chosen by the BaBSR score. Bounds are beta-CROWN (``alpha_crown.ascend`` with split
 constraints as Lagrangian terms; Wang et al. 2021), for a batch of many sub-domains per
 call (Xu et al. 2021). A child continues the ascent from its parent's last slopes and
 betas (not the best ones: the bound is not monotone along the ascent, and restarting
 from the best point kept betas from ever growing; this alone took a disjunct of
-``mnistfc`` 256x4 ``prop_0_0.03`` from a timeout at 7,000 domains to a proof at 500), and
-the new split's beta starts where the child's first bound equals the parent's
-(``subdomains.warm_beta``). Finished domains leave the batch during the ascent; the
-domains with the lowest bounds are split first. A sub-domain's intermediate bounds are the root's
-(alpha-CROWN) cut at 0 by its splits; recomputing the later layers by CROWN after every
-split was measured: 20 times slower per domain, and it solved fewer instances in 60 s. A
-child keeps its parent's bound where its own is lower (it lies inside the parent). When
-the queue is short, a parent is split on up to two more ReLUs at once (``2^d`` children).
+``mnistfc`` 256x4 ``prop_0_0.03`` from a timeout at 7,000 domains to a proof at 500),
+and the new split's beta starts where the child's first bound equals the parent's
+(``subdomains.warm_beta``). On the CPU finished domains leave the batch during the
+ascent; on a GPU the batch runs whole, so that no step waits on the host (a few host
+syncs per round, none per step). The domains with the lowest bounds are split first; how
+many per round, and how many may stay open, come from free memory (``capacity``). A
+sub-domain's intermediate bounds are the root's (alpha-CROWN) cut at 0 by its splits;
+recomputing the later layers by CROWN after every split was measured: 20 times slower
+per domain, and it solved fewer instances in 60 s. A child keeps its parent's bound
+where its own is lower (it lies inside the parent). When the queue is short, a parent is
+split on up to two more ReLUs at once (``2^d`` children).
 
 The search may run on a float32 copy of the network (twice as fast on a CPU): the
 slopes, betas and branching come from it, but a domain is pruned only when its bound,
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advtrain.verification.bab.capacity import Sizes, device_capacity, next_take
 from advtrain.verification.bab.falsify import pgd_box
 from advtrain.verification.bab.fixed_phase import SAFE_TOL, solve_fixed
 from advtrain.verification.bab.subdomains import SubDomains, babsr_scores, split
@@ -68,24 +72,32 @@ class BaBSettings:
     """Branch and bound's knobs (the defaults are the ones measured on ``mnistfc``).
 
     Attributes:
-        batch: Domains split per bound call (twice as many children are bounded).
+        batch: Parents split per bound call at most (twice as many children or more are
+            bounded). None: as many as a share of the memory bounds at once, on the CPU
+            at most ``capacity.CPU_BATCH``; rounds are also kept to ``ROUND_SECONDS``.
         iters: Optimisation steps of the slopes and betas per bound call.
         topk: Branching candidates tried per domain (1: plain BaBSR).
-        max_domains: Open sub-domains at which the search stops (``timeout``).
+        memory: Bytes the search may fill (queue and bound calls); the open sub-domains
+            that fit in them are its limit (``Reason.MEMORY``). None: a share of the
+            memory free on the device when the search starts (``capacity``).
         lr_alpha, lr_beta: Adam's step sizes for the slopes and the betas.
         pgd_starts: Worst domains whose worst inputs start short PGD runs each round.
         max_depth: ReLUs a parent may be split on at once beyond the first when the
             queue is short (``2^(1 + depth)`` children).
+        prune_in_iteration: Finished domains leave the batch during the ascent, which
+            reads a value on the host every step (free on the CPU, a sync on a GPU,
+            where the whole batch runs every step instead). None: on the CPU only.
     """
 
-    batch: int = 256
+    batch: int | None = None
     iters: int = 20
     topk: int = 4
-    max_domains: int = 60_000
+    memory: int | None = None
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     pgd_starts: int = 8
     max_depth: int = 2
+    prune_in_iteration: bool | None = None
 
 
 @dataclass
@@ -144,6 +156,13 @@ class _Search:
         self.fast = self.exact if p.fast is None else self.exact.cast(p.fast)
         self.confirm, self.settings = confirm, settings
         self.shapes = [lo[0].numel() for lo, _ in p.root]
+        device = p.spec.device
+        sizes = Sizes(tuple(self.shapes), p.box[0][0].numel(), p.spec.shape[1],
+                      self.fast.spec.element_size())  # fmt: skip
+        self.capacity = device_capacity(sizes, device, settings.memory, settings.batch)
+        self.batch = self.capacity.batch  # halved when a round runs out of device memory
+        prune = settings.prune_in_iteration
+        self.prune = device.type == "cpu" if prune is None else prune
         self.found: Tensor | None = None
         self.visited = self.aside = 0
         lo, hi = p.box
@@ -172,9 +191,21 @@ class _Search:
             return self.verdict(Status.HOLDS, Reason.PROVED, 0.0)
         if time.monotonic() > deadline:
             return self.verdict(Status.TIMEOUT, Reason.DEADLINE, float(queue.value.min()))
-        if len(queue) > self.settings.max_domains:
-            return self.verdict(Status.TIMEOUT, Reason.DOMAIN_LIMIT, float(queue.value.min()))
+        if len(queue) > self.capacity.max_domains:
+            return self.verdict(Status.TIMEOUT, Reason.MEMORY, float(queue.value.min()))
         return None
+
+    def round(self, parents: SubDomains, rest: SubDomains, deadline: float) -> SubDomains | None:
+        """Split ``parents`` and bound their children: the new open sub-domains (with
+        ``rest``), or None when the deadline passed while branching (a round can take
+        seconds)."""
+        kids, dropped = self.branch(parents)
+        self.aside += dropped
+        if self.found is None and time.monotonic() > deadline:
+            return None
+        queue = SubDomains.cat([rest, self.bound(kids)]) if len(kids) else rest
+        self.visited += len(kids)
+        return queue
 
     def bound(self, doms: SubDomains) -> SubDomains:
         """Optimise the children's bounds (``fast``); look at each bound's worst input."""
@@ -192,7 +223,7 @@ class _Search:
             cfg.iters,
             cfg.lr_alpha,
             cfg.lr_beta,
-            prune=f.offset,
+            prune=f.offset if self.prune else None,
         )
         with torch.no_grad():
             _, a, _ = backward_bound(f.net, f.lower, spec, bounds, relax)
@@ -286,7 +317,7 @@ class _Search:
         by BaBSR score after ``choice``, only among each parent's splittable ReLUs."""
         depth = 0
         cfg = self.settings
-        while n * 2 ** (depth + 2) <= cfg.batch and depth < cfg.max_depth:
+        while n * 2 ** (depth + 2) <= self.batch and depth < cfg.max_depth:
             depth += 1
         depth = min(depth, int((scores > -torch.inf).sum(1).min()) - 1)
         if depth <= 0:
@@ -335,12 +366,13 @@ def bab(
 
     Returns:
         A ``Verdict`` from stage ``bab``: ``holds`` (every sub-domain pruned), ``violated``
-        (``x``: the confirmed point; ``y`` is left to the caller) or ``timeout`` (the
-        deadline, the domain limit, or undecided fully split sub-domains).
+        (``x``: the confirmed point; ``y`` is left to the caller) or ``timeout`` with the
+        reason: the deadline, memory (more open sub-domains than fit, or a round that
+        ran out of device memory with a single parent), or undecided fully split
+        sub-domains.
     """
-    settings = settings or BaBSettings()
-    search = _Search(problem, confirm, settings)
-    queue, take = search.root(problem.alpha), settings.batch
+    search = _Search(problem, confirm, settings or BaBSettings())
+    queue, take = search.root(problem.alpha), search.batch
     while True:
         queue = queue.take((queue.value <= 0).nonzero().squeeze(1))
         verdict = search.stopped(queue, deadline)
@@ -348,25 +380,21 @@ def bab(
             return verdict
         order = queue.value.argsort()
         parents, rest = queue.take(order[:take]), queue.take(order[take:])
+        del queue, order  # the open sub-domains are ``parents`` and ``rest`` now
         started = time.monotonic()
-        kids, dropped = search.branch(parents)
-        search.aside += dropped
-        if search.found is None and time.monotonic() > deadline:  # a round can take seconds
-            lowest = float(SubDomains.cat([rest, parents]).value.min())
-            return search.verdict(Status.TIMEOUT, Reason.DEADLINE, lowest)
-        queue = SubDomains.cat([rest, search.bound(kids)]) if len(kids) else rest
-        search.visited += len(kids)
-        take = _next_take(started, len(parents), settings.batch, deadline)
+        try:
+            queue = search.round(parents, rest, deadline)
+        except torch.cuda.OutOfMemoryError:  # the round's parents go back to the queue
+            if len(parents) == 1:
+                return search.verdict(Status.TIMEOUT, Reason.MEMORY, _lowest(parents, rest))
+            queue, take = SubDomains.cat([rest, parents]), len(parents) // 2
+            search.batch = take
+            continue
+        if queue is None:
+            return search.verdict(Status.TIMEOUT, Reason.DEADLINE, _lowest(parents, rest))
+        take = next_take(started, len(parents), search.batch, deadline)
 
 
-#: Seconds one round (branching and bounding) should take at most, so that the deadline
-#: is kept to within about a round.
-ROUND_SECONDS = 2.0
-
-
-def _next_take(started: float, n: int, batch: int, deadline: float) -> int:
-    """Parents for the next round: at most ``batch``, and as many as fit in
-    ``ROUND_SECONDS`` and in the time left at the last round's seconds per parent."""
-    now = time.monotonic()
-    per = max(now - started, 1e-6) / max(n, 1)
-    return int(max(1, min(batch, ROUND_SECONDS / per, (deadline - now) / per)))
+def _lowest(parents: SubDomains, rest: SubDomains) -> float:
+    """The lowest bound of the open sub-domains ``parents`` and ``rest``."""
+    return float(torch.cat([parents.value, rest.value]).min())

@@ -6,10 +6,11 @@ an l_p ball), ``crown_ibp_margins`` (CROWN-IBP certified training), and the buil
 blocks of the exact and Lipschitz certificates (``parse`` into a ``Network`` of affine
 segments, ``InputDomain``, ``margin_spec``, IBP intervals). The modules: ``network``
 (parsing), ``domain`` (input sets, specifications), ``ibp``, ``crown``, ``alpha_crown``
-(also beta-CROWN, used by branch and bound), ``margins`` (the named methods).
+(the slope optimisation, also beta-CROWN for branch and bound), ``alpha_bounds`` (alpha-CROWN
+on a batch), ``margins`` (the named methods).
 """
 
-from advtrain.verification.bounds.alpha_crown import alpha_crown_bounds
+from advtrain.verification.bounds.alpha_bounds import AlphaSettings, alpha_crown_bounds
 from advtrain.verification.bounds.crown import crown_bounds, crown_ibp_bounds, crown_intermediate
 from advtrain.verification.bounds.domain import InputDomain, margin_spec
 from advtrain.verification.bounds.ibp import (
@@ -33,6 +34,7 @@ __all__ = [
     "BOUNDS",
     "SUPPORTED",
     "Affine",
+    "AlphaSettings",
     "BoundFn",
     "InputDomain",
     "Interval",

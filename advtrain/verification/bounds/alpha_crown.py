@@ -16,11 +16,12 @@ added term is ``<= 0`` wherever the splits hold; the term enters the backward pa
 ``-beta s`` on the coefficients of each pre-activation and ``beta`` is optimised with the
 slopes. A split neuron's pre-activation interval is also cut at 0, so its relaxation is exact.
 
-Threat model: a box of inputs (an linf ball intersected with the data box, or a VNNLIB
-box). Intermediate bounds are inputs here: alpha-CROWN's at the root; in branch and bound
+Threat model: an l_p ball intersected with the data box, or a VNNLIB box. Intermediate
+bounds are inputs here: alpha-CROWN's at the root (``alpha_bounds``); in branch and bound
 the root's cut at 0 by each sub-domain's splits (``split_bounds``). Every bound returned
 is the best one seen during the optimisation, so it is never looser than the starting
-point.
+point. This module is the optimisation itself; ``alpha_bounds`` runs it on a batch of
+examples, layer by layer.
 """
 
 from __future__ import annotations
@@ -31,14 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from advtrain.verification.bounds.crown import crown_intermediate, crown_or_ibp, relu_relaxation
-from advtrain.verification.bounds.domain import InputDomain
-from advtrain.verification.bounds.ibp import (
-    Interval,
-    final_from_intervals,
-    identity_rows,
-    interval_segment,
-)
+from advtrain.verification.bounds.crown import relu_relaxation
+from advtrain.verification.bounds.ibp import Interval
 from advtrain.verification.bounds.network import Network
 
 #: ``(a, bias) -> min over the input set of a . x + bias`` (``InputDomain.lower`` or a box).
@@ -310,52 +305,3 @@ def _keep(store: list[Tensor], current: list[Tensor], better: Tensor, index: Ten
             s.copy_(torch.where(mask, c.detach(), s))
         else:
             s[index] = torch.where(mask, c.detach(), s[index])
-
-
-def alpha_intermediate(
-    net: Network, domain: InputDomain, iters: int = 20, crown: list[Interval] | None = None
-) -> list[Interval]:
-    """Pre-activation bounds of every ReLU, each layer by CROWN and then alpha-CROWN.
-
-    For each hidden layer after the first, the lower and upper bounds of the neurons that
-    CROWN leaves unstable (in any example of the batch) are optimised over their own
-    slopes of the earlier layers, and intersected with CROWN's (so never looser).
-    """
-    bounds = crown if crown is not None else crown_intermediate(net, domain)
-    out = bounds[:1]
-    for k in range(1, net.n_relu):
-        lo, hi = bounds[k]
-        ilo, ihi = interval_segment(net, k, out[-1][0].clamp_min(0), out[-1][1].clamp_min(0))
-        lo, hi = torch.maximum(lo, ilo), torch.minimum(hi, ihi)
-        flat_lo, flat_hi = lo.flatten(1), hi.flatten(1)
-        index = ((flat_lo < 0) & (flat_hi > 0)).any(0).nonzero().squeeze(1)
-        if len(index):
-            rows = identity_rows(net.out_shape(k), index, lo)
-            relax = Relaxation(adaptive_alpha(out, rows.shape[1]))
-            best, _ = optimize(net, domain.lower, rows, out, relax, iters, start=k)
-            n = len(index)
-            flat_lo, flat_hi = flat_lo.clone(), flat_hi.clone()
-            flat_lo[:, index] = torch.maximum(flat_lo[:, index], best[:, :n])
-            flat_hi[:, index] = torch.minimum(flat_hi[:, index], -best[:, n:])
-        out.append((flat_lo.view_as(lo), flat_hi.view_as(hi)))
-    return out
-
-
-def alpha_crown_bounds(net: Network, domain: InputDomain, spec: Tensor, iters: int = 20) -> Tensor:
-    """alpha-CROWN lower bounds ``[B, m]`` of ``spec @ f(x)`` over an l_p domain.
-
-    Intermediate bounds are CROWN's (intersected with IBP) tightened by alpha-CROWN
-    (``alpha_intermediate``); the final bound is the best over the optimisation (which
-    starts at CROWN's adaptive slopes). CROWN's bound is not monotone in the
-    intermediate intervals, so the result is also at least ``crown_bounds`` (CROWN and IBP
-    from CROWN's own intervals): never looser than CROWN by construction.
-    """
-    crown = crown_intermediate(net, domain)
-    floor = crown_or_ibp(net, domain, spec, crown)
-    if net.n_relu == 0:
-        return floor
-    bounds = alpha_intermediate(net, domain, iters, crown)
-    ibp = final_from_intervals(net, domain, spec, bounds)
-    relax = Relaxation(adaptive_alpha(bounds, spec.shape[1]))
-    best, _ = optimize(net, domain.lower, spec, bounds, relax, iters)
-    return torch.maximum(torch.maximum(best, ibp), floor)

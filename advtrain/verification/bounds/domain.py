@@ -15,6 +15,8 @@ example is certified when every lower bound is positive.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 
@@ -70,6 +72,12 @@ class InputDomain:
         dom = cls((lo + hi) / 2, "linf", 0.0, (-float("inf"), float("inf")))
         dom.lo, dom.hi = lo, hi
         dom.eps = float((hi - lo).max()) / 2 if lo.numel() else 0.0
+        return dom
+
+    def subset(self, part: slice) -> InputDomain:
+        """The domain of the examples ``part`` of the batch (same norm, radius and box)."""
+        dom = copy.copy(self)
+        dom.x0, dom.lo, dom.hi = self.x0[part], self.lo[part], self.hi[part]
         return dom
 
     def lower(self, a: Tensor, bias: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from advtrain.core.errors import ConfigError
-from advtrain.verification.bounds.alpha_crown import alpha_crown_bounds
+from advtrain.verification.bounds.alpha_bounds import alpha_crown_bounds
 from advtrain.verification.bounds.crown import crown_bounds, crown_ibp_bounds, crown_ibp_mixture
 from advtrain.verification.bounds.domain import InputDomain, margin_spec
 from advtrain.verification.bounds.ibp import ibp_bounds
