@@ -26,7 +26,16 @@ from advtrain.attacks import (
 )
 from advtrain.core.errors import ConfigError
 from advtrain.distillation import ARD, RSLAD, DistillationObjective
-from advtrain.objectives import MART, TRADES, CrownIBP, Madry, Mixed, Objective, Standard
+from advtrain.objectives import (
+    MART,
+    TRADES,
+    CrownIBP,
+    FRLReweight,
+    Madry,
+    Mixed,
+    Objective,
+    Standard,
+)
 from advtrain.regularizers import GradAlign, InputGradient, L1Sparsity, Regularizer, SpectralNorm
 from advtrain.smoothing.attack import SmoothAdvPGD
 from advtrain.smoothing.consistency import Consistency
@@ -54,6 +63,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "madry": Madry,
     "mixed": Mixed,
     "trades": TRADES,
+    "frl": FRLReweight,
     "mart": MART,
     "crown_ibp": CrownIBP,
     "gaussian_noise": GaussianNoise,

@@ -12,6 +12,11 @@ Norms:
       (the sparse l1 step of Tramer & Boneh 2019 / SLIDE); projection onto the l1 ball
       uses the sort-based simplex projection of Duchi et al. 2008.
 
+A region mask (``mask``, 1 where a pixel may change, broadcastable to ``x``) restricts
+every method to the masked coordinates: outside the mask the box around ``x`` has width
+zero, so ``project`` sets the perturbation there to exactly zero, the l_p norm is the
+norm over the masked coordinates, and random starts and ascent directions live on them.
+
 ``project`` is the exact Euclidean projection onto the ball *intersected with the box*
 for every norm: where clipping the ball projection to the box would change it, the
 KKT form of the intersection's projection is solved on its one dual variable
@@ -28,6 +33,7 @@ from torch import Tensor
 
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float
+from advtrain.core.projections import project_l1_ball, project_l1_ball_box, project_l2_ball_box
 from advtrain.core.tensors import per_example
 
 NORMS = ("linf", "l2", "l1")
@@ -53,94 +59,23 @@ def lp_norm(t: Tensor, norm: str) -> Tensor:
     raise ConfigError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
 
 
+def restrict(t: Tensor, mask: Tensor | None) -> Tensor:
+    """``t`` on the coordinates a region ``mask`` lets change, exactly 0 elsewhere
+    (``mask=None``: ``t`` itself, no extra work)."""
+    if mask is None:
+        return t
+    return torch.where(mask if mask.dtype == torch.bool else mask != 0, t, 0.0)
+
+
+def within_region(x_adv: Tensor, x: Tensor, mask: Tensor | None) -> Tensor:
+    """``x_adv`` inside a region ``mask`` and ``x`` itself, bit for bit, outside it (also
+    for inputs a hair outside the box, which a clamp would move)."""
+    return x_adv if mask is None else torch.where(mask != 0, x_adv, x)
+
+
 def dual_norm(norm: str) -> str:
     """The dual norm's name: linf <-> l1, l2 <-> l2."""
     return _DUAL[check_norm(norm)]
-
-
-def project_l1_ball(delta: Tensor, eps: float) -> Tensor:
-    """Exact Euclidean projection of each example onto the l1 ball of radius ``eps``.
-
-    Duchi, Shalev-Shwartz, Singer, Chandra 2008, "Efficient projections onto the
-    l1-ball for learning in high dimensions" (the sort-based algorithm).
-    """
-    flat = delta.flatten(1)
-    abs_flat = flat.abs()
-    inside = abs_flat.sum(dim=1) <= eps
-    mu, _ = abs_flat.sort(dim=1, descending=True)
-    cumsum = mu.cumsum(dim=1)
-    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
-    cond = mu - (cumsum - eps) / ks > 0
-    # rho: index of the last coordinate satisfying the condition (a prefix of the sort)
-    rho = cond.shape[1] - 1 - cond.flip(1).to(torch.int8).argmax(dim=1, keepdim=True)
-    theta = (cumsum.gather(1, rho) - eps) / (rho.to(flat.dtype) + 1)
-    projected = flat.sign() * (abs_flat - theta).clamp_min(0)
-    out = torch.where(inside.unsqueeze(1), flat, projected)
-    return out.view_as(delta)
-
-
-_BISECTION_STEPS = 40
-
-
-def project_l2_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
-    """Exact projection of each ``delta`` onto ``{d : ||d||_2 <= eps, low <= d <= high}``.
-
-    ``low <= 0 <= high`` (the box around the clean point). By the KKT conditions the
-    solution is ``clip(t * delta, low, high)`` for the largest ``t`` in ``[0, 1]`` whose
-    norm is at most ``eps``. The squared norm ``g(t)`` is nondecreasing and piecewise
-    ``C + t^2 D``: coordinate ``i`` is clipped for ``t`` beyond ``tau_i = c_i / d_i``
-    (``c_i`` its bound), contributing ``c_i^2`` instead of ``t^2 d_i^2``. Sorting the
-    ``tau_i`` gives ``g`` at every breakpoint in closed form; the segment where ``g``
-    crosses ``eps^2`` gives ``t = sqrt((eps^2 - C) / D)``. No loop, no host sync.
-    """
-    flat, lo, hi = delta.flatten(1), low.flatten(1), high.flatten(1)
-    bound = torch.where(flat > 0, hi, lo)
-    moving = flat != 0
-    tau = torch.where(moving, bound / torch.where(moving, flat, 1.0), float("inf"))
-    tau, order = tau.sort(dim=1)
-    clipped_sq = torch.where(moving, bound, 0.0).gather(1, order).square().cumsum(dim=1)
-    free_sq = flat.gather(1, order).square()
-    # sum of d_j^2 over the coordinates after breakpoint k (still moving at t = tau_k):
-    # suffix sums, exact zero at the end (a difference of totals could go negative)
-    suffix = free_sq.flip(1).cumsum(dim=1).flip(1)
-    free_after = torch.cat([suffix[:, 1:], torch.zeros_like(suffix[:, :1])], dim=1)
-    g = torch.where(tau.isinf(), float("inf"), clipped_sq + tau.square() * free_after)
-    k = (g <= eps**2).sum(dim=1, keepdim=True)  # breakpoints inside the ball (g monotone)
-    prev = (k - 1).clamp_min(0)
-    c_sum = torch.where(k > 0, clipped_sq.gather(1, prev), 0.0)
-    d_sum = torch.where(k > 0, free_after.gather(1, prev), free_sq.sum(dim=1, keepdim=True))
-    t = ((eps**2 - c_sum).clamp_min(0) / d_sum.clamp_min(1e-30)).sqrt().clamp(max=1.0)
-    return (flat * t).clamp(lo, hi).view_as(delta)
-
-
-def project_l1_ball_box(delta: Tensor, low: Tensor, high: Tensor, eps: float) -> Tensor:
-    """Exact projection of each ``delta`` onto ``{d : ||d||_1 <= eps, low <= d <= high}``.
-
-    ``low <= 0 <= high``. By the KKT conditions the solution is the soft-threshold
-    ``clip(sign(d) * max(|d| - theta, 0), low, high)`` for the smallest ``theta >= 0``
-    whose l1 norm is at most ``eps`` (the box projection of Croce & Hein 2021, "Mind
-    the box"). ``theta`` lies below the threshold of the plain l1-ball projection
-    (Duchi et al. 2008), which brackets a bisection (40 halvings, to float precision).
-    """
-    flat, lo_f, hi_f = delta.flatten(1), low.flatten(1), high.flatten(1)
-    mags = flat.abs()
-    mu, _ = mags.sort(dim=1, descending=True)
-    ks = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
-    cums = mu.cumsum(dim=1)
-    cond = mu - (cums - eps) / ks > 0
-    rho = cond.shape[1] - 1 - cond.flip(1).to(torch.int8).argmax(dim=1, keepdim=True)
-    theta_hi = ((cums.gather(1, rho) - eps) / (rho.to(flat.dtype) + 1)).clamp_min(0)
-    theta_lo = torch.zeros_like(theta_hi)
-
-    def shrink(theta: Tensor) -> Tensor:
-        return (flat.sign() * (mags - theta).clamp_min(0)).clamp(lo_f, hi_f)
-
-    for _ in range(_BISECTION_STEPS):
-        mid = (theta_lo + theta_hi) / 2
-        feasible = shrink(mid).abs().sum(dim=1, keepdim=True) <= eps
-        theta_hi = torch.where(feasible, mid, theta_hi)
-        theta_lo = torch.where(feasible, theta_lo, mid)
-    return shrink(theta_hi).view_as(delta)
 
 
 class LpBall:
@@ -216,21 +151,22 @@ class LpBall:
             return delta * per_example(factor, delta)
         return project_l1_ball(delta, self.eps)
 
-    def project(self, x: Tensor, x_adv: Tensor) -> Tensor:
+    def project(self, x: Tensor, x_adv: Tensor, mask: Tensor | None = None) -> Tensor:
         """The exact Euclidean projection of ``x_adv`` onto the ball around ``x`` and the box.
 
         linf: clamp to the ball, then to the box (the two boxes intersect coordinate-wise).
         l2 and l1: when clipping the ball projection to the box changes it, the exact
         projection onto the intersection is found on the dual variable (see
         ``project_l2_ball_box`` and ``project_l1_ball_box``); otherwise the ball
-        projection (Duchi et al. 2008 for l1) already is exact.
+        projection (Duchi et al. 2008 for l1) already is exact. With a region ``mask`` the
+        box has width zero outside it: those pixels of the result are exactly ``x``.
         """
         lo, hi = self.bounds
         if self.norm == "linf":
-            delta = (x_adv - x).clamp(-self.eps, self.eps)
-            return (x + delta).clamp(lo, hi)
-        delta = x_adv - x
-        low, high = lo - x, hi - x
+            delta = restrict((x_adv - x).clamp(-self.eps, self.eps), mask)
+            return within_region((x + delta).clamp(lo, hi), x, mask)
+        delta = restrict(x_adv - x, mask)
+        low, high = restrict(lo - x, mask), restrict(hi - x, mask)
         boxed = delta.clamp(low, high)
         ball = self.project_delta(delta)
         # 1. the box projection is in the ball: it is the answer (the box is a superset)
@@ -242,12 +178,14 @@ class LpBall:
         exact = project_l2_ball_box if self.norm == "l2" else project_l1_ball_box
         # every row, kept where needed: no host sync (a data-dependent row count would be)
         out = torch.where(hard, exact(delta, low, high, self.eps), out)
-        return (x + out).clamp(lo, hi)
+        return within_region((x + out).clamp(lo, hi), x, mask)
 
-    def linf_box(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """For linf: the per-coordinate bounds of the ball intersected with the box."""
+    def linf_box(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """For linf: the per-coordinate bounds of the ball intersected with the box
+        (``[x, x]`` outside a region ``mask``)."""
         lo, hi = self.bounds
-        return (x - self.eps).clamp_min(lo), (x + self.eps).clamp_max(hi)
+        low, high = (x - self.eps).clamp_min(lo), (x + self.eps).clamp_max(hi)
+        return within_region(low, x, mask), within_region(high, x, mask)
 
     def contains(self, x: Tensor, x_adv: Tensor, atol: float = 1e-5) -> Tensor:
         """Per-example boolean: ``x_adv`` is in the ball around ``x`` and in the box."""
@@ -257,12 +195,15 @@ class LpBall:
         in_box = (flat >= lo - atol).all(dim=1) & (flat <= hi + atol).all(dim=1)
         return in_ball & in_box
 
-    def random_init(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A point drawn uniformly from the ball around ``x``, then clipped to the box."""
-        shape, dim = x.shape, x[0].numel()
+    def random_init(
+        self, x: Tensor, generator: torch.Generator | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """A point drawn uniformly from the ball around ``x`` (on the coordinates of a
+        region ``mask``, if given), then clipped to the box."""
+        shape = x.shape
         if self.norm == "linf":
             delta = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
-            delta = delta * self.eps
+            delta = restrict(delta * self.eps, mask)
         else:
             # uniform in the l2 ball: gaussian direction, radius eps * U^(1/d);
             # uniform in the l1 ball: Laplace direction normalised, radius eps * U^(1/d).
@@ -273,17 +214,22 @@ class LpBall:
                 e = -torch.log(e.clamp_min(1e-12))
                 sign = torch.randint(0, 2, shape, generator=generator, device=x.device) * 2 - 1
                 direction = e * sign.to(x.dtype)
+            direction = restrict(direction, mask)
             direction = direction / per_example(lp_norm(direction, self.norm).clamp_min(1e-12), x)
             u = torch.rand(shape[0], generator=generator, device=x.device, dtype=x.dtype)
-            delta = direction * per_example(self.eps * u.pow(1.0 / dim), x)
-        return self.project(x, x + delta)
+            delta = direction * per_example(self.eps * u.pow(1.0 / _free_dims(x, mask)), x)
+        return self.project(x, x + delta, mask)
 
-    def ascent_direction(self, grad: Tensor, l1_sparsity: float = 0.95) -> Tensor:
-        """The steepest-ascent direction of unit l_p norm for a gradient ``grad``.
+    def ascent_direction(
+        self, grad: Tensor, l1_sparsity: float = 0.95, mask: Tensor | None = None
+    ) -> Tensor:
+        """The steepest-ascent direction of unit l_p norm for a gradient ``grad``
+        (restricted to the coordinates of a region ``mask``, if given).
 
         linf: ``sign(g)``; l2: ``g / ||g||_2``; l1: the sign of ``g`` on its top
         ``(1 - l1_sparsity)`` fraction of coordinates by magnitude, scaled to unit l1 norm.
         """
+        grad = restrict(grad, mask)
         if self.norm == "linf":
             return grad.sign()
         if self.norm == "l2":
@@ -291,7 +237,14 @@ class LpBall:
         flat = grad.flatten(1)
         k = max(1, round((1.0 - l1_sparsity) * flat.shape[1]))
         thresh = flat.abs().topk(k, dim=1).values[:, -1:]
-        mask = (flat.abs() >= thresh) & (flat != 0)
-        direction = flat.sign() * mask
+        top = (flat.abs() >= thresh) & (flat != 0)
+        direction = flat.sign() * top
         direction = direction / direction.abs().sum(dim=1, keepdim=True).clamp_min(1.0)
         return direction.view_as(grad)
+
+
+def _free_dims(x: Tensor, mask: Tensor | None) -> Tensor | int:
+    """Per example, the number of coordinates that may change (all without a mask)."""
+    if mask is None:
+        return x[0].numel()
+    return (mask != 0).expand_as(x).flatten(1).sum(1).clamp_min(1).to(x.dtype)

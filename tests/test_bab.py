@@ -52,23 +52,24 @@ _CASES = given(
     seed=st.integers(0, 10_000),
     eps=st.sampled_from([0.02, 0.08, 0.2]),
     kind=st.sampled_from(["small", "wide", "deep"]),
+    branching=st.sampled_from(["relu", "input"]),
 )
 
 
 @settings(max_examples=10, deadline=None)
 @_CASES
-def test_bab_agrees_with_milp(seed: int, eps: float, kind: str) -> None:
-    _agrees_with_milp(seed, eps, kind)
+def test_bab_agrees_with_milp(seed: int, eps: float, kind: str, branching: str) -> None:
+    _agrees_with_milp(seed, eps, kind, branching)
 
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @_CASES
-def test_bab_agrees_with_milp_many(seed: int, eps: float, kind: str) -> None:
-    _agrees_with_milp(seed, eps, kind)
+def test_bab_agrees_with_milp_many(seed: int, eps: float, kind: str, branching: str) -> None:
+    _agrees_with_milp(seed, eps, kind, branching)
 
 
-def _agrees_with_milp(seed: int, eps: float, kind: str) -> None:
+def _agrees_with_milp(seed: int, eps: float, kind: str, branching: str) -> None:
     model = {"small": random_network, "wide": _wide, "deep": lambda s: _wide(s, 3)}[kind](seed)
     x = random_inputs(seed, 3)
     y = model(x).argmax(1)
@@ -80,7 +81,8 @@ def _agrees_with_milp(seed: int, eps: float, kind: str) -> None:
 
     for xi, yi, e in zip(x, y, exact.tolist()):
         prop = margin_property(xi, int(yi), 3, eps, (0.0, 1.0))
-        verdict = verify_property(model, shape, prop, reference, VerifySettings(timeout=30.0))
+        cfg = VerifySettings(timeout=30.0, branching=branching)
+        verdict = verify_property(model, shape, prop, reference, cfg)
         if verdict.status == "holds":
             assert e > 0, f"holds but the MILP finds margin {e}"
             assert verdict.reason == Reason.PROVED and verdict.x is None

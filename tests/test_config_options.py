@@ -66,6 +66,28 @@ def test_every_attack_trains_one_short_epoch(option: str, tmp_path: Path) -> Non
     assert "eps" not in cfg.attack and "norm" not in cfg.attack  # the threat group's
 
 
+@pytest.mark.parametrize("option", options("defense"))
+def test_every_defense_trains_one_short_epoch(option: str, tmp_path: Path) -> None:
+    """``advtrain-train defense=<option>``: the purifier inside the model, one short epoch."""
+    cfg = compose_train([f"defense={option}", *SHORT, "attack.steps=2"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["test"]["n_examples"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"quantize={o}"] for o in options("quantize")]
+    + [["quantize=int8", f"quantize.layers={g}"] for g in ("conv", "linear", "first", "last")],
+    ids=lambda o: " ".join(o),
+)
+def test_every_quantize_option_trains_one_short_epoch(overrides: list[str], tmp_path: Path) -> None:
+    """``advtrain-train quantize=int8 quantize.layers=<group>``: quantisation-aware
+    adversarial training, one short epoch."""
+    cfg = compose_train([*overrides, *SHORT, "attack.steps=2"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["test"]["n_examples"] > 0
+
+
 def _module_of(group: str, option: str, tmp_path: Path):
     cfg = compose_train([f"{group}={option}", *_teacher(tmp_path, group, option)], tmp_path)
     return cfg, build_module(cfg, build_datamodule(cfg), build_threat(cfg))
@@ -83,6 +105,7 @@ def test_every_model_builds_and_fits_its_data(option: str, tmp_path: Path) -> No
     from advtrain.cli.common import build_model
 
     shape = {"digits_cnn": (1, 8, 8), "digits_cnn16": (1, 8, 8), "mlp": (1, 8, 8)}
+    shape |= {"implicit_resnet": (1, 8, 8), "explicit_resnet": (1, 8, 8)}
     shape = shape.get(option, (1, 28, 28) if "mnist" in option else (3, 32, 32))
     cfg = compose_train([f"model={option}", *_weights_file(option, shape, tmp_path)], tmp_path)
     model = build_model(cfg.model, cfg.data, True).eval()

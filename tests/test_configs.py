@@ -66,9 +66,15 @@ def synthetic_overrides(cfg: DictConfig) -> list[str]:
     ]
     # wide ResNets (WRN-34-10, WRN-28-10 recipes) at WRN-10-1 size: the same code, CPU-sized
     smaller = [f"model.{k}={v}" for k, v in (("depth", 10), ("widen", 1)) if k in cfg.model]
+    # GPU recipes run their settings (bf16, channels_last, data on the device) on the CPU,
+    # eagerly: compiling a ResNet's graphs is minutes of C++ builds on a CPU (the compiled
+    # steps are checked against eager ones in test_compiled.py and test_speed.py)
+    gpu = cfg.trainer.get("accelerator") == "gpu"
+    on_cpu = ["trainer.accelerator=cpu", "compile=false"] if gpu else []
     return [
         *fewer_steps,
         *smaller,
+        *on_cpu,
         "data=synthetic",
         f"data.shape=[{','.join(map(str, shape))}]",
         f"data.num_classes={n_classes}",

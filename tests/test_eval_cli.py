@@ -102,6 +102,11 @@ def test_eval_on_plain_state_dict(suffix, checkpoint, tmp_path, monkeypatch):
         (["ckpt_path={ckpt}", "certify.method=foo"], "certify.method='foo' is invalid; allowed"),
         (["ckpt_path={ckpt}", "eval.batch_size=0"], "batch_size=0 is invalid"),
         (["ckpt_path={ckpt}", "eval.device=tpu"], "eval.device='tpu' is invalid"),
+        (["ckpt_path={ckpt}", "eval.groups=sex"], "eval.groups='sex' is invalid; need a .npy"),
+        (["ckpt_path={ckpt}", "eval.groups=label_mod:1"], "label_mod:<k> needs one k >= 2"),
+        (["ckpt_path={ckpt}", "eval.groups=g.npy"], "no such file"),
+        (["ckpt_path={ckpt}", "eval.groups=data"], "needs a data set with a group attribute"),
+        (["ckpt_path={ckpt}", "eval.attribution=maybe"], "eval.attribution='maybe' is invalid"),
         (["ckpt_path={ckpt}", f"eval.device=cuda:{torch.cuda.device_count()}"], "CUDA GPU"),
         *(
             [(["ckpt_path={ckpt}", "eval.device=cuda"], "but 0 are visible")]
@@ -132,6 +137,16 @@ def test_eval_two_cpu_processes(checkpoint, tmp_path, monkeypatch):
     ref = json.loads((single / "report.json").read_text())
     assert report["n_examples"] == ref["n_examples"] == 40
     assert report["clean_accuracy"] == ref["clean_accuracy"]
+
+
+def test_eval_groups_from_the_data_sets_attribute(checkpoint, tmp_path, monkeypatch):
+    """``eval.groups=data`` reads the digits module's synthetic attribute (group 1 noised)."""
+    args = [f"ckpt_path={checkpoint}", "data=digits", "data.group_noise=0.3", "eval.groups=data"]
+    assert run_cli([*args, *FAST], tmp_path / "run", monkeypatch) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    rows = report["groups"]["rows"]
+    assert {r["group"] for r in rows} == {0, 1} and sum(r["n"] for r in rows) == 40
+    assert (tmp_path / "run" / "groups.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_with_certification(checkpoint, tmp_path, monkeypatch, capsys):

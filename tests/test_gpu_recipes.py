@@ -36,3 +36,16 @@ def test_pgd_recipe_is_rice_2020(tmp_path: Path) -> None:
 def test_bf16_trainers_compose(trainer: str, tmp_path: Path) -> None:
     cfg = compose_train(["experiment=cifar10_pgd", f"trainer={trainer}"], tmp_path)
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+
+
+def test_big_gpu_recipe_scales_the_rice_recipe(tmp_path: Path) -> None:
+    """Batch 512 with the linearly scaled rate (0.1 x 512 / 128) after a warm-up, bf16,
+    channels_last, compiled model and PGD steps, data on the device; Rice's attack."""
+    cfg = compose_train(["experiment=cifar10_pgd_big_gpu"], tmp_path)
+    assert cfg.data.batch_size == 512 and cfg.optimizer.lr == pytest.approx(0.1 * 512 / 128)
+    assert cfg.scheduler.factory.warmup_fraction > 0 and cfg.scheduler.interval == "step"
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert cfg.compile and cfg.channels_last and cfg.device_resident
+    assert cfg.trainer.max_epochs == 200 and cfg.threat.eps == "8/255"
+    attack = instantiate(cfg.attack, threat=None)
+    assert isinstance(attack, PGD) and attack.step_size == pytest.approx(2 / 255)

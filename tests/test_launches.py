@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks import APGD, APGDT, FAB, FABT, FMN, PGD, Square
 from advtrain.attacks.apgd import compaction_points
-from advtrain.attacks.runs import exit_points
+from advtrain.core.exits import exit_points
 from advtrain.core.meter import OpMeter
 
 EPS = 0.1

@@ -32,6 +32,7 @@ RUNS = {
     "objective_mixed": ["objective=mixed"],
     "objective_trades": ["objective=trades", "attack.loss=kl"],
     "objective_mart": ["objective=mart"],
+    "objective_frl": ["objective=frl", "objective.groups=label_mod:2"],
     "objective_ard_distill_teacher": [
         "objective=ard",
         "distill=teacher",

@@ -111,6 +111,56 @@ def test_eval_quick_l2(main_run: Path) -> None:
     assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
 
 
+def _eval_dir(cmd: str, main_run: Path) -> Path:
+    """Like ``_eval``, returning the run dir (its report and figures)."""
+    cwd = main_run.parents[3]
+    before = set(run_dirs(cwd, "eval"))
+    assert run_in_process([*argv_of(command(cmd), **fill_ckpt(main_run)), *FEW], cwd) == 0
+    (out,) = set(run_dirs(cwd, "eval")) - before
+    return out
+
+
+def test_eval_groups(main_run: Path) -> None:
+    cmd = "uv run advtrain-eval ckpt_path=... eval.suite=quick eval.groups=label_mod:2"
+    out = _eval_dir(cmd, main_run)
+    groups = json.loads((out / "report.json").read_text())["groups"]
+    assert {r["group"] for r in groups["rows"]} == {0, 1} and groups["worst"] in (0, 1)
+    assert sum(r["n"] for r in groups["rows"]) == 16 and len(groups["gap"]["ci95"]) == 2
+    assert (out / "groups.png").is_file() and "## Groups" in (out / "report.md").read_text()
+
+
+def test_eval_attribution(main_run: Path) -> None:
+    cmd = "uv run advtrain-eval ckpt_path=... eval.suite=quick eval.attribution=true"
+    out = _eval_dir(cmd, main_run)
+    section = json.loads((out / "report.json").read_text())["attribution"]
+    assert set(section["gauntlet"]) == {"input_gradient", "integrated_gradients", "smoothgrad"}
+    assert [r["penalty"] for r in section["attack"]] == [0.0, 1.0]
+    assert (out / "attribution.png").is_file()
+    assert "## Explanation stability" in (out / "report.md").read_text()
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
+def test_eval_region_mask(main_run: Path) -> None:
+    report = _eval(
+        "uv run advtrain-eval ckpt_path=... eval.suite=quick eval.mask=border:2", main_run
+    )
+    region = report["region"]
+    assert region["mask"] == "border:2" and region["free_fraction"] == 48 / 64
+    assert region["unmasked_robust_accuracy"] == report["robust_accuracy"]
+    assert [a["name"] for a in region["attacks"]] == ["pgd-20"]
+    (out,) = [
+        d
+        for d in run_dirs(main_run.parents[3], "eval")
+        if "## Region-constrained attacks" in _text(d / "report.md")
+    ]
+    assert "## Region-constrained attacks" in (out / "report.md").read_text()
+    assert (out / "region_examples.png").is_file()
+    assert "with attacks only in border:2" in (out / "eval.log").read_text()
+
+
 @pytest.mark.slow
 def test_eval_certify_crown(main_run: Path) -> None:
     report = _eval("uv run advtrain-eval ckpt_path=... certify.method=crown", main_run)
@@ -310,6 +360,69 @@ def test_slurm_command_composes(tmp_path: Path) -> None:
     assert "submitit" in cfg.hydra.launcher._target_
 
 
+# -- defenses that hide gradients (purification, BPDA) ---------------------------------------
+@pytest.mark.parametrize(
+    "text,target",
+    [
+        ("uv run advtrain-train experiment=digits_jpeg", "JpegLike"),
+        ("uv run advtrain-train experiment=digits_bitdepth defense.strength=2", "BitDepth"),
+        ("uv run advtrain-train experiment=digits_median", "Median"),
+        ("uv run advtrain-train experiment=digits_lowpass", "Lowpass"),
+    ],
+)
+def test_purification_recipes(text: str, target: str, tmp_path: Path) -> None:
+    run_dir = _train(text, tmp_path)
+    cfg = config_of(run_dir)
+    assert cfg["defense"]["_target_"] == f"advtrain.models.purification.{target}"
+    assert cfg["defense"]["strength"] == 2 or "strength" not in text
+    assert metrics_of(run_dir)["test"]["n_examples"] > 0
+
+
+def test_eval_with_a_test_time_purifier(main_run: Path) -> None:
+    cmd = "uv run advtrain-eval ckpt_path=... eval.suite=quick defense=jpeg defense.strength=25"
+    report = _eval(cmd, main_run)
+    assert report["bpda"] and report["bpda_backward"] == "identity (JpegLike 25)"
+    assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
+
+
+def test_quantisation_aware_training_and_its_eval(tmp_path: Path) -> None:
+    run_dir = _train("uv run advtrain-train experiment=digits_int8", tmp_path)
+    assert config_of(run_dir)["quantize"]["layers"] == "all"
+    # the checkpoint holds the fake-quant ranges: it loads quantised, as trained
+    report = _eval(
+        "uv run advtrain-eval ckpt_path=... eval.norm=l2 eval.eps=0.5 eval.suite=quick", run_dir
+    )
+    assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
+    cmd = "uv run advtrain-eval ckpt_path=... eval.suite=quick quantize=int8 quantize.layers=conv"
+    argv = [*argv_of(command(cmd), **fill_ckpt(run_dir)), *FEW]
+    assert run_in_process(argv, run_dir.parents[3]) == 2  # conv != the trained all: one line
+
+
+def test_eval_post_training_quantisation(main_run: Path) -> None:
+    cmd = "uv run advtrain-eval ckpt_path=... eval.suite=quick quantize=int8 quantize.layers=conv"
+    cwd = main_run.parents[3]
+    before = set(run_dirs(cwd, "eval"))
+    assert run_in_process([*argv_of(command(cmd), **fill_ckpt(main_run)), *FEW], cwd) == 0
+    (out,) = set(run_dirs(cwd, "eval")) - before
+    report = json.loads((out / "report.json").read_text())
+    assert report["robust_accuracy"]["value"] <= report["clean_accuracy"]["value"]
+    assert "post-training int8 quantisation of the 'conv' layers" in (out / "eval.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "text,implicit",
+    [
+        ("uv run advtrain-train experiment=digits_implicit_resnet", True),
+        ("uv run advtrain-train model=explicit_resnet", False),
+    ],
+)
+def test_implicit_resnet_commands(text: str, implicit: bool, tmp_path: Path) -> None:
+    run_dir = _train(text, tmp_path)
+    model = config_of(run_dir)["model"]
+    assert model["_target_"] == "advtrain.models.ImplicitResNet" and model["implicit"] is implicit
+    assert metrics_of(run_dir)["test"]["n_examples"] > 0
+
+
 # -- more techniques, models from anywhere, certificates ------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize(
@@ -337,17 +450,24 @@ def test_more_training_techniques(text: str, key: str, expected: object, tmp_pat
     assert metrics_of(run_dirs(tmp_path)[-1])["test"]["n_examples"] > 0
 
 
-def test_gpu_recipe_composes(tmp_path: Path) -> None:
-    """No GPU here: the command's config is checked (Wong et al.'s settings, bf16 on a GPU)."""
+@pytest.mark.parametrize(
+    ("text", "epochs", "attack"),
+    [
+        ("uv run advtrain-train experiment=cifar10_fgsm_rs trainer=gpu_bf16", 15, "FGSMRS"),
+        ("uv run advtrain-train experiment=cifar10_pgd_big_gpu", 200, "PGD"),
+    ],
+)
+def test_gpu_recipe_composes(text: str, epochs: int, attack: str, tmp_path: Path) -> None:
+    """No GPU here: the command's config is checked (the paper's settings, bf16 on a GPU)."""
     from hydra import compose, initialize_config_dir
 
     from tests.hydra_utils import CONF
 
-    words = argv_of(command("uv run advtrain-train experiment=cifar10_fgsm_rs trainer=gpu_bf16"))
+    words = argv_of(command(text))
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=words[1:])
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
-    assert cfg.trainer.max_epochs == 15 and cfg.attack._target_ == "advtrain.attacks.FGSMRS"
+    assert cfg.trainer.max_epochs == epochs and cfg.attack._target_ == f"advtrain.attacks.{attack}"
 
 
 def test_eval_of_an_onnx_model(main_run: Path) -> None:
@@ -394,7 +514,9 @@ def test_eval_of_a_robustbench_checkpoint(tmp_path: Path) -> None:
         tmp_path / "Carmon2019Unlabeled.pt",
     )
     cmd = "uv run advtrain-eval model=robustbench model.name=Carmon2019Unlabeled data=cifar10 weights_path=Carmon2019Unlabeled.pt eval.eps=8/255 eval.suite=quick"
-    extra = ["eval.n_examples=4", "eval.curve_n_examples=4", "data.verify_md5=false"]
+    # a WRN-28-10 on 2 CPU cores: 4 images and one curve point beyond the suite's eps
+    extra = ["eval.n_examples=4", "eval.curve_n_examples=4", "eval.eps_curve=[0,0.0627]"]
+    extra.append("data.verify_md5=false")
     assert run_in_process([*argv_of(command(cmd)), *extra], tmp_path) == 0
     report = json.loads((run_dirs(tmp_path, "eval")[0] / "report.json").read_text())
     assert report["n_examples"] == 4 and report["threat_model"]["eps"] == pytest.approx(8 / 255)

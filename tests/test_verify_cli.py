@@ -21,7 +21,7 @@ from torch import nn
 from advtrain.certification import min_margin
 from advtrain.cli.verify import main
 from advtrain.verification.formats.vnncomp import counterexample_valid
-from advtrain.verification.formats.vnnlib import parse_vnnlib
+from advtrain.verification.formats.vnnlib import parse_regions, parse_vnnlib
 from tests.verify_helpers import export_onnx, one_thread, robustness_vnnlib  # noqa: F401
 
 SCRIPT = Path(sys.executable).parent / "advtrain-verify"
@@ -121,13 +121,68 @@ def test_benchmark_run_writes_results_summary_and_score(files) -> None:
     assert proc.returncode == 0, proc.stderr
     with (out / "results.csv").open() as f:
         results = list(csv.reader(f))
-    assert results[0] == ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time"]
+    header = ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time", "note"]
+    assert results[0] == header
     assert [r[4] for r in results[1:]] == ["holds", "violated"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["solved"] == 2 and summary["holds"] == 1 and summary["violated"] == 1
     assert summary["wrong"] == 0 and summary["score"] == 20 and summary["timeouts"] == 0
     assert summary["per_net"]["net.onnx"]["solved"] == 2
     assert "score=20" in proc.stdout
+
+
+def test_a_bad_instance_is_an_error_row_and_the_run_goes_on(files) -> None:
+    """An unparsable property and a missing network: ``error`` rows with one-line reasons
+    in the results CSV and the summary, the good instance still answered, exit code 1."""
+    d = files["dir"]
+    (d / "broken.vnnlib").write_text("(declare-const X_0 Real)\n(assert (<= X_0")
+    rows = [
+        ("net.onnx", "broken.vnnlib", 30),
+        ("gone.onnx", "prop_small.vnnlib", 30),
+        ("net.onnx", "prop_large.vnnlib", 30),
+    ]
+    with (d / "bad_instances.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    out = d / "bench_bad"
+    proc = run_verify(f"instances={d / 'bad_instances.csv'}", "timeout=20", f"hydra.run.dir={out}",
+                      cwd=d)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    with (out / "results.csv").open() as f:
+        results = list(csv.reader(f))[1:]
+    assert [r[4] for r in results] == ["error", "error", "violated"]
+    assert "unbalanced" in results[0][6] and "gone.onnx" in results[1][6]
+    assert all("\n" not in r[6] for r in results)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["errors"] == 2 and summary["violated"] == 1
+    assert set(summary["error_reasons"]) == {"net_broken", "gone_prop_small"}
+
+
+def test_a_disjunction_over_input_regions_is_verified_region_by_region(files, tmp_path) -> None:
+    """ACAS Xu property 6's form: ``(or (and <box 1>) (and <box 2>))`` over the inputs; the
+    property is violated when one region is (here: the large box around the input)."""
+    small = files["props"]["small"].read_text()
+    large = files["props"]["large"].read_text()
+
+    def box(text: str) -> str:
+        atoms = [line[len("(assert ") : -1] for line in text.splitlines() if "X_" in line
+                 and line.startswith("(assert")]  # fmt: skip
+        return "(and " + " ".join(atoms) + ")"
+
+    head = [line for line in small.splitlines() if line.startswith("(declare")]
+    output = small[small.index("(assert (or") :]
+    for regions, status in (([small], "holds"), ([small, large], "violated")):
+        text = "\n".join(head) + f"\n(assert (or {' '.join(box(t) for t in regions)}))\n" + output
+        path = tmp_path / f"regions_{len(regions)}.vnnlib"
+        path.write_text(text)
+        proc = run_verify(f"onnx={files['onnx']}", f"vnnlib={path}", "timeout=60",
+                          f"result_file={tmp_path / 'r.txt'}",
+                          f"hydra.run.dir={tmp_path}/run_{len(regions)}", cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == status
+        if status == "violated":
+            regions_ = parse_regions(path)
+            assert len(regions_) == 2
+            assert counterexample_valid(files["onnx"], regions_, (tmp_path / "r.txt").read_text())
 
 
 @pytest.mark.parametrize(
@@ -140,6 +195,10 @@ def test_benchmark_run_writes_results_summary_and_score(files) -> None:
         (lambda f: [f"onnx={f['onnx']}", f"vnnlib={f['dir'] / 'bad.vnnlib'}"], "bad.vnnlib"),
         (lambda f: [], "onnx="),
         (lambda f: [f"onnx={f['onnx']}", f"vnnlib={f['props']['small']}", "timeout=-1"], "timeout"),
+        (
+            lambda f: [f"onnx={f['onnx']}", f"vnnlib={f['props']['small']}", "branching=x"],
+            "branching",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(files, make_args, message) -> None:

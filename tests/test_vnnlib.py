@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from advtrain.core.errors import ConfigError, ConfigFileNotFound
-from advtrain.verification.formats.vnnlib import parse_vnnlib, parse_vnnlib_text
+from advtrain.verification.formats.vnnlib import (
+    parse_regions_text,
+    parse_vnnlib,
+    parse_vnnlib_text,
+)
 
 HEADER = """; two inputs, three outputs
 (declare-const X_0 Real)
@@ -73,3 +77,26 @@ def test_malformed_vnnlib_is_one_config_error(text: str, message: str) -> None:
 def test_missing_file(tmp_path) -> None:
     with pytest.raises(ConfigFileNotFound, match="does not exist"):
         parse_vnnlib(tmp_path / "nope.vnnlib")
+
+
+def test_disjunction_over_input_regions() -> None:
+    """ACAS Xu property 6's form: ``(or (and <box>) (and <box>))`` over the inputs gives one
+    region per box (each cut from the top-level bounds), each with the whole unsafe set;
+    a file with several regions is refused by the one-region reader with one line."""
+    text = HEADER + (
+        "(assert (or (and (<= X_0 0.0) (>= X_1 0.05)) (and (>= X_0 0.25) (<= X_1 0.05))))\n"
+        "(assert (or (and (<= Y_1 Y_0)) (and (<= Y_2 Y_0))))\n"
+    )
+    regions = parse_regions_text(text)
+    assert [r.lo.tolist() for r in regions] == [[-0.25, 0.05], [0.25, 0.0]]
+    assert [r.hi.tolist() for r in regions] == [[0.0, 0.1], [0.5, 0.05]]
+    assert all(len(r.disjuncts) == 2 for r in regions)
+    with pytest.raises(ConfigError, match="2 input regions"):
+        parse_vnnlib_text(text)
+
+
+def test_empty_regions_are_dropped() -> None:
+    """A region whose bounds cross is empty (no input in it): it is left out."""
+    text = HEADER + "(assert (or (and (>= X_0 0.9)) (and (<= X_0 0.1))))\n(assert (<= Y_0 Y_1))\n"
+    (region,) = parse_regions_text(text)
+    assert region.lo.tolist() == [-0.25, 0.0] and region.hi.tolist() == [0.1, 0.1]

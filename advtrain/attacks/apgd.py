@@ -27,13 +27,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, AttackInputs, select_kwargs
+from advtrain.attacks.base import Attack, AttackInputs, rows_of, select_kwargs
 from advtrain.attacks.runs import merge_runs, rows_to_run, run_targets_of
 from advtrain.core.errors import ConfigError
 from advtrain.core.memory import rows_that_fit
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
-from advtrain.threat import LpBall, lp_norm
+from advtrain.threat import LpBall, lp_norm, restrict
 
 _MOMENTUM = 0.75
 
@@ -62,6 +62,7 @@ class _State:
     sparsity_old: Tensor  # l1: non-zeros of the best perturbation at the last check
     found: Tensor  # the first fooling iterate (where ``fooled``)
     fooled: Tensor
+    mask: Tensor | None  # the region each row may change (None: everywhere)
 
     def keep(self, idx: Tensor) -> None:
         """Keep only the rows ``idx`` (a long tensor) of every per-row field."""
@@ -212,7 +213,9 @@ class APGD(Attack):
         first run's fooling point, else the highest-objective point of any run.
         """
         x, n, n_runs = inputs.x, len(inputs.x), len(targets)
-        starts = self._random_start(x.repeat(n_runs, *[1] * (x.dim() - 1)), inputs.generator)
+        reps = (n_runs, *[1] * (x.dim() - 1))
+        masks = None if inputs.mask is None else inputs.mask.repeat(reps)
+        starts = self._random_start(x.repeat(reps), inputs.generator, masks)
         out = _Rows(starts.new_zeros(starts.shape), *_empty_marks(n_runs * n, x.device))
         group, chunk = self.parallel_runs or n_runs, rows_that_fit(model, x)
         fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -222,7 +225,7 @@ class APGD(Attack):
                 r, p = rows[c : c + chunk], rows[c : c + chunk] % n
                 got = self.run(
                     model, x[p], inputs.y[p], run_targets_of(targets, r, n),
-                    select_kwargs(kw, p), starts[r],
+                    select_kwargs(kw, p), starts[r], rows_of(inputs.mask, p),
                 )  # fmt: skip
                 out.result[r], out.fooled[r], out.best[r] = got
             fooled = fooled | out.fooled.view(n_runs, n).any(0)
@@ -237,10 +240,12 @@ class APGD(Attack):
         target: Tensor | None,
         kw: dict[str, Tensor],
         start: Tensor,
+        mask: Tensor | None = None,
     ) -> _Rows:
-        """APGD from ``start`` on every row of ``x``; no host sync but at the
-        ``compaction_points`` (where fooled rows leave the batch)."""
+        """APGD from ``start`` on every row of ``x`` (within the region ``mask``); no host
+        sync but at the ``compaction_points`` (where fooled rows leave the batch)."""
         state, logits = self._init_state(model, x, y, target, kw, start)
+        state.mask = mask
         out = _Rows(x.clone(), *_empty_marks(len(x), x.device))
         self._record(state, logits)
         marks = checkpoints(self.steps, self.norm)
@@ -289,33 +294,41 @@ class APGD(Attack):
             sparsity_old=torch.full((n,), float(x[0].numel()), device=dev),
             found=start.clone(),
             fooled=torch.zeros(n, dtype=torch.bool, device=dev),
+            mask=None,
         )
         return state, logits
 
-    def _random_start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _random_start(
+        self, x: Tensor, generator: torch.Generator | None, mask: Tensor | None = None
+    ) -> Tensor:
         """AutoAttack's starts: a corner-like point of the linf ball, a point on the l2
-        sphere, or gaussian noise projected onto the l1 ball and box."""
+        sphere, or gaussian noise projected onto the l1 ball and box (on the region
+        ``mask``, if given)."""
         if self.norm == "linf":
             t = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+            t = restrict(t, mask)
             t = t / per_example(t.flatten(1).abs().amax(1).clamp_min(1e-12), x)
-            return self.threat.project(x, x + self.eps * t)
-        t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return self.threat.project(x, x + self.eps * t, mask)
+        t = restrict(
+            torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), mask
+        )
         if self.norm == "l2":
             t = t / per_example(lp_norm(t, "l2").clamp_min(1e-12), x)
-            return self.threat.project(x, x + self.eps * t)
-        return self.threat.project(x, x + t)
+            return self.threat.project(x, x + self.eps * t, mask)
+        return self.threat.project(x, x + t, mask)
 
     # -- iteration pieces (no host sync) ----------------------------------------------
     def _step(self, s: _State, first: bool) -> None:
         """A momentum step (linf, l2) or a sparse step (l1), projected."""
         if self.norm == "l1":
-            direction = _sparse_direction(s.grad, s.topk)
-            s.x_old, s.x_adv = s.x_adv, self.threat.project(s.x, s.x_adv + s.step * direction)
+            direction = _sparse_direction(restrict(s.grad, s.mask), s.topk)
+            moved = s.x_adv + s.step * direction
+            s.x_old, s.x_adv = s.x_adv, self.threat.project(s.x, moved, s.mask)
             return
-        z = self.ascent_step(s.x, s.x_adv, s.grad, s.step)
+        z = self.ascent_step(s.x, s.x_adv, s.grad, s.step, s.mask)
         a = 1.0 if first else _MOMENTUM
         moved = s.x_adv + a * (z - s.x_adv) + (1 - a) * (s.x_adv - s.x_old)
-        s.x_old, s.x_adv = s.x_adv, self.threat.project(s.x, moved)
+        s.x_old, s.x_adv = s.x_adv, self.threat.project(s.x, moved, s.mask)
 
     def _evaluate(self, model: nn.Module, s: _State, need_grad: bool) -> Tensor:
         """Objective (and gradient) at the new iterate; updates the best point."""

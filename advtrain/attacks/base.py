@@ -16,6 +16,11 @@ subclass does:
   Lightning's validation and test loops);
 * the result is detached, inside the eps-ball around ``x`` (or the larger ball an attack
   declares with ``output_ball``, as N-FGSM does) and inside the data box;
+* region-constrained attacks: ``attack(model, x, y, mask=m)`` with ``m`` broadcastable to
+  ``x`` (1 where a pixel may change) changes no pixel outside the mask, for every norm:
+  ``perturb`` sees the mask expanded per example (``AttackInputs.mask``, sliced with the
+  rows) and hands it to the threat model's ``project``/``random_init``/
+  ``ascent_direction`` (``LpBall``), and the result is projected with it once more;
 * mixed precision: under bf16 autocast (``trainer.precision=bf16-mixed``) the model's
   forward and backward passes run in bf16 while the inputs, the objective, the input
   gradients and the projection stay in float32; fp16 autocast (``16-mixed``) is refused
@@ -61,17 +66,44 @@ class AttackInputs(NamedTuple):
         target: The target labels of a targeted call (drawn at random when the caller
             gives none and the attack ``draws_targets``), else ``None``.
         generator: The call's random generator (``None``: torch's global one).
+        mask: The region each example may change (bool, ``x``'s shape), or ``None``.
     """
 
     x: Tensor
     y: Tensor
     target: Tensor | None
     generator: torch.Generator | None
+    mask: Tensor | None = None
 
     def select(self, idx: Tensor) -> AttackInputs:
         """The examples at ``idx`` (the same generator)."""
         target = self.target[idx] if self.target is not None else None
-        return AttackInputs(self.x[idx], self.y[idx], target, self.generator)
+        return AttackInputs(
+            self.x[idx], self.y[idx], target, self.generator, rows_of(self.mask, idx)
+        )
+
+
+def rows_of(mask: Tensor | None, idx: Tensor) -> Tensor | None:
+    """The region mask of the rows ``idx`` (``None`` stays ``None``)."""
+    return None if mask is None else mask[idx]
+
+
+def region_mask(mask: Tensor | None, x: Tensor) -> Tensor | None:
+    """A user's region mask as a bool tensor of ``x``'s shape (1: the pixel may change).
+
+    Raises:
+        ConfigError: When ``mask`` does not broadcast to ``x``.
+    """
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask, device=x.device)
+    try:
+        return (mask != 0).expand_as(x).contiguous()
+    except RuntimeError:
+        raise ConfigError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the inputs' shape "
+            f"{tuple(x.shape)}; give one mask per image or one for all"
+        ) from None
 
 
 def select_kwargs(kw: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
@@ -157,12 +189,19 @@ class Attack(ABC):
         return f"{type(self).__name__}({self.threat!r}, loss={self.loss_name!r})"
 
     def __call__(
-        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """Return adversarial examples for ``(x, y)`` against ``model`` (detached)."""
+        """Return adversarial examples for ``(x, y)`` against ``model`` (detached); with a
+        region ``mask`` (broadcastable to ``x``, 1: may change) only those pixels move."""
         check_precision(x)
         if self.check_inputs:
             self.threat.check_inputs(x)
+        mask = region_mask(mask, x)
         if self.threat.eps == 0:
             return x.detach().clone()
         with attack_context(model, self.model_mode):
@@ -171,8 +210,8 @@ class Attack(ABC):
             generator = self._generator(x.device)
             if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
-            x_adv = self.perturb(model, AttackInputs(x, y, target, generator))
-            x_adv = self.output_ball().project(x, x_adv.detach())
+            x_adv = self.perturb(model, AttackInputs(x, y, target, generator, mask))
+            x_adv = self.output_ball().project(x, x_adv.detach(), mask)
         return x_adv
 
     def output_ball(self) -> LpBall:
@@ -190,10 +229,18 @@ class Attack(ABC):
             return None
         return torch.Generator(device=device).manual_seed(int(self.seed))
 
-    def ascent_step(self, x: Tensor, x_adv: Tensor, grad: Tensor, size: float | Tensor) -> Tensor:
+    def ascent_step(
+        self,
+        x: Tensor,
+        x_adv: Tensor,
+        grad: Tensor,
+        size: float | Tensor,
+        mask: Tensor | None = None,
+    ) -> Tensor:
         """A steepest-ascent step of length ``size`` along ``grad`` from ``x_adv``,
-        projected onto the threat model around ``x``."""
-        return self.threat.project(x, x_adv + size * self.threat.ascent_direction(grad))
+        projected onto the threat model around ``x`` (within a region ``mask``)."""
+        direction = self.threat.ascent_direction(grad, mask=mask)
+        return self.threat.project(x, x_adv + size * direction, mask)
 
     def objective(self, logits: Tensor, y: Tensor, target: Tensor | None, **kw: Tensor) -> Tensor:
         """Per-example value to *maximise*: the loss, or minus the loss to the target
@@ -269,4 +316,13 @@ def step_size(value: float | str | None, eps: float, default_ratio: float) -> fl
     return as_float(value, "step_size")
 
 
-__all__ = ["LOSSES", "Attack", "AttackInputs", "check_precision", "select_kwargs", "step_size"]
+__all__ = [
+    "LOSSES",
+    "Attack",
+    "AttackInputs",
+    "check_precision",
+    "region_mask",
+    "rows_of",
+    "select_kwargs",
+    "step_size",
+]

@@ -25,15 +25,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import AttackInputs
+from advtrain.attacks.base import AttackInputs, rows_of
 from advtrain.attacks.hyperplane import project_hyperplane_box
 from advtrain.attacks.minimum_norm import MinimumNormAttack
-from advtrain.attacks.runs import exit_points, rows_to_run, run_targets_of
+from advtrain.attacks.runs import rows_to_run, run_targets_of
 from advtrain.core.errors import ConfigError
+from advtrain.core.exits import exit_points
 from advtrain.core.memory import rows_that_fit
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
-from advtrain.threat import LpBall, dual_norm, lp_norm
+from advtrain.threat import LpBall, dual_norm, lp_norm, restrict, within_region
 
 
 def _check_steps(alpha_max: float, eta: float, beta: float) -> tuple[float, float, float]:
@@ -120,7 +121,7 @@ class FAB(MinimumNormAttack):
     def search(
         self, model: nn.Module, inputs: AttackInputs, stop: float | None
     ) -> tuple[Tensor, Tensor]:
-        x, y, target, _ = inputs
+        x, y, target = inputs.x, inputs.y, inputs.target
         with torch.no_grad():
             logits = model(x)
         best_x = x.clone()
@@ -157,11 +158,12 @@ class FAB(MinimumNormAttack):
         for c in range(0, len(rows), chunk):
             r = rows[c : c + chunk]
             p = r % n
-            start = x[p]
+            start, mask = x[p], rows_of(inputs.mask, p)
             if restart > 0:
-                start = self._start(x[p], best[p].clamp(max=self.eps), inputs.generator)
+                start = self._start(x[p], best[p].clamp(max=self.eps), inputs.generator, mask)
             target = run_targets_of(runs, r, n)
-            adv[r], norms[r] = self._run(model, x[p], inputs.y[p], target, start, stop)
+            got = self._run(model, _Live.of(x[p], inputs.y[p], target, start, mask), stop)
+            adv[r], norms[r] = got
         return adv, norms
 
     def _targets(self, logits: Tensor, target: Tensor | None) -> list[Tensor | None]:
@@ -173,27 +175,20 @@ class FAB(MinimumNormAttack):
         n = min(self.n_target_classes, logits.shape[1] - 1)
         return [ranked[:, k] for k in range(1, n + 1)]
 
-    def _start(self, x: Tensor, radius: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _start(
+        self, x: Tensor, radius: Tensor, generator: torch.Generator | None, mask: Tensor | None
+    ) -> Tensor:
         t = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        t = restrict(t, mask)
         t = t / per_example(lp_norm(t, self.norm).clamp_min(1e-12), x)
         return (x + 0.5 * per_example(radius, x) * t).clamp(*self.threat.bounds)
 
     # -- one run ----------------------------------------------------------------------------
-    def _run(
-        self,
-        model: nn.Module,
-        x0: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        x1: Tensor,
-        stop: float | None,
-    ) -> tuple[Tensor, Tensor]:
-        """One FAB run from ``x1``: the smallest adversarial iterate per example and its
-        norm. No host sync but at ``exit_points`` (with ``stop``: where rows whose
+    def _run(self, model: nn.Module, live: _Live, stop: float | None) -> tuple[Tensor, Tensor]:
+        """One FAB run from ``live.x1``: the smallest adversarial iterate per example and
+        its norm. No host sync but at ``exit_points`` (with ``stop``: where rows whose
         adversarial is within ``stop`` leave the batch)."""
-        adv = x0.clone()
-        res = torch.full((len(x0),), float("inf"), device=x0.device, dtype=x0.dtype)
-        live = _Live(torch.arange(len(x0), device=x0.device), x0, y, target, x1, adv, res)
+        adv, res = live.adv.clone(), live.res.clone()
         drops = exit_points(self.steps, 16) if stop is not None else set()
         for i in range(self.steps):
             self._iterate(model, live)
@@ -205,7 +200,7 @@ class FAB(MinimumNormAttack):
     def _iterate(self, model: nn.Module, s: _Live) -> None:
         """One FAB step on every live row: keep the smallest adversarial iterate; once
         adversarial, step back towards the original by ``beta``."""
-        x_new = self._next_point(model, s.x1, s.x0, s.y, s.target)
+        x_new = self._next_point(model, s)
         with torch.no_grad():
             fooled = model(x_new).argmax(1) != s.y
         norms = lp_norm(x_new - s.x0, self.norm)
@@ -215,26 +210,27 @@ class FAB(MinimumNormAttack):
         back = s.x0 + (x_new - s.x0) * self.beta
         s.x1 = torch.where(per_example(fooled, s.x0), back, x_new)
 
-    def _next_point(
-        self, model: nn.Module, x1: Tensor, x0: Tensor, y: Tensor, target: Tensor | None
-    ) -> Tensor:
+    def _next_point(self, model: nn.Module, s: _Live) -> Tensor:
         """``(1 - alpha)(x1 + eta d1) + alpha (x0 + eta d2)`` in the box, where ``d1``, ``d2``
-        project ``x1`` and the original ``x0`` onto the closest linearised boundary at ``x1``."""
-        lo_hi = self.threat.bounds
-        w, b = self._boundary(model, x1, y, target)
+        project ``x1`` and the original ``x0`` onto the closest linearised boundary at ``x1``
+        (in the subspace of the region ``s.mask``: the gradients vanish outside it)."""
+        lo_hi, x1, x0 = self.threat.bounds, s.x1, s.x0
+        w, b = self._boundary(model, x1, s.y, s.target, s.mask)
         flat = torch.cat([x1.flatten(1), x0.flatten(1)])
         d = project_hyperplane_box(flat, torch.cat([w, w]), torch.cat([b, b]), self.norm, lo_hi)
         d1, d2 = d[: len(x1)].view_as(x1), d[len(x1) :].view_as(x1)
         a1 = lp_norm(d1, self.norm).clamp_min(1e-8)
         a2 = lp_norm(d2, self.norm).clamp_min(1e-8)
         alpha = per_example((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x1)
-        return ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(*lo_hi)
+        out = ((x1 + self.eta * d1) * (1 - alpha) + (x0 + self.eta * d2) * alpha).clamp(*lo_hi)
+        return within_region(out, x0, s.mask)
 
     def _boundary(
-        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """The closest linearised decision hyperplane ``w . z = b`` at ``x`` (flattened)."""
         df, dg = self._linearise(model, x, y, target)
+        dg = restrict(dg, None if mask is None else mask.unsqueeze(1))
         dual = dual_norm(self.norm)
         dist = df.abs() / lp_norm(dg.flatten(0, 1), dual).view(df.shape).add(1e-12)
         if target is None:
@@ -280,6 +276,16 @@ class _Live:
     x1: Tensor
     adv: Tensor
     res: Tensor
+    mask: Tensor | None
+
+    @classmethod
+    def of(
+        cls, x0: Tensor, y: Tensor, target: Tensor | None, x1: Tensor, mask: Tensor | None
+    ) -> _Live:
+        """Every row live, none adversarial yet."""
+        res = torch.full((len(x0),), float("inf"), device=x0.device, dtype=x0.dtype)
+        rows = torch.arange(len(x0), device=x0.device)
+        return cls(rows, x0, y, target, x1, x0.clone(), res, mask)
 
     def flush(self, adv: Tensor, res: Tensor) -> None:
         adv[self.rows], res[self.rows] = self.adv, self.res
@@ -300,6 +306,7 @@ class _Live:
             )
             self.adv, self.res = self.adv[alive], self.res[alive]
             self.target = None if self.target is None else self.target[alive]
+            self.mask = rows_of(self.mask, alive)
         return True
 
 

@@ -75,11 +75,11 @@ class FGSM(Attack):
         return step_size(self._step_size, self.eps, 1.25 if self.random_start else 1.0)
 
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        x, y, target, generator = inputs
+        x, y, target, generator, mask = inputs
         kw = self.loss_kwargs(model, x, y)
-        x_adv = self.threat.random_init(x, generator) if self.random_start else x
+        x_adv = self.threat.random_init(x, generator, mask) if self.random_start else x
         _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
-        return self.ascent_step(x, x_adv, grad, self.step_size)
+        return self.ascent_step(x, x_adv, grad, self.step_size, mask)
 
 
 class FGSMRS(FGSM):

@@ -26,8 +26,9 @@ from advtrain.attacks.base import AttackInputs
 from advtrain.attacks.minimum_norm import MinimumNormAttack
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
+from advtrain.core.projections import project_l1_ball
 from advtrain.core.tensors import per_example, without_class
-from advtrain.threat import LpBall, dual_norm, lp_norm, project_l1_ball
+from advtrain.threat import LpBall, dual_norm, lp_norm, restrict
 
 
 def _check_schedule(
@@ -149,15 +150,17 @@ class FMN(MinimumNormAttack):
         enough would need their count on the host every step; the loop keeps its
         per-example bookkeeping on the device (masks and ``torch.where``), no host sync.
         """
-        x, dual = inputs.x, dual_norm(self.norm)
+        x, mask, dual = inputs.x, inputs.mask, dual_norm(self.norm)
         lo, hi = self.threat.bounds
-        low, high = lo - x, hi - x  # the data box, as bounds on delta
+        # the data box as bounds on delta; width zero outside a region mask
+        low, high = restrict(lo - x, mask), restrict(hi - x, mask)
         worst = lp_norm(torch.maximum(-low, high), self.norm)  # farthest point of the box
         margin_of = _Margin(inputs.target if self.targeted else inputs.y, self.targeted)
         delta, best_delta = torch.zeros_like(x), torch.zeros_like(x)
         eps, best = torch.zeros_like(worst), torch.full_like(worst, float("inf"))
         for k in range(self.steps + 1):
             m, grad = self._probe(model, x, delta, margin_of, grad=k < self.steps)
+            grad = None if grad is None else restrict(grad, mask)
             with torch.no_grad():
                 fooled, norms = m < 0, lp_norm(delta, self.norm)
                 better = fooled & (norms < best)

@@ -19,7 +19,7 @@ from advtrain.attacks.base import Attack, AttackInputs, step_size
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
-from advtrain.threat import LpBall, lp_norm
+from advtrain.threat import LpBall, lp_norm, restrict
 
 
 class MIFGSM(Attack):
@@ -86,15 +86,16 @@ class MIFGSM(Attack):
         return step_size(self._step_size, self.eps, 1.0 / self.steps)
 
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        x, y, target, generator = inputs
+        x, y, target, generator, mask = inputs
         kw = self.loss_kwargs(model, x, y)
-        x_adv = self.threat.random_init(x, generator) if self.random_start else x.clone()
+        x_adv = self.threat.random_init(x, generator, mask) if self.random_start else x.clone()
         momentum = torch.zeros_like(x)
         for _ in range(self.steps):
             _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
+            grad = restrict(grad, mask)
             grad = grad / per_example(lp_norm(grad, "l1").clamp_min(1e-12), x)
             momentum = self.decay * momentum + grad
-            x_adv = self.ascent_step(x, x_adv, momentum, self.step_size)
+            x_adv = self.ascent_step(x, x_adv, momentum, self.step_size, mask)
         return x_adv
 
 

@@ -17,10 +17,10 @@ from abc import abstractmethod
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, AttackInputs
+from advtrain.attacks.base import Attack, AttackInputs, region_mask
 from advtrain.core.modes import attack_context
 from advtrain.core.tensors import per_example
-from advtrain.threat import lp_norm
+from advtrain.threat import lp_norm, within_region
 
 
 class MinimumNormAttack(Attack):
@@ -29,19 +29,27 @@ class MinimumNormAttack(Attack):
     draws_targets = True
 
     def min_norm(
-        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """``(x_adv, norms)``: the closest adversarial example found per example and its
-        l_p distance to ``x`` (``inf`` where none was found, 0 where ``x`` is misclassified)."""
+        l_p distance to ``x`` (``inf`` where none was found, 0 where ``x`` is misclassified);
+        with a region ``mask`` (broadcastable to ``x``) the closest one changing only it."""
         if self.check_inputs:
             self.threat.check_inputs(x)
+        mask = region_mask(mask, x)
         with attack_context(model, self.model_mode):
             x, y = x.detach().clone(), y.detach().clone()
             generator = self._generator(x.device)
             if self.targeted and target is None and self.draws_targets:
                 target = self.random_targets(model, x, y, generator)
-            x_adv, norms = self.search(model, AttackInputs(x, y, target, generator), stop=None)
-            x_adv = x_adv.detach().clamp(*self.threat.bounds)
+            inputs = AttackInputs(x, y, target, generator, mask)
+            x_adv, norms = self.search(model, inputs, stop=None)
+            x_adv = within_region(x_adv.detach().clamp(*self.threat.bounds), x, mask)
             with torch.no_grad():
                 fooled = model(x_adv).argmax(1) != y
             # the norms are those of the returned (box-clamped) points, found or not

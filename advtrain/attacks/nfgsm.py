@@ -85,10 +85,10 @@ class NFGSM(Attack):
         return self.threat.with_eps(self.noise * self.eps + self.step_size)
 
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        x, y, target, generator = inputs
+        x, y, target, generator, mask = inputs
         kw = self.loss_kwargs(model, x, y)
-        x0 = self.threat.with_eps(self.noise * self.eps).random_init(x, generator)
+        x0 = self.threat.with_eps(self.noise * self.eps).random_init(x, generator, mask)
         _, grad, _ = self.input_gradient(model, x0, y, target, **kw)
-        x_adv = x0 + self.step_size * self.threat.ascent_direction(grad)
+        x_adv = x0 + self.step_size * self.threat.ascent_direction(grad, mask=mask)
         lo, hi = self.threat.bounds
         return x_adv.clamp(lo, hi)

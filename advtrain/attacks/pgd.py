@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks.base import Attack, AttackInputs, select_kwargs, step_size
-from advtrain.attacks.runs import exit_points
+from advtrain.attacks.compiled import begin_step, compiled, linf_step, lp_step
+from advtrain.core.exits import exit_points
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
 from advtrain.threat import LpBall
@@ -44,6 +45,8 @@ class PGD(Attack):
         seed: Seed of the attack's randomness (``None``: torch's global generator).
         check_inputs: Raise when inputs lie outside the data box.
         eot_iter: Forward/backward draws averaged per gradient (EOT, Athalye et al. 2018).
+        compile: Run each step of the plain path (one restart, no early stop: training)
+            as one ``torch.compile``d graph, a CUDA graph on CUDA (``attacks.compiled``).
     """
 
     name = "pgd"
@@ -66,6 +69,7 @@ class PGD(Attack):
         seed: int | None = None,
         check_inputs: bool = True,
         eot_iter: int = 1,
+        compile: bool = False,
     ) -> None:
         super().__init__(
             norm=norm,
@@ -84,26 +88,32 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.restarts = positive_int(restarts, "restarts")
         self.early_stop = bool(early_stop)
+        self.compile = bool(compile)
 
     @property
     def step_size(self) -> float:
         return step_size(self._step_size, self.eps, 2.5 / self.steps)
 
-    def _start(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self.threat.random_init(x, generator) if self.random_start else x.clone()
+    def _start(self, inputs: AttackInputs) -> Tensor:
+        x = inputs.x
+        return (
+            self.threat.random_init(x, inputs.generator, inputs.mask)
+            if self.random_start
+            else x.clone()
+        )
 
-    def _step(self, x: Tensor, x_adv: Tensor, grad: Tensor) -> Tensor:
-        return self.ascent_step(x, x_adv, grad, self.step_size)
+    def _step(self, x: Tensor, x_adv: Tensor, grad: Tensor, mask: Tensor | None) -> Tensor:
+        return self.ascent_step(x, x_adv, grad, self.step_size, mask)
 
     def _run_plain(self, model: nn.Module, inputs: AttackInputs, kw: dict[str, Tensor]) -> Tensor:
         """``steps`` ascent steps, last iterate returned: the training hot path.
 
         For linf the ball-box intersection is a box: one clamp to precomputed bounds.
         """
-        x, y, target, generator = inputs
-        x_adv = self._start(x, generator)
+        x, y, target, _, mask = inputs
+        x_adv = self._start(inputs)
         if self.norm == "linf":
-            low, high = self.threat.linf_box(x)
+            low, high = self.threat.linf_box(x, mask)
             alpha = self.step_size
             for _ in range(self.steps):
                 _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
@@ -111,8 +121,29 @@ class PGD(Attack):
             return x_adv
         for _ in range(self.steps):
             _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
-            x_adv = self._step(x, x_adv, grad)
+            x_adv = self._step(x, x_adv, grad, mask)
         return x_adv
+
+    def _run_compiled(
+        self, model: nn.Module, inputs: AttackInputs, kw: dict[str, Tensor]
+    ) -> Tensor:
+        """``_run_plain`` with each step one compiled graph (``attacks.compiled``); the
+        result is a copy (a CUDA graph reuses its output buffer on the next replay)."""
+        x, y, target, _, mask = inputs
+        x_adv, device = self._start(inputs), x.device
+        if self.norm == "linf":
+            bounds = self.threat.linf_box(x, mask)
+            alpha = torch.tensor(self.step_size, device=device, dtype=x.dtype)
+            step = compiled(linf_step, device)
+            for _ in range(self.steps):
+                begin_step(device)
+                x_adv = step(self, model, x_adv, y, target, kw, bounds, alpha)
+            return x_adv.clone()
+        step = compiled(lp_step, device)
+        for _ in range(self.steps):
+            begin_step(device)
+            x_adv = step(self, model, x, x_adv, y, target, kw, mask)
+        return x_adv.clone()
 
     def _run_tracked(
         self, model: nn.Module, inputs: AttackInputs, kw: dict[str, Tensor]
@@ -122,8 +153,8 @@ class PGD(Attack):
         Every row steps on a fixed batch; with ``early_stop`` a fooled row is frozen at
         its fooling iterate (masked, not removed), and the loop ends early only at
         ``exit_points`` (one host sync each), when every row is frozen."""
-        x, y, target, generator = inputs
-        x_adv = self._start(x, generator)
+        x, y, target, _, mask = inputs
+        x_adv = self._start(inputs)
         frozen = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         fooled, values = frozen.clone(), torch.full((len(x),), float("-inf"), device=x.device)
         exits = exit_points(self.steps, 16) if self.early_stop else set()
@@ -141,7 +172,7 @@ class PGD(Attack):
                 break
             if self.early_stop:
                 frozen = frozen | now
-            x_adv = torch.where(per_example(frozen, x), x_adv, self._step(x, x_adv, grad))
+            x_adv = torch.where(per_example(frozen, x), x_adv, self._step(x, x_adv, grad, mask))
             if step in exits and bool(frozen.all()):
                 break
         return x_adv, fooled, values
@@ -172,5 +203,7 @@ class PGD(Attack):
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
         kw = self.loss_kwargs(model, inputs.x, inputs.y)
         if self.restarts == 1 and not self.early_stop:
+            if self.compile:
+                return self._run_compiled(model, inputs, kw)
             return self._run_plain(model, inputs, kw)
         return self._run_restarts(model, inputs, kw)

@@ -56,11 +56,4 @@ def merge_runs(x: Tensor, result: Tensor, fooled: Tensor, best: Tensor) -> Tenso
     return torch.where(per_example(ran, x), chosen, x)
 
 
-def exit_points(n: int, every: int) -> set[int]:
-    """Iterations (of ``n``) after which an attack may drop finished rows or stop: 0, 1,
-    3, 7, ... (most rows finish early), then every ``every``-th. Each costs one host
-    sync; the iterations between them cost none."""
-    return {i for i in range(n) if (i + 1) & i == 0 or (i + 1) % every == 0}
-
-
-__all__ = ["exit_points", "merge_runs", "rows_to_run", "run_targets_of"]
+__all__ = ["merge_runs", "rows_to_run", "run_targets_of"]

@@ -22,13 +22,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks.base import Attack, AttackInputs
+from advtrain.attacks.base import Attack, AttackInputs, rows_of
 from advtrain.attacks.losses import margin
-from advtrain.attacks.runs import exit_points
 from advtrain.core.errors import ConfigError
+from advtrain.core.exits import exit_points
 from advtrain.core.numbers import positive_int
 from advtrain.core.tensors import per_example
-from advtrain.threat import LpBall, lp_norm
+from advtrain.threat import LpBall, lp_norm, restrict
 
 _SCHEDULE = (
     (10, 1),
@@ -143,7 +143,7 @@ class Square(Attack):
 
     # -- the attack -----------------------------------------------------------------------
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        x, y, target, generator = inputs
+        x, y, target, generator, mask = inputs
         if x.dim() != 4:
             raise ConfigError(
                 f"Square needs images [batch, channels, h, w]; got shape {tuple(x.shape)}"
@@ -156,18 +156,14 @@ class Square(Attack):
             if len(todo) == 0:
                 break
             sub_t = target[todo] if target is not None else None
-            x_adv, margin_r = self._run(model, x[todo], y[todo], sub_t, generator)
+            live = _Rows(todo, x[todo], y[todo], sub_t, rows_of(mask, todo))
+            x_adv, margin_r = self._run(model, live, generator)
             result[todo] = x_adv
             todo = todo[margin_r > 0]
         return result
 
     def _run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
+        self, model: nn.Module, live: _Rows, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor]:
         """One random search from a fresh start: the points and their margins.
 
@@ -175,15 +171,16 @@ class Square(Attack):
         rows leave the batch at ``exit_points`` (one host sync each). Window positions
         come from a host-side generator seeded once per call, so no query waits on the
         device."""
+        x = live.x
         draws = _Draws(generator, random.Random(_host_seed(generator, x.device)))
         with torch.no_grad():
-            x_best = self._init(x, draws)
-            margins, loss = self.margin_and_loss(model, x_best, y, target)
+            x_best = self._init(x, live.mask, draws)
+            margins, loss = self.margin_and_loss(model, x_best, live.y, live.target)
             out_x, out_m = x_best.clone(), margins.clone()
-            live = _Rows(torch.arange(len(x), device=x.device), x, y, target)
+            live = live._replace(rows=torch.arange(len(x), device=x.device))
             drops = exit_points(self.n_queries - 1, 256)
             for i in range(self.n_queries - 1):
-                x_new = self._propose(live.x, x_best, i, draws)
+                x_new = self._propose(live.x, x_best, i, draws, live.mask)
                 m_new, l_new = self.margin_and_loss(model, x_new, live.y, live.target)
                 active = margins > 0
                 better = active & (l_new < loss)
@@ -201,14 +198,14 @@ class Square(Attack):
             out_x[live.rows], out_m[live.rows] = x_best, margins
         return out_x, out_m
 
-    def _init(self, x: Tensor, draws: _Draws) -> Tensor:
+    def _init(self, x: Tensor, mask: Tensor | None, draws: _Draws) -> Tensor:
         if self.norm == "linf":
             b, c, _, w = x.shape
             stripes = self._signs((b, c, 1, w), x, draws)
-            return (x + self.eps * stripes).clamp(*self.threat.bounds)
-        return self._init_l2(x, draws)
+            return (x + self.eps * restrict(stripes, mask)).clamp(*self.threat.bounds)
+        return self._init_l2(x, mask, draws)
 
-    def _init_l2(self, x: Tensor, draws: _Draws) -> Tensor:
+    def _init_l2(self, x: Tensor, mask: Tensor | None, draws: _Draws) -> Tensor:
         b, c, h, w = x.shape
         delta = torch.zeros_like(x)
         s = max(h // 5, 1)
@@ -218,10 +215,13 @@ class Square(Attack):
             for vw in range(start, w - s + 1, s):
                 signs = self._signs((b, c, 1, 1), x, draws)
                 delta[:, :, vh : vh + s, vw : vw + s] += pattern * signs
+        delta = restrict(delta, mask)
         delta = delta / per_example(lp_norm(delta, "l2").clamp_min(1e-12), x)
-        return self.threat.project(x, x + self.eps * delta)
+        return self.threat.project(x, x + self.eps * delta, mask)
 
-    def _propose(self, x: Tensor, x_best: Tensor, i: int, draws: _Draws) -> Tensor:
+    def _propose(
+        self, x: Tensor, x_best: Tensor, i: int, draws: _Draws, mask: Tensor | None
+    ) -> Tensor:
         c, h, w = x.shape[1:]
         p = p_selection(self.p_init, i, self.n_queries)
         s = max(round((p * h * w) ** 0.5), 1)
@@ -233,10 +233,13 @@ class Square(Attack):
             x_new[:, :, vh : vh + s, vw : vw + s] = (
                 x[:, :, vh : vh + s, vw : vw + s] + self.eps * signs
             )
-            return self.threat.project(x, x_new)
-        return self._propose_l2(x, x_best, max(s, 3) | 1 if min(h, w) >= 3 else s, draws)
+            return self.threat.project(x, x_new, mask)
+        size = max(s, 3) | 1 if min(h, w) >= 3 else s
+        return self._propose_l2(x, x_best, size, draws, mask)
 
-    def _propose_l2(self, x: Tensor, x_best: Tensor, s: int, draws: _Draws) -> Tensor:
+    def _propose_l2(
+        self, x: Tensor, x_best: Tensor, s: int, draws: _Draws, mask: Tensor | None
+    ) -> Tensor:
         """Move the perturbation mass of window 2 (and of window 1) into window 1."""
         n, c, h, w = x.shape
         s = min(s, h, w)
@@ -260,8 +263,9 @@ class Square(Attack):
         )
         delta[win2] = 0.0
         delta[win1] = new
+        delta = restrict(delta, mask)
         delta = delta / per_example(lp_norm(delta, "l2").clamp_min(1e-12), x)
-        return self.threat.project(x, x + self.eps * delta)
+        return self.threat.project(x, x + self.eps * delta, mask)
 
     # -- randomness -------------------------------------------------------------------------
     @staticmethod
@@ -290,10 +294,11 @@ class _Rows(NamedTuple):
     x: Tensor
     y: Tensor
     target: Tensor | None
+    mask: Tensor | None
 
     def select(self, idx: Tensor) -> _Rows:
         target = None if self.target is None else self.target[idx]
-        return _Rows(self.rows[idx], self.x[idx], self.y[idx], target)
+        return _Rows(self.rows[idx], self.x[idx], self.y[idx], target, rows_of(self.mask, idx))
 
 
 def _host_seed(generator: torch.Generator | None, device: torch.device) -> int:

@@ -82,13 +82,13 @@ class TradesKL(Attack):
         return step_size(self._step_size, self.eps, 0.25)
 
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        x, y, target, generator = inputs
+        x, y, target, generator, mask = inputs
         kw = self.loss_kwargs(model, x, y)  # the clean logits, computed once
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = self.threat.project(x, x + self.init_std * noise)
+        x_adv = self.threat.project(x, x + self.init_std * noise, mask)
         for _ in range(self.steps):
             _, grad, _ = self.input_gradient(model, x_adv, y, target, **kw)
-            x_adv = self.ascent_step(x, x_adv, grad, self.step_size)
+            x_adv = self.ascent_step(x, x_adv, grad, self.step_size, mask)
         return x_adv
 
 

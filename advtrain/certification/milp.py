@@ -159,6 +159,26 @@ def min_margin(
     )
 
 
+def min_linear(model: nn.Module, lo: Tensor, hi: Tensor, rows: Tensor) -> Tensor:
+    """Exact minimum of each row's ``c . f(x)`` over the box ``lo <= x <= hi`` (float64).
+
+    Args:
+        model: A small ReLU network of layers supported by ``parse``.
+        lo, hi: The box ``[*shape]`` (e.g. a VNNLIB input region).
+        rows: ``[m, K]`` linear functions of the output.
+    """
+    model = _float64(model)
+    lo, hi = (t.detach().to("cpu", torch.float64)[None] for t in (lo, hi))
+    net = parse(model, lo.shape[1:])
+    with torch.no_grad():
+        layers = dense_segments(net)
+        pre = ibp_intermediate(net, InputDomain.box(lo, hi))
+    pre_0 = [(pl[0].flatten().numpy(), pu[0].flatten().numpy()) for pl, pu in pre]
+    program = _Program(layers, lo[0].flatten().numpy(), hi[0].flatten().numpy(), pre_0)
+    values = [program.solve(c)[0] for c in rows.detach().cpu().double().numpy()]
+    return torch.tensor(values, dtype=torch.float64, device="cpu")
+
+
 def _worst_class(program: _Program, spec: np.ndarray) -> tuple[float, np.ndarray, int]:
     """The smallest exact margin over the rows of ``spec`` (``[K-1, K]``), its solution
     and its row (the first one on ties)."""

@@ -25,6 +25,7 @@ from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.core.modes import eval_mode
 from advtrain.models import NormalizedModel
 from advtrain.models.lipschitz import hard_lipschitz
+from advtrain.models.purification import PurifiedModel, Purifier
 from advtrain.training.module import accepted_parameters
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -190,11 +191,21 @@ def build_all(cfg: DictConfig | None, **shared: Any) -> list[Any]:
     return [build(v, **shared) for v in cfg.values() if is_configured(v) and "_target_" in v]
 
 
-def build_model(model_cfg: DictConfig, data_cfg: DictConfig | None, normalize: bool) -> nn.Module:
+def build_model(
+    model_cfg: DictConfig,
+    data_cfg: DictConfig | None,
+    normalize: bool,
+    defense: DictConfig | None = None,
+    quantize: DictConfig | None = None,
+) -> nn.Module:
     """Instantiate the backbone and put the data set's normalisation inside it.
 
     A model config may carry ``hard_lipschitz: true`` (spectral normalisation of every
     Linear/Conv layer, ``advtrain.models.lipschitz``); it is not passed to the model.
+    ``defense`` (the ``defense`` group) puts an input purifier in front
+    (``advtrain.models.purification``); the state dict stays the same. ``quantize`` (the
+    ``quantize`` group) fake-quantises a layer group of the backbone to int8
+    (``advtrain.models.quantization``), for quantisation-aware training.
     """
     lipschitz = bool(model_cfg.get("hard_lipschitz", False))
     backbone = instantiate(
@@ -204,9 +215,24 @@ def build_model(model_cfg: DictConfig, data_cfg: DictConfig | None, normalize: b
         backbone = hard_lipschitz(backbone)
     if not isinstance(backbone, nn.Module):
         raise TypeError(f"model config built a {type(backbone).__name__}, not a torch.nn.Module")
+    if is_configured(quantize):
+        backbone = instantiate(quantize).apply(backbone)
     mean = data_cfg.get("mean") if (normalize and data_cfg is not None) else None
     std = data_cfg.get("std") if (normalize and data_cfg is not None) else None
+    purifier = build_purifier(defense)
+    if purifier is not None:
+        return PurifiedModel(backbone, purifier, mean, std)
     return NormalizedModel(backbone, mean, std)
+
+
+def build_purifier(defense: DictConfig | None) -> Purifier | None:
+    """The ``defense`` group's purifier (``advtrain.models.purification``); ``None`` for none."""
+    if not is_configured(defense):
+        return None
+    purifier = instantiate(defense)
+    if not isinstance(purifier, Purifier):
+        raise ConfigError(f"defense={defense.get('_target_')!r} is not a Purifier")
+    return purifier
 
 
 def check_model_fits_data(model: nn.Module, datamodule: Any) -> None:

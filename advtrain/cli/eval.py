@@ -14,15 +14,20 @@ Examples::
     advtrain-eval ckpt_path=... eval.devices=2            # shard over 2 CPU processes (gloo)
     advtrain-eval ckpt_path=... eval.device=cuda eval.devices=4   # 4 GPUs, one process each (nccl)
     advtrain-eval ckpt_path=... hydra.run.dir=DIR eval.resume=true   # continue a run
+    advtrain-eval ckpt_path=... eval.groups=label_mod:2   # or data, label:0-4, groups.npy
+    advtrain-eval ckpt_path=... eval.attribution=true     # explanation stability
+    advtrain-eval ckpt_path=... eval.mask=border:2        # + attacks confined to a region
 
 Writes ``report.json`` (the contract in DESIGN.md), ``report.md``, the figures
-``robustness_curve.png`` and ``adversarial_examples.png``, and ``eval_state.pt`` (the
+``robustness_curve.png`` and ``adversarial_examples.png`` (with groups ``groups.png``, with
+``eval.attribution=true`` ``attribution.png``, with ``eval.mask`` ``region_examples.png``), and ``eval_state.pt`` (the
 per-example state, saved after every chunk) into the run dir; logs the metrics and
 figures to the configured ``logger``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from dataclasses import replace
@@ -39,6 +44,7 @@ from torch import Tensor, nn
 from advtrain.cli.common import (
     build_all,
     build_model,
+    build_purifier,
     check_data_files,
     check_group_choices,
     config_dir,
@@ -53,21 +59,29 @@ from advtrain.cli.smoothing import (
 )
 from advtrain.core.checkpoint import load_checkpoint, load_into, read_state_dict
 from advtrain.core.errors import ConfigError, ConfigFileNotFound
+from advtrain.core.numbers import positive_int
 from advtrain.evaluation import EvalOptions, Evaluation, run_evaluation, write_report
+from advtrain.evaluation.attribution_report import attribution_section, plot_attribution
 from advtrain.evaluation.export import check_export, write_model_info
 from advtrain.evaluation.figures import write_figures
+from advtrain.evaluation.group_figure import plot_groups
+from advtrain.evaluation.groups import check_group_spec, resolve_groups
 from advtrain.evaluation.report import certified_line, log_report
 from advtrain.evaluation.state import STATE_FILE, state_files
+from advtrain.models.purification import PurifiedModel
+from advtrain.models.quantization import QuantizedModel, calibrate
 from advtrain.models.robustbench import ZOO, clean_accuracy_warning, threat_model_warning
 
 
 def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]:
     """Build the model with its weights, and pick the data config to evaluate on."""
-    model_cfg, data_cfg = cfg.get("model"), cfg.get("data")
-    normalize = bool(cfg.get("normalize", True))
+    model_cfg, data_cfg, defense = cfg.get("model"), cfg.get("data"), cfg.get("defense")
+    normalize, trained_quantized = bool(cfg.get("normalize", True)), None
     if cfg.get("ckpt_path"):
         state, run = load_checkpoint(cfg.ckpt_path)
         run_cfg = OmegaConf.create(run)
+        defense = defense if defense is not None else run_cfg.get("defense")
+        trained_quantized = run_cfg.get("quantize")  # quantisation-aware training
         model_cfg = model_cfg if is_configured(model_cfg) else run_cfg.model
         data_cfg = data_cfg if is_configured(data_cfg) else run_cfg.data
         normalize = bool(run_cfg.get("normalize", True))
@@ -79,16 +93,45 @@ def resolve_model_and_data(cfg: DictConfig) -> tuple[nn.Module, DictConfig, str]
             )
         if "path" in model_cfg:  # model=robustbench | onnx: the model reads weights_path itself
             model = instantiate(model_cfg)
+            purifier = build_purifier(defense)
+            model = PurifiedModel(model, purifier) if purifier is not None else model
             return model.eval(), data_cfg, str(model_cfg.get("name") or Path(cfg.weights_path).name)
         state, source = read_state_dict(cfg.weights_path), cfg.weights_path
     else:
         raise ConfigError(
             "nothing to evaluate: give ckpt_path=<advtrain .ckpt> or model=... data=... weights_path=..."
         )
-    model = build_model(model_cfg, data_cfg, normalize)
+    model = build_model(model_cfg, data_cfg, normalize, defense, trained_quantized)
     model_name = str(model_cfg.get("_target_", "model")).rsplit(".", 1)[-1]
     load_into(model, state, str(source), f"model {model_name}")
     return model.eval(), data_cfg, model_name
+
+
+def post_training_quantized(model: nn.Module, quantize: Any, datamodule: Any) -> nn.Module:
+    """``quantize=int8`` on a float model: its backbone fake-quantised to int8, the ranges
+    calibrated on the first training batches (never test data); a model trained
+    quantisation-aware is already quantised and is returned as it is."""
+    if not is_configured(quantize):
+        return model
+    spec = instantiate(quantize)
+    trained = [m.quantized_layers for m in model.modules() if isinstance(m, QuantizedModel)]
+    if trained and trained != [spec.layers]:
+        raise ConfigError(
+            f"quantize.layers={spec.layers!r}: the checkpoint was trained quantised "
+            f"(layers={trained[0]!r}); post-training quantisation applies to float checkpoints"
+        )
+    if trained:
+        return model
+    if not (isinstance(model, nn.Sequential) and len(model) == 2):
+        raise ConfigError("quantize=int8 needs an advtrain model (Normalize + backbone)")
+    model[1] = spec.apply(model[1])
+    datamodule.setup("fit")
+    batches = itertools.islice(datamodule.train_dataloader(), spec.calibration_batches)
+    say(
+        f"post-training int8 quantisation of the {spec.layers!r} layers, calibrated on "
+        f"{spec.calibration_batches} training batches"
+    )
+    return calibrate(model, (x for x, _ in batches))
 
 
 def eval_device(spec: Any, devices: int = 1) -> torch.device:
@@ -119,6 +162,10 @@ def check_eval_config(cfg: DictConfig) -> EvalOptions:
     options = evaluation_options(cfg)
     eval_device(ev.get("device"), int(ev.get("devices", 1)))
     check_export(ev.get("export"), options.suite)
+    check_group_spec(ev.get("groups"))
+    if not isinstance(ev.get("attribution", False), bool):
+        raise ConfigError(f"eval.attribution={ev.attribution!r} is invalid; use true or false")
+    positive_int(ev.get("attribution_n_examples", 200), "eval.attribution_n_examples")
     if ev.n_examples is not None and int(ev.n_examples) < 1:
         raise ConfigError(f"eval.n_examples={ev.n_examples!r} is invalid; need an integer >= 1")
     if int(ev.get("devices", 1)) < 1:
@@ -145,6 +192,7 @@ def evaluation_options(cfg: DictConfig) -> EvalOptions:
         certify_timeout=(cfg.get("certify") or {}).get("timeout", 60.0),
         smoothing=smoothing_options(cfg) if smoothing else None,
         progress=bool(ev.get("progress", True)),
+        mask=ev.get("mask"),
     )
 
 
@@ -192,7 +240,9 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
     model, data_cfg, model_name = resolve_model_and_data(cfg)
     datamodule = instantiate(data_cfg)
     check_data_files(datamodule)
+    model = post_training_quantized(model, cfg.get("quantize"), datamodule)
     x, y = datamodule.test_tensors(limit=cfg.eval.n_examples)
+    groups = resolve_groups(cfg.eval.get("groups"), y, datamodule.test_groups(cfg.eval.n_examples))
     options = replace(
         options,
         dataset=datamodule.name,
@@ -202,7 +252,7 @@ def run_eval(cfg: DictConfig) -> dict[str, Any]:
         device=device,
     )
     model, x, y = model.to(device), x.to(device), y.to(device)
-    result = run_evaluation(model, x, y, options)
+    result = run_evaluation(model, x, y, options, groups=groups)
     if dist.is_initialized() and dist.get_rank() != 0:
         return result.report
     return write_outputs(cfg, result, model, (x, y), options)
@@ -220,6 +270,7 @@ def write_outputs(
     report, out = result.report, Path(cfg.paths.output_dir)
     figures = write_figures(result, model, out) if cfg.eval.get("figures", True) else []
     figures += add_smoothing_section(report, model, *data, options, out)
+    figures += add_group_and_attribution_sections(cfg, result, model, options, out)
     json_path, md_path = write_report(report, out)
     if options.smoothing is not None:
         write_smoothing_markdown(report, md_path)
@@ -228,6 +279,26 @@ def write_outputs(
         log_report(logger, report, figures)
     print_summary(report, json_path)
     return report
+
+
+def add_group_and_attribution_sections(
+    cfg: DictConfig, result: Evaluation, model: nn.Module, options: EvalOptions, out: Path
+) -> list[Path]:
+    """``groups.png`` when the report has groups; with ``eval.attribution=true`` the
+    explanation-stability section and ``attribution.png``. Returns the figures drawn."""
+    report, draw = result.report, bool(cfg.eval.get("figures", True))
+    paths = []
+    if report.get("groups") and draw:
+        paths.append(plot_groups(report["groups"], out / "groups.png", report["model"]))
+    if cfg.eval.get("attribution", False):
+        n = int(cfg.eval.get("attribution_n_examples", 200))
+        section, shown = attribution_section(
+            model, result.x, result.y, result.x_adv, options.threat, n_examples=n, seed=cfg.seed
+        )
+        report["attribution"] = section
+        if draw:
+            paths.append(plot_attribution(model, *shown, out / "attribution.png"))
+    return paths
 
 
 def publish(cfg: DictConfig, report: dict, out: Path) -> None:
@@ -269,6 +340,7 @@ def print_summary(report: dict, json_path: Path) -> None:
         f"robust accuracy {100 * robust['value']:.2f}% "
         f"[{100 * robust['ci95'][0]:.1f}, {100 * robust['ci95'][1]:.1f}]"
         + (f", {certified_line(cert)}" if cert else "")
+        + _region_line(report.get("region"))
         + f" ({tm['norm']} eps={tm['eps']:.4g}, n={report['n_examples']}, suite "
         f"{report['suite']}); gradient masking "
         f"{'SUSPECTED' if report['gradient_masking']['suspected'] else 'not suspected'}; "
@@ -277,6 +349,17 @@ def print_summary(report: dict, json_path: Path) -> None:
     sandwich = report.get("sandwich")
     if sandwich and not sandwich["ok"]:
         say(f"advtrain-eval: BUG: {sandwich['detail']}", sys.stderr)
+
+
+def _region_line(region: dict | None) -> str:
+    """``, robust accuracy 61.00% [...] with attacks only in border:2`` (``eval.mask``)."""
+    if not region:
+        return ""
+    p = region["robust_accuracy"]
+    return (
+        f", robust accuracy {100 * p['value']:.2f}% [{100 * p['ci95'][0]:.1f}, "
+        f"{100 * p['ci95'][1]:.1f}] with attacks only in {region['mask']}"
+    )
 
 
 def rank_device(device: torch.device) -> torch.device:

@@ -10,7 +10,8 @@ Examples::
     advtrain-train -m hydra/launcher=submitit_slurm hydra.launcher.partition=gpu trainer=ddp
 
 Speed options: ``trainer.precision=bf16-mixed``, ``compile=true`` (``torch.compile`` of
-the model), ``channels_last=true``, ``device_resident=true`` (the data set on the device,
+the model and of each PGD step of the training and validation attacks, a CUDA graph on
+CUDA: ``advtrain.attacks.compiled``), ``channels_last=true``, ``device_resident=true`` (the data set on the device,
 augmented there; ``advtrain.data.device_loader``). ``resume=auto`` (the default) picks up
 ``<run dir>/checkpoints/last.ckpt`` when it exists, so a requeued SLURM job continues;
 ``ckpt_path=<run>/checkpoints/last.ckpt`` resumes that run with its own configuration in
@@ -77,23 +78,26 @@ def build_threat(cfg: DictConfig) -> LpBall | None:
     return threat
 
 
-def build_attack(node: Any, threat: LpBall | None, teacher: Any = None) -> Attack | None:
+def build_attack(
+    node: Any, threat: LpBall | None, teacher: Any = None, compile: bool = False
+) -> Attack | None:
     """An attack on the run's threat model (every attack takes ``threat``); ``None`` for
-    attack=none."""
+    attack=none. The run's ``compile`` reaches the attacks that compile their steps."""
     if not is_configured(node):
         return None
     if threat is None:
         raise ConfigError("the attacks need a threat model; choose threat=linf, l2 or l1")
-    return instantiate(
-        node, threat=threat, **({"teacher": teacher} if takes(node, "teacher") else {})
-    )
+    extra: dict[str, Any] = {"teacher": teacher} if takes(node, "teacher") else {}
+    if compile and takes(node, "compile"):
+        extra["compile"] = True
+    return instantiate(node, threat=threat, **extra)
 
 
 def build_module(cfg: DictConfig, datamodule: Any, threat: LpBall | None) -> AdversarialModule:
     """The LightningModule of a run: model, attacks, objective, optimizer, scheduler and
     regularizers; every part that reads the threat model gets the one object ``threat``."""
     check_threat_keys(threat_settings(cfg))
-    model = build_model(cfg.model, cfg.data, cfg.normalize)
+    model = build_model(cfg.model, cfg.data, cfg.normalize, cfg.get("defense"), cfg.get("quantize"))
     check_model_fits_data(model, datamodule)
     teacher = build_teacher(cfg.get("distill"))
     scheduler = cfg.get("scheduler")
@@ -102,8 +106,8 @@ def build_module(cfg: DictConfig, datamodule: Any, threat: LpBall | None) -> Adv
     module = instantiate(module_cfg, _partial_=True)(
         model=model,
         objective=build(cfg.objective, threat=threat, teacher=teacher),
-        attack=build_attack(cfg.attack, threat, teacher),
-        eval_attack=build_attack(cfg.get("eval_attack"), threat),
+        attack=build_attack(cfg.attack, threat, teacher, bool(cfg.get("compile"))),
+        eval_attack=build_attack(cfg.get("eval_attack"), threat, compile=bool(cfg.get("compile"))),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler.factory) if is_configured(scheduler) else None,
         scheduler_interval=scheduler.interval if is_configured(scheduler) else "epoch",

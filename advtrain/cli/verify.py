@@ -6,7 +6,9 @@ the result file with the counterexample, whose path it prints. ``advtrain-verify
 (each instance's own timeout, capped by ``timeout``), appends each answer to a results CSV
 in VNN-COMP's layout as it goes, checks every counterexample again from the written file
 with onnxruntime, scores the run by VNN-COMP 2021's rule against the published consensus
-(when a ``results.csv`` is next to the instances) and writes ``summary.json``.
+(when a ``results.csv`` is next to the instances) and writes ``summary.json``. An instance
+that cannot be parsed or run is recorded as ``error`` with its one-line reason (the CSV's
+``note`` column and the summary's ``error_reasons``); the run goes on and exits 1 at the end.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from advtrain.cli.rundir import say
 from advtrain.core.errors import ConfigError
 from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.models.onnx import onnx_forward
+from advtrain.verification.bab.input_split import InputSplitSettings
 from advtrain.verification.bab.search import BaBSettings
 from advtrain.verification.formats.onnx_net import onnx_sequential
 from advtrain.verification.formats.vnncomp import (
@@ -42,7 +45,14 @@ from advtrain.verification.formats.vnncomp import (
     write_result,
 )
 from advtrain.verification.verdict import Reason, Status, Verdict
-from advtrain.verification.verify import VerifySettings, verify_property
+from advtrain.verification.verify import BRANCHINGS, VerifySettings, verify_regions
+
+
+class BenchmarkState:
+    """What the console entry point reads after Hydra's run (which returns nothing):
+    the number of instances of the last benchmark that ended in ``error``."""
+
+    errors = 0
 
 
 def _positive(cfg: DictConfig, key: str) -> float:
@@ -54,19 +64,21 @@ def _positive(cfg: DictConfig, key: str) -> float:
 
 def run_instance(cfg: DictConfig, inst: Instance) -> Verdict:
     """Verify one instance within ``min(inst.timeout, cfg.timeout)`` seconds."""
-    prop = check_instance(inst)
+    regions = check_instance(inst)
     model, shape = onnx_sequential(inst.onnx)
     n_in = 1
     for s in shape:
         n_in *= s
-    if n_in != len(prop.lo):
-        raise ConfigError(f"{inst.vnnlib} has {len(prop.lo)} inputs but {inst.onnx} takes {n_in}")
+    if n_in != len(regions[0].lo):
+        raise ConfigError(
+            f"{inst.vnnlib} has {len(regions[0].lo)} inputs but {inst.onnx} takes {n_in}"
+        )
     settings = _settings(cfg, min(inst.timeout, _positive(cfg, "timeout")))
 
     def reference(x: torch.Tensor) -> torch.Tensor:
         return onnx_forward(inst.onnx, x)
 
-    verdict = verify_property(model, shape, prop, reference, settings)
+    verdict = verify_regions(model, shape, regions, reference, settings)
     if verdict.seconds > settings.timeout:  # VNN-COMP: an answer after the timeout does not count
         verdict = replace(verdict, status=Status.TIMEOUT, reason=Reason.DEADLINE)
     return verdict
@@ -76,8 +88,18 @@ def _settings(cfg: DictConfig, timeout: float) -> VerifySettings:
     """The pipeline's settings from ``cfg.attack`` and ``cfg.bab`` (see conf/verify.yaml)."""
     batch = None if cfg.bab.batch is None else int(cfg.bab.batch)
     bab = BaBSettings(batch=batch, iters=int(cfg.bab.iters))
+    if cfg.branching not in BRANCHINGS:
+        raise ConfigError(
+            f"branching={cfg.branching!r} is invalid; allowed: {', '.join(BRANCHINGS)}"
+        )
+    split = InputSplitSettings(max_inputs=int(cfg.input_split.max_inputs))
     return VerifySettings(
-        timeout, restarts=int(cfg.attack.restarts), steps=int(cfg.attack.steps), bab=bab
+        timeout,
+        restarts=int(cfg.attack.restarts),
+        steps=int(cfg.attack.steps),
+        bab=bab,
+        input_split=split,
+        branching=str(cfg.branching),
     )
 
 
@@ -119,22 +141,37 @@ def _benchmark(cfg: DictConfig, out: Path) -> dict[str, Any]:
     counts: Counter = Counter()
     per_net: dict[str, Counter] = {}
     start = time.monotonic()
-    rows: list[list[Any]] = [list(RESULTS_HEADER)]
+    rows: list[list[Any]] = [[*RESULTS_HEADER, "note"]]
+    errors: dict[str, str] = {}
     with _progress(len(insts)) as bar:
         task = bar.add_task("verify", total=len(insts))
         for inst in insts:
-            verdict, name = _scored_instance(cfg, inst, cex_dir, expected, counts, per_net)
+            name = f"{inst.onnx.stem}_{inst.vnnlib.stem}"
+            began = time.monotonic()
+            try:
+                verdict = _scored_instance(cfg, inst, cex_dir, expected, counts, per_net)
+                status, note = str(verdict.status), _note(verdict)
+            except Exception as err:
+                status, note = "error", _one_line(err)
+                errors[name] = note
+                for c in (counts, per_net.setdefault(inst.onnx.name, Counter())):
+                    c["error"] += 1
+            seconds = f"{time.monotonic() - began:.3f}"
             benchmark = Path(cfg.instances).parent.name
-            status, seconds = str(verdict.status), f"{verdict.seconds:.3f}"
-            rows.append([benchmark, inst.onnx, inst.vnnlib, "0.000", status, seconds])
+            rows.append([benchmark, inst.onnx, inst.vnnlib, "0.000", status, seconds, note])
             _write_csv(results, rows)
-            bar.update(task, advance=1, description=f"{name}: {verdict.status}")
+            bar.update(task, advance=1, description=f"{name}: {status}")
     summary = _summary(counts, counts["points"], time.monotonic() - start, len(insts))
+    summary["error_reasons"] = errors
+    BenchmarkState.errors = len(errors)
     summary["per_net"] = {k: _summary(v, v["points"], None, None) for k, v in per_net.items()}
     summary["results_csv"] = str(results)
     summary["counterexamples"] = str(cex_dir)
     write_json_atomic(summary, out / "summary.json")
-    say(" ".join(f"{k}={v}" for k, v in summary.items() if k != "per_net"))
+    for name, reason in errors.items():
+        say(f"error: {name}: {reason}")
+    shown = {k: v for k, v in summary.items() if k not in ("per_net", "error_reasons")}
+    say(" ".join(f"{k}={v}" for k, v in shown.items()))
     return summary
 
 
@@ -145,7 +182,7 @@ def _scored_instance(
     expected: dict[tuple[str, str], str],
     counts: Counter,
     per_net: dict[str, Counter],
-) -> tuple[Verdict, str]:
+) -> Verdict:
     """Verify ``inst``, write its result file, check a counterexample again from that file
     and add the answer and its VNN-COMP 2021 points to ``counts`` and ``per_net``."""
     verdict = run_instance(cfg, inst)
@@ -159,7 +196,19 @@ def _scored_instance(
         c[str(verdict.status)] += 1
         c[judged] += 1
         c["points"] += pts
-    return verdict, name
+    return verdict
+
+
+def _note(verdict: Verdict) -> str:
+    """The results CSV's last column: why the search ended and what it split."""
+    split = f" ({verdict.branching} split)" if verdict.branching else ""
+    return f"{verdict.reason} at {verdict.stage}{split}, {verdict.domains} domains"
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line: its message (a bug: its type too)."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if isinstance(err, ConfigError) else f"{type(err).__name__}: {text}"
 
 
 def _write_csv(path: Path, rows: list[list[Any]]) -> None:
@@ -175,6 +224,7 @@ def _summary(c: Counter, points: int, seconds: float | None, total: int | None) 
         "holds": c["holds"],
         "violated": c["violated"],
         "timeouts": c["timeout"],
+        "errors": c["error"],
         "wrong": c["wrong"],
         "unconfirmed": c["unconfirmed"],
         "score": points,
@@ -194,6 +244,7 @@ def run_verify(cfg: DictConfig) -> Any:
     """
     if not cfg.instances and (not cfg.onnx or not cfg.vnnlib):
         raise ConfigError("give onnx=<net.onnx> vnnlib=<prop.vnnlib>, or instances=<instances.csv>")
+    _settings(cfg, _positive(cfg, "timeout"))  # bad settings: one line before anything runs
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
@@ -212,8 +263,13 @@ def _hydra_main(cfg: DictConfig) -> Any:
 
 @one_line_errors("advtrain-verify")
 def main() -> Any:
-    """Console entry point."""
-    return _hydra_main()
+    """Console entry point; a benchmark with an instance that ended in ``error`` exits 1
+    after the whole run (its results CSV and summary written)."""
+    BenchmarkState.errors = 0
+    value = _hydra_main()
+    if BenchmarkState.errors:
+        sys.exit(1)
+    return value
 
 
 if __name__ == "__main__":

@@ -25,6 +25,21 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     return (float(ci.low), float(ci.high))
 
 
+def difference_interval(
+    k1: int, n1: int, k2: int, n2: int, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Interval for ``k1/n1 - k2/n2`` of two independent proportions: Newcombe's hybrid
+    score interval (Newcombe 1998, "Interval estimation for the difference between
+    independent proportions", method 10), built from the two Wilson intervals."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, confidence)
+    l2, u2 = wilson_interval(k2, n2, confidence)
+    d = p1 - p2
+    low = d - ((p1 - l1) ** 2 + (u2 - p2) ** 2) ** 0.5
+    high = d + ((u1 - p1) ** 2 + (p2 - l2) ** 2) ** 0.5
+    return (max(-1.0, low), min(1.0, high))
+
+
 def proportion(successes: int, n: int) -> dict[str, float | list[float]]:
     """``{"value": k/n, "ci95": [low, high]}`` as in report.json."""
     low, high = wilson_interval(successes, n)

@@ -104,6 +104,11 @@ class ClassificationDataModule(L.LightningDataModule, ABC):
         """Labels of the training split, for a stratified validation slice (optional)."""
         return None
 
+    def test_groups(self, limit: int | None = None) -> torch.Tensor | None:
+        """A group id per test example (an attribute such as a data source), or ``None``
+        when the data set has no group attribute (``advtrain-eval eval.groups=data``)."""
+        return None
+
     def check_files(self) -> None:
         """Fail with one line when the data set's files are neither there nor downloadable
         (runs before a run writes anything; a data set held in memory has nothing to check)."""

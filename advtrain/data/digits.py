@@ -6,7 +6,11 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from torch import Tensor
 
+from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
+from advtrain.data.groups import parse_label_groups
 from advtrain.data.tensor_dataset import TensorDataModule
 
 
@@ -16,9 +20,18 @@ class DigitsDataModule(TensorDataModule):
     The test split is a stratified ``test_fraction`` drawn with ``split_seed`` (fixed,
     independent of the run's seed); validation is carved from the rest.
 
+    A synthetic group attribute (for robust-fairness tests and ``eval.groups=data``):
+    with ``group_noise > 0`` every image gets a group id, 0 or 1, and the images of group
+    1 carry Gaussian pixel noise of std ``group_noise`` (clipped to [0, 1]), so group 1 is
+    harder by construction. ``group_rule="random"`` draws the group of each image with
+    probability 1/2 (seeded by ``split_seed``); a label rule (``data.groups``, e.g.
+    ``label:0-4``) makes it a function of the label.
+
     Args:
         test_fraction: Fraction of the 1,797 images held out as the test split.
-        split_seed: Seed of the train/test split.
+        split_seed: Seed of the train/test split (and of the synthetic attribute).
+        group_noise: Noise std of group 1's images; 0: no group attribute.
+        group_rule: ``"random"`` or a label rule of ``advtrain.data.groups``.
         **kwargs: See ``ClassificationDataModule``.
     """
 
@@ -26,7 +39,14 @@ class DigitsDataModule(TensorDataModule):
     num_classes = 10
     input_shape = (1, 8, 8)
 
-    def __init__(self, test_fraction: float = 0.2, split_seed: int = 0, **kwargs) -> None:
+    def __init__(
+        self,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        group_noise: float | str = 0.0,
+        group_rule: str = "random",
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         bunch = load_digits()
         x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -35,5 +55,35 @@ class DigitsDataModule(TensorDataModule):
         train_idx, test_idx = train_test_split(
             idx, test_size=test_fraction, stratify=y.numpy(), random_state=split_seed
         )
+        x, self._groups = _synthetic_groups(x, y, group_noise, group_rule, split_seed)
         self._train = (x[train_idx], y[train_idx])
         self._test = (x[test_idx], y[test_idx])
+        self._test_idx = torch.as_tensor(test_idx)
+
+    def test_groups(self, limit: int | None = None) -> Tensor | None:
+        """The synthetic attribute of the test split (its first ``limit`` examples)."""
+        if self._groups is None:
+            return None
+        groups = self._groups[self._test_idx]
+        if self.test_limit is not None:
+            groups = groups[: int(self.test_limit)]
+        return groups if limit is None else groups[:limit]
+
+
+def _synthetic_groups(
+    x: Tensor, y: Tensor, noise: float | str, rule: str, seed: int
+) -> tuple[Tensor, Tensor | None]:
+    """The images with group 1 noised, and the group ids (``None`` for ``noise == 0``)."""
+    std = as_float(noise, "group_noise")
+    if not 0.0 <= std <= 1.0:
+        raise ConfigError(f"group_noise={noise!r} is invalid; need a noise std in [0, 1]")
+    if std == 0.0:
+        return x, None
+    g = torch.Generator().manual_seed(int(seed))
+    if rule == "random":
+        groups = (torch.rand(len(y), generator=g) < 0.5).long()
+    else:
+        groups = parse_label_groups(rule)(y).clamp(max=1)
+    noise_img = torch.randn(x.shape, generator=g) * std
+    noisy = (x + noise_img).clamp(0.0, 1.0)
+    return torch.where(groups.bool().view(-1, 1, 1, 1), noisy, x), groups

@@ -29,42 +29,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advtrain.core.errors import ConfigError
+from advtrain.models.bpda import BPDA, attack_view, declares_bpda
 
-
-def declares_bpda(model: nn.Module) -> bool:
-    """Whether ``model`` declares a non-differentiable preprocessing (see module doc)."""
-    return bool(getattr(model, "nondifferentiable_preprocessing", False)) and all(
-        callable(getattr(model, name, None)) for name in ("preprocess", "classify")
-    )
-
-
-class BPDA(nn.Module):
-    """Forward exactly like ``model``; backward through ``model.preprocess_approx``.
-
-    The output equals ``model.classify(model.preprocess(x))``; its gradient with
-    respect to ``x`` is that of ``model.classify(h(x))`` evaluated at the preprocessed
-    point, with ``h = model.preprocess_approx`` (identity if absent).
-
-    Args:
-        model: A model following the BPDA protocol of this module.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not declares_bpda(model):
-            raise ConfigError(
-                f"{type(model).__name__} does not declare nondifferentiable_preprocessing "
-                "with preprocess() and classify(); see advtrain.evaluation.defenses"
-            )
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        approx = getattr(self.model, "preprocess_approx", None)
-        soft = approx(x) if callable(approx) else x
-        with torch.no_grad():
-            hard = self.model.preprocess(x)
-        return self.model.classify(soft + (hard - soft).detach())
+__all__ = ["BPDA", "attack_view", "declares_bpda", "is_randomized"]
 
 
 def is_randomized(model: nn.Module, x: Tensor, atol: float = 1e-6) -> bool:
@@ -73,8 +40,3 @@ def is_randomized(model: nn.Module, x: Tensor, atol: float = 1e-6) -> bool:
         return True
     with torch.no_grad():
         return not torch.allclose(model(x), model(x), atol=atol, rtol=0)
-
-
-def attack_view(model: nn.Module) -> nn.Module:
-    """The model attacks should differentiate: a BPDA wrapper when declared."""
-    return BPDA(model) if declares_bpda(model) else model

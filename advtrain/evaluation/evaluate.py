@@ -26,9 +26,11 @@ from advtrain.evaluation import masking
 from advtrain.evaluation.certified import certified_section
 from advtrain.evaluation.defenses import attack_view, is_randomized
 from advtrain.evaluation.gauntlet import CLEAN_WRONG, ROBUST
+from advtrain.evaluation.groups import check_groups, group_section
 from advtrain.evaluation.options import EvalOptions
 from advtrain.evaluation.perturbation import perturbation_sizes
 from advtrain.evaluation.progress import StageProgress
+from advtrain.evaluation.region import RegionResult, run_region
 from advtrain.evaluation.stages import (
     Curves,
     Runner,
@@ -53,6 +55,7 @@ class Evaluation:
     y: Tensor
     x_adv: Tensor
     fooled_by: Tensor
+    region: RegionResult | None = None
 
 
 @dataclass(frozen=True)
@@ -67,16 +70,22 @@ class _Findings:
     curves: Curves
 
 
-def run_evaluation(model: nn.Module, x: Tensor, y: Tensor, options: EvalOptions) -> Evaluation:
+def run_evaluation(
+    model: nn.Module, x: Tensor, y: Tensor, options: EvalOptions, groups: Tensor | None = None
+) -> Evaluation:
     """Evaluate ``model`` on ``(x, y)`` as ``options`` say; see ``evaluate`` (this also
     returns the tensors behind the report)."""
     options.threat.check_inputs(x)
     if len(y) == 0:
         raise ConfigError("no examples to evaluate (n_examples=0)")
+    groups = None if groups is None else check_groups(groups, len(y))
     start = time.perf_counter()
     _place(model, options)
     with eval_mode(model), StageProgress(options.progress) as bars:
         evaluation = _evaluate_eval_mode(model, x, y, options, bars)
+    if groups is not None:
+        clean, robust = evaluation.fooled_by != CLEAN_WRONG, evaluation.fooled_by == ROBUST
+        evaluation.report["groups"] = group_section(groups, clean, robust)
     evaluation.report["seconds"] = time.perf_counter() - start
     return evaluation
 
@@ -134,8 +143,12 @@ def _evaluate_eval_mode(
     )
     findings = _Findings(clean, robust, checks, esc, cert, found)
     report = _report(setup, worst, suite, findings)
+    region = None
+    if options.mask is not None:
+        region = run_region(setup, suite, options.mask, robust.cpu())
+        report["region"] = region.section
     return Evaluation(
-        report, setup.x.cpu(), setup.y.cpu(), worst.state.x_adv, worst.state.fooled_by
+        report, setup.x.cpu(), setup.y.cpu(), worst.state.x_adv, worst.state.fooled_by, region
     )
 
 
@@ -166,10 +179,18 @@ def _report(setup: Setup, worst: WorstCase, suite: Suite, found: _Findings) -> d
         "randomized": setup.randomized,
         "eot_iter": setup.eot,
         "bpda": setup.runner.attack_model is not model,
+        "bpda_backward": _bpda_backward(model, setup.runner.attack_model),
         "suite": opts.suite,
         "seed": opts.seed,
         "seconds": 0.0,
     }
+
+
+def _bpda_backward(model: nn.Module, attack_model: nn.Module) -> str | None:
+    """What BPDA differentiated in place of the preprocessing (the model's declaration)."""
+    if attack_model is model:
+        return None
+    return str(getattr(model, "bpda_backward", "identity"))
 
 
 def evaluate(
@@ -195,6 +216,8 @@ def evaluate(
     escalate: bool = True,
     progress: bool = True,
     device: str | torch.device | None = None,
+    groups: Tensor | None = None,
+    mask: Tensor | str | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``(x, y)`` under an l_p threat model (report.json's schema).
 
@@ -209,9 +232,14 @@ def evaluate(
     Returns:
         A dict with report.json's keys (DESIGN.md) plus extra keys (curve, minimal
         distances and their curve, escalation, perturbation sizes, skipped attacks,
-        sandwich check). ``robust_accuracy`` is the worst case over every attack run at
+        sandwich check; ``groups``: per-group rows, ``worst`` and the largest gap, when
+        ``groups``, a group id per example, is given). ``robust_accuracy`` is the worst case over every attack run at
         the evaluated eps: the suite, the FGSM check, the curve's PGD at that eps, the
-        minimum-norm attack and the escalation.
+        minimum-norm attack and the escalation. With ``mask`` (a region the attacks may
+        change: a tensor broadcastable to ``x``, 1: may change, or a name such as
+        ``border:2`` / ``center:4`` / ``corner:3`` or a ``.npy`` file) the suite runs once
+        more confined to it: ``region`` holds the robust accuracy under the mask next to
+        the unmasked one (``advtrain.evaluation.region``).
     """
     options = EvalOptions(
         norm=norm,
@@ -232,8 +260,9 @@ def evaluate(
         escalate=escalate,
         progress=progress,
         device=device,
+        mask=mask,
     )
-    return run_evaluation(model, x, y, options).report
+    return run_evaluation(model, x, y, options, groups=groups).report
 
 
 __all__ = ["SUITES", "EvalOptions", "Evaluation", "evaluate", "run_evaluation"]

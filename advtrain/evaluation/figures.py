@@ -5,6 +5,8 @@
 * ``adversarial_examples.png``: columns of examples; rows clean input, adversarial
   input, and the perturbation amplified to the full grey range (grey = 0), each
   titled with the true label and the prediction.
+* ``region_examples.png`` (``eval.mask``): the same grid for the region-constrained
+  attacks, the region outlined in red on the clean input and the perturbation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.collections import LineCollection
 from torch import Tensor, nn
 
 from advtrain.evaluation.gauntlet import predict
@@ -142,6 +145,16 @@ def _panels(
     ]
 
 
+def _outline(ax: plt.Axes, region: np.ndarray) -> None:
+    """The boundary of a region (bool ``[h, w]``) along pixel edges, in red."""
+    pad = np.pad(region, 1)
+    rows, cols = np.nonzero(pad[1:, 1:-1] != pad[:-1, 1:-1])  # edges above row r
+    segments = [((c - 0.5, r - 0.5), (c + 0.5, r - 0.5)) for r, c in zip(rows, cols)]
+    rows, cols = np.nonzero(pad[1:-1, 1:] != pad[1:-1, :-1])  # edges left of column c
+    segments += [((c - 0.5, r - 0.5), (c - 0.5, r + 0.5)) for r, c in zip(rows, cols)]
+    ax.add_collection(LineCollection(segments, colors="red", linewidths=1.2))
+
+
 def plot_examples(
     x: Tensor,
     x_adv: Tensor,
@@ -151,10 +164,13 @@ def plot_examples(
     path: Path,
     class_names: list[str] | None = None,
     found_by: list[str] | None = None,
+    masks: Tensor | None = None,
 ) -> Path:
     """Clean / adversarial / amplified-perturbation grid with labels, as a PNG.
 
-    ``found_by`` names, per column, the attack that found the adversarial example.
+    ``found_by`` names, per column, the attack that found the adversarial example;
+    ``masks`` (one region per column, ``x``'s shape) is outlined on the clean and the
+    perturbation panels.
     """
     n = len(x)
     names = class_names or [str(i) for i in range(int(max(y.max(), pred_adv.max())) + 1)]
@@ -167,6 +183,8 @@ def plot_examples(
             ax = axes[i, j]
             ax.imshow(_image(img), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(title, fontsize=8, color=color)
+            if masks is not None and i != 1:
+                _outline(ax, masks[j].any(0).numpy())
             ax.set_xticks([])
             ax.set_yticks([])
     for i, label in enumerate(["clean", "adversarial", "perturbation"]):
@@ -207,26 +225,45 @@ def _curve_figure(report: dict, path: Path) -> Path:
 
 
 def _examples_figure(
-    evaluation: Evaluation, model: nn.Module, path: Path, batch_size: int
+    model: nn.Module,
+    path: Path,
+    batch_size: int,
+    shown: tuple[Tensor, Tensor, Tensor, Tensor],
+    names: list[str],
+    masks: Tensor | None = None,
 ) -> Path | None:
-    idx = pick_examples(evaluation.fooled_by)
+    """The examples grid of ``shown`` (``x``, ``y``, ``x_adv``, ``fooled_by``; ``names``:
+    the attacks ``fooled_by`` indexes), the examples picked by ``pick_examples``."""
+    x, y, x_adv, fooled_by = shown
+    idx = pick_examples(fooled_by)
     if not len(idx):
         return None
     device = next(model.parameters()).device
-    x, x_adv, y = evaluation.x[idx], evaluation.x_adv[idx], evaluation.y[idx]
+    x, x_adv, y = x[idx], x_adv[idx], y[idx]
     pred_clean = predict(model, x.to(device), batch_size).cpu()
     pred_adv = predict(model, x_adv.to(device), batch_size).cpu()
-    names = [a["name"] for a in evaluation.report["attacks"]]
-    found_by = [names[k] if k >= 0 else "" for k in evaluation.fooled_by[idx].tolist()]
-    return plot_examples(x, x_adv, y, pred_clean, pred_adv, path, found_by=found_by)
+    found_by = [names[k] if k >= 0 else "" for k in fooled_by[idx].tolist()]
+    masks = None if masks is None else masks[idx]
+    return plot_examples(x, x_adv, y, pred_clean, pred_adv, path, found_by=found_by, masks=masks)
 
 
 def write_figures(
     evaluation: Evaluation, model: nn.Module, out_dir: Path, batch_size: int = 256
 ) -> list[Path]:
-    """Draw both figures of an ``Evaluation`` into ``out_dir``; return their paths."""
+    """Draw the figures of an ``Evaluation`` into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [_curve_figure(evaluation.report, out_dir / "robustness_curve.png")]
-    examples = _examples_figure(evaluation, model, out_dir / "adversarial_examples.png", batch_size)
-    return paths if examples is None else [*paths, examples]
+    x, y = evaluation.x, evaluation.y
+    names = [a["name"] for a in evaluation.report["attacks"]]
+    shown = (x, y, evaluation.x_adv, evaluation.fooled_by)
+    figures = [
+        _examples_figure(model, out_dir / "adversarial_examples.png", batch_size, shown, names)
+    ]
+    region = evaluation.region
+    if region is not None:  # the region-constrained attacks' examples, region outlined
+        names = [f"{a['name']}\nin {region.section['mask']}" for a in region.section["attacks"]]
+        shown = (x, y, region.x_adv, region.fooled_by)
+        path = out_dir / "region_examples.png"
+        figures.append(_examples_figure(model, path, batch_size, shown, names, region.mask))
+    return [*paths, *(f for f in figures if f is not None)]

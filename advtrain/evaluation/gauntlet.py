@@ -65,11 +65,17 @@ def initial_state(model: nn.Module, x: Tensor, y: Tensor, batch_size: int) -> Ga
 
 
 def attack_chunk(
-    entry: SuiteEntry, attack_model: nn.Module, model: nn.Module, x: Tensor, y: Tensor
+    entry: SuiteEntry,
+    attack_model: nn.Module,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run one attack on one chunk; return ``(x_adv, still_correct)`` on ``model``."""
+    """Run one attack on one chunk (within the region ``mask``, if given); return
+    ``(x_adv, still_correct)`` on ``model``."""
     source = entry.surrogate if entry.kind == "transfer" else attack_model
-    x_adv = entry.attack(source, x, y)
+    x_adv = entry.attack(source, x, y) if mask is None else entry.attack(source, x, y, mask=mask)
     with torch.no_grad():
         correct = model(x_adv).argmax(1) == y
     return x_adv, correct
@@ -95,6 +101,7 @@ class _Job:
     on_chunk: Callable[[GauntletState], None] | None
     progress: StageProgress | None
     min_chunk: int
+    mask: Tensor | None = None
 
 
 def _run_entry(job: _Job, k: int, entry: SuiteEntry, state: GauntletState) -> None:
@@ -107,7 +114,10 @@ def _run_entry(job: _Job, k: int, entry: SuiteEntry, state: GauntletState) -> No
     for start in range(0, len(todo), chunk):
         idx = todo[start : start + chunk]
         sel = idx.to(job.x.device)
-        x_adv, correct = attack_chunk(entry, job.attack_model, job.model, job.x[sel], job.y[sel])
+        mask = None if job.mask is None else job.mask[sel]
+        x_adv, correct = attack_chunk(
+            entry, job.attack_model, job.model, job.x[sel], job.y[sel], mask
+        )
         fooled = idx[~correct.cpu()]
         state.fooled_by[fooled] = k
         state.x_adv[fooled] = x_adv[~correct].detach().cpu()
@@ -136,6 +146,7 @@ def run_gauntlet(
     on_chunk: Callable[[GauntletState], None] | None = None,
     progress: StageProgress | None = None,
     min_chunk: int = MIN_CHUNK,
+    mask: Tensor | None = None,
 ) -> GauntletState:
     """Run ``entries`` in order on the still-robust examples of ``(x, y)``.
 
@@ -151,6 +162,8 @@ def run_gauntlet(
         on_chunk: Called with the state after every chunk (for saving).
         progress: A ``StageProgress`` to draw one bar per attack on (default: none).
         min_chunk: Smallest attack call when a stage is split into chunks (``chunk_size``).
+        mask: A region per example (bool, ``x``'s shape): every attack changes only
+            those pixels (region-constrained evaluation, ``advtrain.evaluation.region``).
 
     Returns:
         The final state: ``fooled_by`` and ``x_adv`` per example, seconds per attack.
@@ -159,7 +172,7 @@ def run_gauntlet(
     attack_model = attack_model if attack_model is not None else model
     if state.attacked is None:
         state.attacked = state.fooled_by.new_zeros((len(y), len(entries)), dtype=torch.bool)
-    job = _Job(model, attack_model, x, y, batch_size, on_chunk, progress, min_chunk)
+    job = _Job(model, attack_model, x, y, batch_size, on_chunk, progress, min_chunk, mask)
     while state.attack_index < len(entries):
         k = state.attack_index
         _run_entry(job, k, entries[k], state)

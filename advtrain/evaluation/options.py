@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from advtrain.attacks import MinimumNormAttack
 from advtrain.certification import METHODS, check_timeout
 from advtrain.core.errors import ConfigError
 from advtrain.core.numbers import as_float, positive_int
+from advtrain.evaluation.masks import check_mask_spec
 from advtrain.evaluation.suites import check_suite
 from advtrain.registry import ATTACKS
 from advtrain.smoothing.attack import check_sigma
@@ -90,6 +91,10 @@ class EvalOptions:
         progress: A progress bar per attack stage (only on a terminal).
         device: Where the model, the surrogate and the data go, stored as a
             ``torch.device`` (``None``: the model's device).
+        mask: A region the attacks may change, run after the unmasked suite and reported
+            next to it (``region``): ``border:k``, ``center:k``, ``corner:k``, a ``.npy``
+            file, or a tensor broadcastable to the inputs (``advtrain.evaluation.masks``);
+            ``None``: no region-constrained run.
     """
 
     norm: str = "linf"
@@ -111,6 +116,7 @@ class EvalOptions:
     escalate: bool = True
     progress: bool = True
     device: torch.device | str | None = None
+    mask: str | Tensor | None = None
 
     def __post_init__(self) -> None:
         _set(self, "eps", LpBall(self.norm, self.eps).eps)
@@ -131,6 +137,7 @@ class EvalOptions:
             _set(self, "device", _device(self.device))
         _set(self, "escalate", bool(self.escalate))
         _set(self, "progress", bool(self.progress))
+        check_mask_spec(self.mask)
 
     @property
     def threat(self) -> LpBall:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from advtrain.core.io import atomic_write_text
+from advtrain.evaluation.attribution_report import attribution_markdown
+from advtrain.evaluation.groups import groups_markdown
 from advtrain.evaluation.perturbation import format_size
 
 
@@ -21,7 +23,8 @@ def _summary(report: dict) -> list[str]:
     tm = report["threat_model"]
     extras = []
     if report.get("bpda"):
-        extras.append("non-differentiable preprocessing attacked with BPDA")
+        backward = report.get("bpda_backward") or "identity"
+        extras.append(f"non-differentiable preprocessing attacked with BPDA (backward: {backward})")
     if report.get("randomized"):
         extras.append(f"randomized model attacked with EOT ({report.get('eot_iter')} draws)")
     lines = [
@@ -188,10 +191,35 @@ def _per_class(report: dict) -> list[str]:
     return lines
 
 
+def _region(report: dict) -> list[str]:
+    """The region-constrained robust accuracy next to the unmasked one (``eval.mask``)."""
+    region = report.get("region")
+    if not region:
+        return []
+    mask = region["mask"]
+    return [
+        "",
+        "## Region-constrained attacks",
+        "",
+        f"The suite's attacks again, changing only the region `{mask}` "
+        f"({100 * region['free_fraction']:.1f}% of the pixels; the perturbation is zero "
+        "elsewhere, inside the same ball).",
+        "",
+        "| attacks may change | robust accuracy [Wilson 95% CI] |",
+        "|---|---|",
+        f"| the whole image | {_pct(region['unmasked_robust_accuracy'])} |",
+        f"| only the region `{mask}` | {_pct(region['robust_accuracy'])} |",
+        "",
+        "![clean / region / masked adversarial / perturbation](region_examples.png)",
+    ]
+
+
 def render_markdown(report: dict) -> str:
     """A human-readable summary of a report dict."""
-    lines = _summary(report) + _attacks(report) + _masking(report)
+    lines = _summary(report) + _attacks(report) + _masking(report) + _region(report)
     lines += _escalation_and_distance(report) + _curve_and_sizes(report) + _per_class(report)
+    lines += groups_markdown(report.get("groups"))
+    lines += attribution_markdown(report.get("attribution"))
     return "\n".join(lines) + "\n"
 
 
@@ -217,6 +245,11 @@ def report_metrics(report: dict) -> dict[str, float]:
         metrics[f"eval/robust_acc_after/{a['name']}"] = a["robust_accuracy"]
     if (report.get("minimal_distance") or {}).get("median") is not None:
         metrics["eval/median_min_distance"] = report["minimal_distance"]["median"]
+    if report.get("groups"):
+        groups = report["groups"]
+        worst = next(r for r in groups["rows"] if r["group"] == groups["worst"])
+        metrics["eval/worst_group_robust_acc"] = worst["robust_accuracy"]["value"]
+        metrics["eval/group_gap"] = groups["gap"]["value"]
     if report.get("certified_accuracy"):
         metrics["eval/certified_acc"] = report["certified_accuracy"]["value"]
     return metrics

@@ -63,6 +63,7 @@ class Runner:
         y: Tensor,
         state_path: Path | None = None,
         key: dict | None = None,
+        mask: Tensor | None = None,
     ) -> GauntletState:
         rank, world_size = world()
         idx = shard_indices(len(y), rank, world_size)
@@ -81,6 +82,7 @@ class Runner:
             state=state,
             on_chunk=on_chunk,
             progress=self.progress,
+            mask=None if mask is None else mask[idx],
         )
         device, where = x.device, idx.to(x.device)
         fooled_by = gather_per_example(local.fooled_by.to(device), where, len(y)).cpu()

@@ -4,6 +4,7 @@ data set's mean/std inside the model. Any ``nn.Module`` works through Hydra ``_t
 
 from torch import nn
 
+from advtrain.models.implicit_resnet import ImplicitResNet
 from advtrain.models.mlp import MLP
 from advtrain.models.normalize import Normalize, NormalizedModel
 from advtrain.models.preact_resnet import PreActResNet, preact_resnet18
@@ -16,12 +17,14 @@ MODELS: dict[str, type[nn.Module] | object] = {
     "mnist_cnn": MnistCNN,
     "preact_resnet18": preact_resnet18,
     "wide_resnet": WideResNet,
+    "implicit_resnet": ImplicitResNet,
 }
 
 __all__ = [
     "MLP",
     "MODELS",
     "DigitsCNN",
+    "ImplicitResNet",
     "MnistCNN",
     "Normalize",
     "NormalizedModel",

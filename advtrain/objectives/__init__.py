@@ -2,6 +2,7 @@
 
 from advtrain.objectives.base import Objective
 from advtrain.objectives.crown_ibp import CrownIBP
+from advtrain.objectives.frl import FRLReweight
 from advtrain.objectives.madry import Madry
 from advtrain.objectives.mart import MART
 from advtrain.objectives.mixed import Mixed
@@ -12,6 +13,7 @@ __all__ = [
     "MART",
     "TRADES",
     "CrownIBP",
+    "FRLReweight",
     "Madry",
     "Mixed",
     "Objective",

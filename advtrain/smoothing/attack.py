@@ -135,7 +135,7 @@ class SmoothAdvPGD(Attack):
         return total
 
     def perturb(self, model: nn.Module, inputs: AttackInputs) -> Tensor:
-        x, y, target, generator = inputs
+        x, y, target, generator, mask = inputs
         draws = self.eot_iter
         noises = [self._noise(x, generator) for _ in range(draws)]
         x_adv = x.clone()
@@ -143,7 +143,7 @@ class SmoothAdvPGD(Attack):
             if self.fresh_noise:
                 noises = [self._noise(x, generator) for _ in range(draws)]
             grad = self._gradient(model, x_adv, y, target, noises)
-            x_adv = self.ascent_step(x, x_adv, grad, self.step_size)
+            x_adv = self.ascent_step(x, x_adv, grad, self.step_size, mask)
         return x_adv
 
 

@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric, SumMetric
 from advtrain.attacks.base import Attack
 from advtrain.core.errors import ConfigError
 from advtrain.core.modes import eval_mode
+from advtrain.models.bpda import attack_view
 from advtrain.objectives.base import Objective
 from advtrain.training.checks import check_components
 
@@ -106,7 +107,7 @@ class AdversarialModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         x_adv = (
-            self.attack(self.model, x, y)
+            self.attack(attack_view(self.model), x, y)
             if self.attack is not None and self.objective.uses_adversarial
             else x
         )
@@ -164,7 +165,7 @@ class AdversarialModule(L.LightningModule):
             clean_correct = self.model(x).argmax(1) == y
         self.metrics[f"{stage}_clean"].update(clean_correct.float())
         if self.eval_attack is not None:
-            x_adv = self.eval_attack(self.model, x, y)
+            x_adv = self.eval_attack(attack_view(self.model), x, y)
             with torch.no_grad():
                 robust = clean_correct & (self.model(x_adv).argmax(1) == y)
             self.metrics[f"{stage}_robust"].update(robust.float())

@@ -40,6 +40,13 @@ class Stage(StrEnum):
     BAB = "bab"  # branch and bound with beta-CROWN
 
 
+class Branching(StrEnum):
+    """What branch and bound split: the input box (low-dimensional inputs) or ReLUs."""
+
+    INPUT = "input"
+    RELU = "relu"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The answer on one property.
@@ -54,6 +61,7 @@ class Verdict:
         domains: Sub-domains bounded by branch and bound.
         bound: Branch and bound only: the lowest bound of an open sub-domain when the
             search stopped (0 when none was left, ``-inf`` when unknown).
+        branching: What branch and bound split (None: it did not run).
     """
 
     status: Status
@@ -64,3 +72,4 @@ class Verdict:
     seconds: float = 0.0
     domains: int = 0
     bound: float = float("-inf")
+    branching: Branching | None = None

@@ -10,6 +10,13 @@ The pipeline of alpha-beta-CROWN (Xu et al. 2021; Wang et al. 2021), on one inpu
    one deadline; the search runs on a float32 copy of the network, and every pruning
    is rechecked in float64.
 
+Low-dimensional inputs (``VerifySettings.branching``: at most ``input_split.max_inputs``
+dimensions, e.g. ACAS Xu's 5) skip steps 2-3 for input-split branch and bound
+(``bab.input_split``) on all disjuncts at once, where splitting ReLUs of a wide box is
+hopeless; the verdict's ``branching`` says which search ran. A VNNLIB property with
+several input regions (a disjunction over inputs, ACAS Xu's property 6) is decided by
+``verify_regions``: each region in turn under one deadline, ``holds`` only if all hold.
+
 ``holds`` needs every disjunct proven impossible; ``violated`` needs a point that the
 *original* network (``reference``, e.g. the ONNX file run by onnxruntime) confirms: the
 point is rounded to float32 inside the box first, so what is reported is what was checked.
@@ -28,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.verification.bab.falsify import pgd_box
+from advtrain.verification.bab.input_split import InputSplitSettings, input_bab
 from advtrain.verification.bab.search import BabProblem, BaBSettings, bab
 from advtrain.verification.bounds.alpha_bounds import alpha_intermediate
 from advtrain.verification.bounds.alpha_crown import Relaxation, adaptive_alpha, optimize
@@ -35,9 +43,11 @@ from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.ibp import Interval
 from advtrain.verification.bounds.network import Network, parse
 from advtrain.verification.formats.vnnlib import Conjunction, Property
-from advtrain.verification.verdict import Reason, Stage, Status, Verdict
+from advtrain.verification.verdict import Branching, Reason, Stage, Status, Verdict
 
 Reference = Callable[[Tensor], Tensor]
+#: ``VerifySettings.branching``'s values.
+BRANCHINGS = ("auto", str(Branching.INPUT), str(Branching.RELU))
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,10 @@ class VerifySettings:
         timeout: Seconds for the whole property (the disjuncts share one deadline).
         restarts, steps: The initial PGD attack on the whole box.
         root_iters: alpha-CROWN's optimisation steps at the root.
-        bab: Branch and bound's settings.
+        bab: Branch and bound's settings (ReLU splits).
+        input_split: Input-split branch and bound's settings.
+        branching: ``"input"``, ``"relu"``, or ``"auto"``: input splits when the input
+            has at most ``input_split.max_inputs`` dimensions, else ReLU splits.
     """
 
     timeout: float = 60.0
@@ -56,6 +69,8 @@ class VerifySettings:
     steps: int = 60
     root_iters: int = 20
     bab: BaBSettings = field(default_factory=BaBSettings)
+    input_split: InputSplitSettings = field(default_factory=InputSplitSettings)
+    branching: str = "auto"
 
 
 def float32_in_box(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -118,6 +133,9 @@ def verify_property(
             return _finish(
                 Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.ATTACK), check, start
             )
+        if _splits_input(settings, len(prop.lo)):
+            verdict = input_bab(net, prop, shape, deadline, check, settings.input_split, fast)
+            return _finish(verdict, check, start)
         box = (prop.lo.view(1, *shape), prop.hi.view(1, *shape))
         root, relax, best = _root(net, box, prop, settings.root_iters)
         remaining = _open_disjuncts(prop, best)
@@ -129,8 +147,42 @@ def verify_property(
             domains += res.domains
             if res.status != Status.HOLDS:
                 return _finish(replace(res, domains=domains), check, start)
-    stage = Stage.BAB if remaining else Stage.ALPHA_CROWN
-    return _finish(Verdict(Status.HOLDS, Reason.PROVED, stage, domains=domains), check, start)
+    stage, split = (Stage.BAB, Branching.RELU) if remaining else (Stage.ALPHA_CROWN, None)
+    verdict = Verdict(Status.HOLDS, Reason.PROVED, stage, domains=domains, branching=split)
+    return _finish(verdict, check, start)
+
+
+def verify_regions(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    regions: list[Property],
+    reference: Reference,
+    settings: VerifySettings | None = None,
+) -> Verdict:
+    """Decide a property with several input regions (a VNNLIB disjunction over inputs, e.g.
+    ACAS Xu's property 6): ``verify_property`` on each region in turn, sharing one
+    deadline; ``holds`` only when every region holds, else the first region's other answer."""
+    settings = settings or VerifySettings()
+    start = time.monotonic()
+    domains, last = 0, None
+    for prop in regions:
+        left = settings.timeout - (time.monotonic() - start)
+        if left <= 0:
+            return Verdict(Status.TIMEOUT, Reason.DEADLINE, Stage.BAB, domains=domains,
+                           seconds=time.monotonic() - start)  # fmt: skip
+        last = verify_property(model, shape, prop, reference, replace(settings, timeout=left))
+        domains += last.domains
+        if last.status != Status.HOLDS:
+            break
+    return replace(last, domains=domains, seconds=time.monotonic() - start)
+
+
+def _splits_input(settings: VerifySettings, inputs: int) -> bool:
+    """Whether branch and bound splits the input box: ``settings.branching``, or on
+    ``auto`` when the input has at most ``input_split.max_inputs`` dimensions."""
+    if settings.branching == "auto":
+        return inputs <= settings.input_split.max_inputs
+    return settings.branching == Branching.INPUT
 
 
 def _root(

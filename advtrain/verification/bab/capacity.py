@@ -31,6 +31,8 @@ MEMORY_SHARE = {"cuda": 0.8, "cpu": 0.5}
 ROUND_SHARE = 0.25
 #: Parents split per round at most on the CPU (today's batch; a bigger one is no faster).
 CPU_BATCH = 256
+#: Boxes split per round at most on the CPU by input-split branch and bound.
+CPU_BOXES = 1024
 #: Copies of the queue alive at once (the open sub-domains, the ones not split this
 #: round, and the joined queue at the end of a round).
 QUEUE_COPIES = 3
@@ -108,6 +110,36 @@ def device_capacity(
     return capacity(sizes, memory, batch)
 
 
+def box_capacity(
+    relus: tuple[int, ...],
+    inputs: int,
+    rows: int,
+    device: torch.device,
+    memory: int | None = None,
+    batch: int | None = None,
+    itemsize: int = 8,
+) -> Capacity:
+    """Boxes per round and open boxes that fit, for input-split branch and bound.
+
+    A box in the queue holds its bounds and branching scores (``3 n_in + 1`` numbers); a
+    child in a bound call holds CROWN's backward coefficients (about ``4 max_width
+    (n_relu + n_in)`` numbers) and its rows' (``4 rows (n_relu + n_in)``). On the CPU at
+    most ``CPU_BOXES`` parents per round unless ``batch`` says otherwise.
+    """
+    if memory is None:
+        share = MEMORY_SHARE.get(device.type, MEMORY_SHARE["cuda"])
+        memory = int(device_memory(device) * share)
+    if batch is None and device.type == "cpu":
+        batch = CPU_BOXES
+    width = max(relus, default=1)
+    child = itemsize * 4 * (width + rows) * (sum(relus) + inputs)
+    fits = max(1, int(memory * ROUND_SHARE) // (2 * child))
+    take = fits if batch is None else max(1, min(batch, fits))
+    queue = memory - take * 2 * child
+    per_box = itemsize * (3 * inputs + 1)
+    return Capacity(take, max(0, queue // (QUEUE_COPIES * per_box)), memory)
+
+
 def next_take(started: float, n: int, batch: int, deadline: float) -> int:
     """Parents for the next round: at most ``batch``, and as many as fit in
     ``ROUND_SECONDS`` and in the time left at the last round's seconds per parent."""
@@ -118,9 +150,11 @@ def next_take(started: float, n: int, batch: int, deadline: float) -> int:
 
 __all__ = [
     "CPU_BATCH",
+    "CPU_BOXES",
     "ROUND_SECONDS",
     "Capacity",
     "Sizes",
+    "box_capacity",
     "capacity",
     "device_capacity",
     "device_memory",

@@ -52,19 +52,41 @@ def pgd_box(
             of the box width to a hundredth of it.
         starts: Extra flat starting points ``[S, n]`` (e.g. a relaxation's worst inputs).
     """
-    lo, hi = prop.lo, prop.hi
     x = _starting_points(prop, restarts, starts, seed)
-    width = hi - lo
     # start i descends on disjunct i mod D (targeted), start 0 on their minimum
-    target = torch.arange(len(x), device=lo.device) % len(prop.disjuncts)
-    best_x, best_v = x[0].clone(), lo.new_tensor(float("inf"))
+    target = torch.arange(len(x), device=x.device) % len(prop.disjuncts)
+    target[0] = -1
+    best_x, best_v = descend(model, prop, shape, x, (prop.lo, prop.hi), steps, target)
+    return best_x.view(shape), best_v
+
+
+def descend(
+    model: nn.Module,
+    prop: Property,
+    shape: tuple[int, ...],
+    x: Tensor,
+    box: tuple[Tensor, Tensor],
+    steps: int,
+    target: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Signed-gradient descent of the violation value from the flat points ``x`` (``[S, n]``)
+    inside ``box`` (``lo``, ``hi``: ``[n]`` or one box per point ``[S, n]``, e.g. the
+    sub-boxes of input-split branch and bound): the best point (flat) and its value.
+
+    Args:
+        target: The disjunct each point descends on (``-1`` or None: their minimum).
+    """
+    lo, hi = box
+    width = hi - lo
+    target = torch.full((len(x),), -1, device=x.device) if target is None else target
+    best_x, best_v = x[0].clone(), x.new_tensor(float("inf"))
     for step in range(steps + 1):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             values = disjunct_values(prop, model(x.view(len(x), *shape)))
             v = values.amin(-1)
-            goal = values.gather(1, target[:, None]).squeeze(1)
-            goal = torch.cat([v[:1], goal[1:]])
+            goal = values.gather(1, target.clamp_min(0)[:, None]).squeeze(1)
+            goal = torch.where(target < 0, v, goal)
             (grad,) = torch.autograd.grad(goal.sum(), x)
         best_x, best_v = _keep_best(x.detach(), v.detach(), best_x, best_v)
         if step == steps or (step % CHECK_EVERY == 0 and bool(best_v <= 0)):
@@ -72,7 +94,7 @@ def pgd_box(
         size = 0.25 * (0.04 ** (step / max(steps - 1, 1)))
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - size * width * grad.sign(), lo), hi)
-    return best_x.view(shape), best_v
+    return best_x, best_v
 
 
 def _keep_best(x: Tensor, v: Tensor, best_x: Tensor, best_v: Tensor) -> tuple[Tensor, Tensor]:

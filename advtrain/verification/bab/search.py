@@ -61,7 +61,7 @@ from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.ibp import Interval
 from advtrain.verification.bounds.network import Network
 from advtrain.verification.formats.vnnlib import Conjunction, Property
-from advtrain.verification.verdict import Reason, Stage, Status, Verdict
+from advtrain.verification.verdict import Branching, Reason, Stage, Status, Verdict
 
 #: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
 Confirm = Callable[[Tensor], Tensor | None]
@@ -179,7 +179,8 @@ class _Search:
         )
 
     def verdict(self, status: Status, reason: Reason, bound: float = float("-inf")) -> Verdict:
-        return Verdict(status, reason, Stage.BAB, self.found, domains=self.visited, bound=bound)
+        return Verdict(status, reason, Stage.BAB, self.found, domains=self.visited, bound=bound,
+                       branching=Branching.RELU)  # fmt: skip
 
     def stopped(self, queue: SubDomains, deadline: float) -> Verdict | None:
         """The answer when the search is over (``queue``: the open sub-domains), else None."""

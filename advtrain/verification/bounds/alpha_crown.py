@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advtrain.core.exits import exit_points
 from advtrain.verification.bounds.crown import relu_relaxation
 from advtrain.verification.bounds.ibp import Interval
 from advtrain.verification.bounds.network import Network
@@ -174,10 +175,12 @@ def ascend(
         prune: Row offsets ``b`` ``[m]`` (branch and bound): a domain whose best
             ``max_row(bound + b)`` is positive is finished and leaves the batch for the
             remaining steps (alpha-beta-CROWN's ``pruning_in_iteration``). Domains are
-            independent in the objective, so the others' results are unchanged.
+            independent in the objective, so the others' results are unchanged. Checked
+            at ``core.exits.exit_points`` only (one host sync each), not every step.
     """
     start = net.n_relu if start is None else start
     run = _Ascent(spec, bounds, relax, Lines.of(bounds[:start]), lr_alpha, lr_beta)
+    checks = exit_points(iters, 4) if prune is not None else set()
     with torch.enable_grad():
         for step in range(iters + 1):
             now = Relaxation(run.alpha, run.beta, run.signs)
@@ -189,7 +192,7 @@ def ascend(
             if step == iters:
                 break
             run.step(bound)
-            if prune is not None and run.prune(prune):
+            if step in checks and run.prune(prune):
                 break
     run.save()
     best = Relaxation(run.best_alpha, run.best_beta, relax.signs)
@@ -259,9 +262,10 @@ class _Ascent:
         """Drop the finished domains (best ``max_row(bound + offset) > 0``) once an eighth
         of the batch is finished; True when every domain is."""
         done = (self.best[self.index] + offset).amax(-1) > 0
-        if bool(done.all()):
+        finished = int(done.sum())  # the one host sync of a check
+        if finished == len(done):
             return True
-        if int(done.sum()) * 8 >= len(done):
+        if finished * 8 >= len(done):
             self.save()
             self.narrow((~done).nonzero().squeeze(1))
         return False

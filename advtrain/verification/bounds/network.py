@@ -236,6 +236,11 @@ def _elementwise(mod: Elementwise, shape: tuple[int, ...]) -> Affine:
 
 def _leaves(model: nn.Module) -> list[nn.Module]:
     if isinstance(model, nn.Sequential):
+        if type(model).forward is not nn.Sequential.forward:  # e.g. an input purifier
+            raise ConfigError(
+                f"{type(model).__name__} is a Sequential with its own forward (not a chain of "
+                "its layers) and is not supported by bound propagation"
+            )
         return [leaf for child in model for leaf in _leaves(child)]
     return [model]
 

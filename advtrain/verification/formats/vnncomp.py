@@ -24,7 +24,7 @@ from torch import Tensor
 from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.core.io import atomic_write_text
 from advtrain.models.onnx import onnx_forward
-from advtrain.verification.formats.vnnlib import Property, parse_vnnlib
+from advtrain.verification.formats.vnnlib import Property, parse_regions
 from advtrain.verification.verdict import Status
 
 RESULTS_HEADER = ["benchmark", "onnx", "vnnlib", "prepare_time", "result", "run_time"]
@@ -84,13 +84,15 @@ def read_counterexample(text: str, n_inputs: int) -> Tensor | None:
     return torch.tensor([xs[i] for i in range(n_inputs)], dtype=torch.float64)
 
 
-def counterexample_valid(onnx: str | Path, prop: Property, text: str) -> bool:
-    """Whether the counterexample in ``text`` is in the box and unsafe on the ONNX network."""
-    x = read_counterexample(text, len(prop.lo))
-    if x is None or not bool(prop.in_box(x[None])[0]):
+def counterexample_valid(onnx: str | Path, regions: Property | list[Property], text: str) -> bool:
+    """Whether the counterexample in ``text`` lies in one of the input regions and the ONNX
+    network's output there is in that region's unsafe set."""
+    regions = [regions] if isinstance(regions, Property) else regions
+    x = read_counterexample(text, len(regions[0].lo))
+    if x is None:
         return False
-    y = onnx_forward(onnx, x[None].to(torch.float32)).reshape(1, -1)
-    return bool(prop.violated_by(y.double())[0])
+    y = onnx_forward(onnx, x[None].to(torch.float32)).reshape(1, -1).double()
+    return any(bool(p.in_box(x[None])[0] and p.violated_by(y)[0]) for p in regions)
 
 
 def read_consensus(path: Path) -> dict[tuple[str, str], str]:
@@ -111,8 +113,8 @@ def score(status: Status, cex_ok: bool, expected: str | None) -> tuple[int, str]
     return 0, "unsolved"
 
 
-def check_instance(inst: Instance) -> Property:
-    """Parse the instance's property (one clear line for a bad file) and check the network."""
+def check_instance(inst: Instance) -> list[Property]:
+    """The instance's input regions (one clear line for a bad file); checks the network exists."""
     if not inst.onnx.is_file():
         raise ConfigFileNotFound(f"ONNX file {str(inst.onnx)!r} does not exist")
-    return parse_vnnlib(inst.vnnlib)
+    return parse_regions(inst.vnnlib)

@@ -7,7 +7,10 @@ condition: atoms ``(<= A B)`` / ``(>= A B)`` on outputs and constants, combined 
 *holds* (VNN-COMP: unsat) when no input in the box satisfies the condition; it is
 *violated* (sat) by a counterexample that does.
 
-``parse_vnnlib`` returns the box and the condition in disjunctive normal form: a list of
+Input bounds may also sit inside ``and`` / ``or`` (VNN-COMP's general form, e.g. ACAS Xu's
+property 6: two input boxes): ``parse_regions`` returns one ``Property`` per input region,
+and the whole property holds only when it holds on every region. ``parse_vnnlib`` reads
+a file with one region. A region is its box and the condition in disjunctive normal form: a list of
 conjunctions, each a spec matrix ``A`` (``[m, K]``) and offset ``b`` (``[m]``) meaning
 "every row of ``A y + b <= 0``". A verifier proves a conjunction impossible by a positive
 lower bound of any one row over the box (e.g. the margin ``y_t - y_j`` for ``Y_j >= Y_t``).
@@ -93,7 +96,7 @@ class _Parser:
         self.n_in = self.n_out = 0
         self.lo: dict[int, float] = {}
         self.hi: dict[int, float] = {}
-        self.outputs: list[list[list[tuple[dict[int, float], float]]]] = []
+        self.outputs: list[list[list[tuple]]] = []
 
     def fail(self, what: str) -> ConfigError:
         return ConfigError(f"{self.where}: {what}")
@@ -129,8 +132,9 @@ class _Parser:
         target[index] = pick(target.get(index, value), value)
         return True
 
-    def dnf(self, expr: object) -> list[list[tuple[dict[int, float], float]]]:
-        """The output condition ``expr`` as a list of conjunctions of atoms ``a . y + b <= 0``."""
+    def dnf(self, expr: object) -> list[list[tuple]]:
+        """``expr`` as a list of conjunctions of atoms: ``("Y", coef, b)`` for
+        ``a . y + b <= 0`` and ``("X", index, value, upper)`` for an input bound."""
         if not isinstance(expr, list) or not expr:
             raise self.fail(f"unsupported assertion {expr!r}")
         op = expr[0]
@@ -143,7 +147,7 @@ class _Parser:
             raise self.fail(f"unsupported operator {op!r}; allowed: and, or, <=, >=")
         left, right = self.side(expr[1]), self.side(expr[2])
         if "X" in (left[0], right[0]):
-            raise self.fail("input constraints inside and/or are not supported")
+            return [[self.input_atom(op, left, right)]]
         small, big = (left, right) if op == "<=" else (right, left)
         coef: dict[int, float] = {}
         const = 0.0
@@ -152,7 +156,15 @@ class _Parser:
                 coef[int(value)] = coef.get(int(value), 0.0) + sign
             else:
                 const += sign * float(value)
-        return [[(coef, const)]]
+        return [[("Y", coef, const)]]
+
+    def input_atom(self, op: str, left: tuple, right: tuple) -> tuple:
+        """``(<= X_i c)`` and the like inside and/or: ``("X", i, c, upper)``."""
+        if left[0] == "X" and right[0] == "c":
+            return "X", int(left[1]), float(right[1]), op == "<="
+        if left[0] == "c" and right[0] == "X":
+            return "X", int(right[1]), float(left[1]), op == ">="
+        raise self.fail("an input may only be compared with a constant (e.g. (<= X_0 0.5))")
 
     def statement(self, expr: object) -> None:
         if not isinstance(expr, list) or not expr:
@@ -168,22 +180,43 @@ class _Parser:
         else:
             raise self.fail(f"unsupported statement {expr[0]!r}; allowed: declare-const, assert")
 
-    def result(self) -> Property:
-        missing = [i for i in range(self.n_in) if i not in self.lo or i not in self.hi]
-        if self.n_in == 0 or missing:
-            raise self.fail(f"input X_{missing[0] if missing else 0} has no lower/upper bound")
+    def regions(self) -> list[Property]:
+        """Every input region with its unsafe set: the DNF's conjunctions grouped by the
+        input box their input atoms cut from the top-level one (empty regions dropped)."""
+        if self.n_in == 0:
+            raise self.fail("no input X_i is declared")
         if not self.outputs:
             raise self.fail("no output constraint")
-        lo = torch.tensor([self.lo[i] for i in range(self.n_in)], dtype=torch.float64, device="cpu")
-        hi = torch.tensor([self.hi[i] for i in range(self.n_in)], dtype=torch.float64, device="cpu")
-        if (lo > hi).any():
+        boxes: dict[tuple, list[list[tuple]]] = {}
+        for combo in itertools.product(*self.outputs):
+            atoms = list(itertools.chain(*combo))
+            lo, hi = dict(self.lo), dict(self.hi)
+            for atom in (a for a in atoms if a[0] == "X"):
+                _, index, value, upper = atom
+                target, pick = (hi, min) if upper else (lo, max)
+                target[index] = pick(target.get(index, value), value)
+            missing = [i for i in range(self.n_in) if i not in lo or i not in hi]
+            if missing:
+                raise self.fail(f"input X_{missing[0]} has no lower/upper bound")
+            key = tuple((lo[i], hi[i]) for i in range(self.n_in))
+            boxes.setdefault(key, []).append([a for a in atoms if a[0] == "Y"])
+        out = [self.region(key, conj) for key, conj in boxes.items()]
+        out = [p for p in out if bool((p.lo <= p.hi).all())]
+        if not out:
             raise self.fail("an input's lower bound exceeds its upper bound")
-        combos = [list(itertools.chain(*c)) for c in itertools.product(*self.outputs)]
+        return out
+
+    def region(self, box: tuple, conjunctions: list[list[tuple]]) -> Property:
+        """One input box and its disjunction of output conjunctions (spec matrices)."""
+        lo = torch.tensor([b[0] for b in box], dtype=torch.float64, device="cpu")
+        hi = torch.tensor([b[1] for b in box], dtype=torch.float64, device="cpu")
         disjuncts = []
-        for atoms in combos:
+        for atoms in conjunctions:
+            if not atoms:
+                raise self.fail("a case of the unsafe set has no output constraint")
             a = torch.zeros(len(atoms), self.n_out, dtype=torch.float64, device="cpu")
-            b = torch.tensor([const for _, const in atoms], dtype=torch.float64, device="cpu")
-            for row, (coef, _) in enumerate(atoms):
+            b = torch.tensor([atom[2] for atom in atoms], dtype=torch.float64, device="cpu")
+            for row, (_, coef, _) in enumerate(atoms):
                 for j, v in coef.items():
                     if j >= self.n_out:
                         raise self.fail(f"Y_{j} is not declared")
@@ -192,17 +225,36 @@ class _Parser:
         return Property(lo, hi, disjuncts)
 
 
-def parse_vnnlib_text(text: str, where: str = "<vnnlib>") -> Property:
-    """Parse VNNLIB source text (see the module docstring); bad input raises one line."""
+def parse_regions_text(text: str, where: str = "<vnnlib>") -> list[Property]:
+    """Parse VNNLIB source text into its input regions (a disjunction: the unsafe set is
+    reachable when it is from any one region); bad input raises one line."""
     parser = _Parser(where)
     for expr in _sexprs(text, where):
         parser.statement(expr)
-    return parser.result()
+    return parser.regions()
 
 
-def parse_vnnlib(path: str | Path) -> Property:
-    """Parse the ``.vnnlib`` file at ``path``."""
+def parse_vnnlib_text(text: str, where: str = "<vnnlib>") -> Property:
+    """Parse VNNLIB source text with one input region (see the module docstring)."""
+    regions = parse_regions_text(text, where)
+    if len(regions) > 1:
+        raise ConfigError(f"{where}: {len(regions)} input regions; read it with parse_regions")
+    return regions[0]
+
+
+def _text(path: str | Path) -> tuple[str, str]:
     path = Path(path)
     if not path.is_file():
         raise ConfigFileNotFound(f"VNNLIB file {str(path)!r} does not exist")
-    return parse_vnnlib_text(path.read_text(), str(path))
+    return path.read_text(), str(path)
+
+
+def parse_vnnlib(path: str | Path) -> Property:
+    """Parse the ``.vnnlib`` file at ``path`` (one input region)."""
+    return parse_vnnlib_text(*_text(path))
+
+
+def parse_regions(path: str | Path) -> list[Property]:
+    """Parse the ``.vnnlib`` file at ``path`` into its input regions (e.g. ACAS Xu's
+    property 6: two boxes); the property holds only when it holds on every region."""
+    return parse_regions_text(*_text(path))
