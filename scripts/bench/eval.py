@@ -36,6 +36,7 @@ import argparse
 import cProfile
 import pstats
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,9 @@ from advtrain.evaluation.gauntlet import attack_rows, initial_state, run_gauntle
 from advtrain.evaluation.suites import build_suite
 from advtrain.models import DigitsCNN, MnistCNN, NormalizedModel
 from advtrain.threat import LpBall
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from purification import pgd_train  # the benchmarks' digits training recipe
 
 RAW = "/work/shared/data/MNIST/raw"
 CACHE_DIR = Path("outputs/bench")
@@ -97,16 +101,7 @@ def train_digits(dm: DigitsDataModule) -> nn.Module:
         model.load_state_dict(load_file(str(cache)))
         return model.eval()
     dm.setup("fit")
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    attack = PGD("linf", 0.1, steps=5)
-    for _ in range(8):
-        for x, y in dm.train_dataloader():
-            x_adv = attack(model, x, y)
-            model.train()
-            loss = nn.functional.cross_entropy(model(x_adv), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = pgd_train(model, dm, PGD("linf", 0.1, steps=5), 8)
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(cache))
     return model.eval()
