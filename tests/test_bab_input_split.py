@@ -12,13 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from advtrain.certification.milp import min_linear
+from advtrain.verification.bab.box_bounds import bound_boxes, case_values
 from advtrain.verification.bab.capacity import box_capacity
-from advtrain.verification.bab.input_split import (
-    InputSplitSettings,
-    bound_boxes,
-    case_values,
-    input_bab,
-)
+from advtrain.verification.bab.input_split import InputSplitSettings, input_bab
 from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.forward import forward_intermediate
 from advtrain.verification.bounds.ibp import ibp_intermediate
@@ -70,6 +66,28 @@ def test_forward_bounds_contain_every_point_and_beat_ibp(seed: int, inputs: int,
         zz = z.view(6, 128, -1)
         assert (zz >= low[:, None] - 1e-9).all() and (zz <= high[:, None] + 1e-9).all()
         assert (low >= ilo - 1e-9).all() and (high <= ihi + 1e-9).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), inputs=st.integers(1, 5), depth=st.integers(2, 4))
+def test_crown_refined_bounds_with_a_parent_contain_every_point(seed: int, inputs: int, depth: int):
+    """Forward bounds refined by CROWN from layer 1 on and intersected with the bounds of a
+    box around each box (its parent) still contain every pre-activation, and lie inside
+    the parent's bounds."""
+    model = _net(seed, inputs, 8, depth)
+    net = parse(model, (inputs,))
+    lo, hi = _boxes(seed, inputs, 6)
+    parent = forward_intermediate(net, lo - 0.1, hi + 0.1)
+    bounds = forward_intermediate(net, lo, hi, crown_from=1, prior=parent)
+    g = torch.Generator().manual_seed(seed)
+    t = torch.cat([torch.randint(0, 2, (6, 64, inputs), generator=g).double(),
+                   torch.rand(6, 64, inputs, generator=g, dtype=torch.float64)], 1)  # fmt: skip
+    z = (lo[:, None] + t * (hi - lo)[:, None]).reshape(-1, inputs)
+    for k, ((low, high), (plo, phi)) in enumerate(zip(bounds, parent)):
+        z = net.forward_segment(k, z if k == 0 else torch.relu(z))
+        zz = z.view(6, 128, -1)
+        assert (zz >= low[:, None] - 1e-9).all() and (zz <= high[:, None] + 1e-9).all()
+        assert (low >= plo).all() and (high <= phi).all()
 
 
 def _property(seed: int, model: nn.Module, inputs: int, regions: int) -> list[Property]:
@@ -155,7 +173,7 @@ def test_input_split_stops_when_memory_is_full_and_says_so() -> None:
         net = parse(model, (2,))
         box = (props[0].lo[None], props[0].hi[None])
         with torch.no_grad():
-            root = case_values(props[0], bound_boxes(net, props[0], (2,), *box)[0])
+            root = case_values(props[0], bound_boxes(net, props[0], (2,), *box).rows)
         if _exact(model, props) > 1e-3 and float(root.amin()) <= 0:
             break
     tiny = InputSplitSettings(memory=1 << 12, attack_boxes=0)

@@ -128,6 +128,25 @@ def test_idx_split_module(tmp_path: Path) -> None:
     ]
 
 
+def test_idx_split_module_synthetic_groups(tmp_path: Path) -> None:
+    """MNIST-8k/2k's synthetic attribute: group 1 (labels 0-4) noised, test groups aligned."""
+    write_mnist(tmp_path, "MNIST", n_test=30)
+    raw = str(tmp_path / "MNIST" / "raw")
+    plain = MNISTIdxSplitDataModule(raw_folder=raw, n_train=20, val_size=4)
+    dm = MNISTIdxSplitDataModule(
+        raw_folder=raw, n_train=20, val_size=4, group_noise=0.3, group_rule="label:0-4"
+    )
+    assert plain.test_groups() is None
+    x, y = dm.test_tensors()
+    x0, _ = plain.test_tensors()
+    groups = dm.test_groups()
+    assert groups.tolist() == (y <= 4).long().tolist()
+    changed = (x != x0).flatten(1).any(dim=1)
+    assert changed.tolist() == groups.bool().tolist()
+    assert x.min() >= 0 and x.max() <= 1
+    assert dm.test_groups(limit=3).tolist() == groups[:3].tolist()
+
+
 def test_digits_splits_are_disjoint_stratified_and_seeded() -> None:
     a, b = DigitsDataModule(seed=0), DigitsDataModule(seed=0)
     a.setup("fit")

@@ -8,9 +8,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor
 
-from advtrain.core.errors import ConfigError
-from advtrain.core.numbers import as_float
-from advtrain.data.groups import parse_label_groups
+from advtrain.data.groups import synthetic_groups
 from advtrain.data.tensor_dataset import TensorDataModule
 
 
@@ -55,7 +53,7 @@ class DigitsDataModule(TensorDataModule):
         train_idx, test_idx = train_test_split(
             idx, test_size=test_fraction, stratify=y.numpy(), random_state=split_seed
         )
-        x, self._groups = _synthetic_groups(x, y, group_noise, group_rule, split_seed)
+        x, self._groups = synthetic_groups(x, y, group_noise, group_rule, split_seed)
         self._train = (x[train_idx], y[train_idx])
         self._test = (x[test_idx], y[test_idx])
         self._test_idx = torch.as_tensor(test_idx)
@@ -68,22 +66,3 @@ class DigitsDataModule(TensorDataModule):
         if self.test_limit is not None:
             groups = groups[: int(self.test_limit)]
         return groups if limit is None else groups[:limit]
-
-
-def _synthetic_groups(
-    x: Tensor, y: Tensor, noise: float | str, rule: str, seed: int
-) -> tuple[Tensor, Tensor | None]:
-    """The images with group 1 noised, and the group ids (``None`` for ``noise == 0``)."""
-    std = as_float(noise, "group_noise")
-    if not 0.0 <= std <= 1.0:
-        raise ConfigError(f"group_noise={noise!r} is invalid; need a noise std in [0, 1]")
-    if std == 0.0:
-        return x, None
-    g = torch.Generator().manual_seed(int(seed))
-    if rule == "random":
-        groups = (torch.rand(len(y), generator=g) < 0.5).long()
-    else:
-        groups = parse_label_groups(rule)(y).clamp(max=1)
-    noise_img = torch.randn(x.shape, generator=g) * std
-    noisy = (x + noise_img).clamp(0.0, 1.0)
-    return torch.where(groups.bool().view(-1, 1, 1, 1), noisy, x), groups

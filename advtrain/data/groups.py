@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from advtrain.core.errors import ConfigError
+from advtrain.core.numbers import as_float
 
 LABEL_RULES = "label, label:<a>+<b>+... or label:<a>-<b> (group 1 = those labels) or label_mod:<k>"
 
@@ -89,4 +90,28 @@ def parse_label_groups(spec: str) -> LabelGroups:
     raise ConfigError(f"groups={text!r} is invalid; use {LABEL_RULES}")
 
 
-__all__ = ["LABEL_RULES", "LabelGroups", "is_label_rule", "parse_label_groups"]
+def synthetic_groups(
+    x: Tensor, y: Tensor, noise: float | str, rule: str, seed: int
+) -> tuple[Tensor, Tensor | None]:
+    """A synthetic 2-group attribute: group 1's images get Gaussian noise of std ``noise``.
+
+    ``rule`` is ``"random"`` (each image in group 1 with probability 1/2, drawn with
+    ``seed``) or a label rule (group 1 = its labels). Returns the images (group 1 noised,
+    clipped to [0, 1]) and the group ids, or ``(x, None)`` for ``noise == 0``.
+    """
+    std = as_float(noise, "group_noise")
+    if not 0.0 <= std <= 1.0:
+        raise ConfigError(f"group_noise={noise!r} is invalid; need a noise std in [0, 1]")
+    if std == 0.0:
+        return x, None
+    g = torch.Generator().manual_seed(int(seed))
+    if rule == "random":
+        groups = (torch.rand(len(y), generator=g) < 0.5).long()
+    else:
+        groups = parse_label_groups(rule)(y).clamp(max=1)
+    noise_img = torch.randn(x.shape, generator=g) * std
+    noisy = (x + noise_img).clamp(0.0, 1.0)
+    return torch.where(groups.bool().view(-1, 1, 1, 1), noisy, x), groups
+
+
+__all__ = ["LABEL_RULES", "LabelGroups", "is_label_rule", "parse_label_groups", "synthetic_groups"]

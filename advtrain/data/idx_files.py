@@ -15,6 +15,7 @@ import torch
 
 from advtrain.core.errors import ConfigError, ConfigFileNotFound
 from advtrain.data.base import ClassificationDataModule
+from advtrain.data.groups import synthetic_groups
 from advtrain.data.tensor_dataset import ImageTensorDataset
 
 
@@ -39,6 +40,9 @@ class MNISTIdxSplitDataModule(ClassificationDataModule):
         raw_folder: Folder with ``{prefix}-images-idx3-ubyte[.gz]`` and labels.
         prefix: ``"t10k"`` (the official test split) or ``"train"``.
         n_train: Examples used for training (and validation); the rest are the test.
+        group_noise: Noise std of group 1's images (a synthetic attribute for
+            ``eval.groups=data``, as ``DigitsDataModule`` has it; drawn with seed 0); 0: none.
+        group_rule: ``"random"`` or a label rule of ``advtrain.data.groups``.
         **kwargs: See ``ClassificationDataModule``.
     """
 
@@ -50,12 +54,17 @@ class MNISTIdxSplitDataModule(ClassificationDataModule):
         raw_folder: str = "data/MNIST/raw",
         prefix: str = "t10k",
         n_train: int = 8000,
+        group_noise: float | str = 0.0,
+        group_rule: str = "random",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.raw_folder = Path(raw_folder)
         self.prefix = prefix
         self.n_train = int(n_train)
+        self.group_noise = group_noise
+        self.group_rule = group_rule
+        self._groups: torch.Tensor | None = None
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _find(self, kind: str) -> Path:
@@ -76,6 +85,7 @@ class MNISTIdxSplitDataModule(ClassificationDataModule):
         if self._data is None:
             x = read_idx(self._find("images-idx3")).float().div(255).unsqueeze(1)
             y = read_idx(self._find("labels-idx1")).long()
+            x, self._groups = synthetic_groups(x, y, self.group_noise, self.group_rule, 0)
             self._data = (x, y)
         return self._data
 
@@ -89,3 +99,13 @@ class MNISTIdxSplitDataModule(ClassificationDataModule):
     def test_dataset(self) -> ImageTensorDataset:
         x, y = self._load()
         return ImageTensorDataset(x[self.n_train :], y[self.n_train :])
+
+    def test_groups(self, limit: int | None = None) -> torch.Tensor | None:
+        """The synthetic attribute of the test split (its first ``limit`` examples)."""
+        self._load()
+        if self._groups is None:
+            return None
+        groups = self._groups[self.n_train :]
+        if self.test_limit is not None:
+            groups = groups[: int(self.test_limit)]
+        return groups if limit is None else groups[:limit]

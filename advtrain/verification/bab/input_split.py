@@ -42,12 +42,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advtrain.verification.bab.box_bounds import bound_boxes, case_values
 from advtrain.verification.bab.capacity import box_capacity, next_take
 from advtrain.verification.bab.falsify import descend, disjunct_values
 from advtrain.verification.bab.search import Confirm
-from advtrain.verification.bounds.alpha_crown import Relaxation, adaptive_alpha, backward_bound
-from advtrain.verification.bounds.domain import InputDomain
-from advtrain.verification.bounds.forward import forward_intermediate
 from advtrain.verification.bounds.network import Network
 from advtrain.verification.formats.vnnlib import Property
 from advtrain.verification.verdict import Branching, Reason, Stage, Status, Verdict
@@ -67,6 +65,12 @@ class InputSplitSettings:
         candidates: Split dimensions tried per box (``_InputSearch.trial``; 1: the best
             by score alone).
         memory: Bytes the search may fill (None: a share of the free memory).
+        crown_from: First layer whose bounds CROWN refines for the boxes the forward
+            bounds leave open (``box_bounds``; None: forward bounds only).
+        samples: Uniform random points tried in every box, besides its centre and the
+            relaxation's worst inputs (thin unsafe regions that PGD's sign steps skip
+            over: ACAS Xu ``1_9 prop_7``).
+        seed: Seed of those points.
     """
 
     max_inputs: int = 16
@@ -75,58 +79,33 @@ class InputSplitSettings:
     attack_steps: int = 10
     candidates: int = 5
     memory: int | None = None
+    samples: int = 16
+    seed: int = 0
+    crown_from: int | None = 2
 
 
 @dataclass
 class _Boxes:
     """Open sub-boxes: flat bounds ``lo``, ``hi`` ``[N, n]``, their lower bound ``value``
-    ``[N]`` (``min_case max_row``) and branching ``score`` ``[N, n]``."""
+    ``[N]`` (``min_case max_row``), branching ``score`` ``[N, n]`` and intermediate bounds
+    ``inter_lo``, ``inter_hi`` ``[N, R]`` (inherited by their children)."""
 
     lo: Tensor
     hi: Tensor
     value: Tensor
     score: Tensor
+    inter_lo: Tensor
+    inter_hi: Tensor
 
     def take(self, index: Tensor) -> _Boxes:
-        return _Boxes(self.lo[index], self.hi[index], self.value[index], self.score[index])
+        return _Boxes(*(getattr(self, k)[index] for k in _FIELDS))
 
     @staticmethod
     def cat(parts: list[_Boxes]) -> _Boxes:
         return _Boxes(*(torch.cat([getattr(p, k) for p in parts]) for k in _FIELDS))
 
 
-_FIELDS = ("lo", "hi", "value", "score")
-
-
-def case_values(prop: Property, rows: Tensor) -> Tensor:
-    """``[N, D]``: each case's (disjunct's) largest row of ``rows`` (``[N, m]``, the rows of
-    every case in order, offsets added); a case is excluded where it is positive."""
-    out, at = [], 0
-    for c in prop.disjuncts:
-        out.append(rows[:, at : at + len(c.b)].amax(-1))
-        at += len(c.b)
-    return torch.stack(out, -1)
-
-
-def bound_boxes(
-    net: Network, prop: Property, shape: tuple[int, ...], lo: Tensor, hi: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Bounds of every box at once: forward linear intermediate bounds per box
-    (``bounds.forward``), then CROWN's backward bound of the rows (adaptive slopes).
-
-    Returns:
-        Lower bounds ``[N, m]`` of every row of every case plus its offset, and the input
-        coefficients ``[N, m, n]`` of the linear bounds.
-    """
-    n = len(lo)
-    spec = torch.cat([c.A for c in prop.disjuncts]).to(lo.dtype)
-    offset = torch.cat([c.b for c in prop.disjuncts]).to(lo.dtype)
-    domain = InputDomain.box(lo.view(n, *shape), hi.view(n, *shape))
-    inter = forward_intermediate(net, domain.lo, domain.hi)
-    spec = spec.unsqueeze(0).expand(n, -1, -1)
-    relax = Relaxation(adaptive_alpha(inter, spec.shape[1]))
-    bound, a, _ = backward_bound(net, domain.lower, spec, inter, relax)
-    return bound + offset, a.flatten(2)
+_FIELDS = ("lo", "hi", "value", "score", "inter_lo", "inter_hi")
 
 
 class _InputSearch:
@@ -145,6 +124,8 @@ class _InputSearch:
         self.fast = net if fast is None else fast
         self.confirm, self.settings = confirm, settings
         self.found: Tensor | None = None
+        generator = torch.Generator(device=prop.lo.device)
+        self.gen = generator.manual_seed(settings.seed)
         self.visited = 0
         relus = tuple(math.prod(net.out_shape(j)) for j in range(net.n_relu))
         rows = sum(len(c.b) for c in prop.disjuncts)
@@ -152,10 +133,15 @@ class _InputSearch:
             relus, len(prop.lo), rows, prop.lo.device, settings.memory, settings.batch
         )
 
-    def bound(self, lo: Tensor, hi: Tensor, parent: Tensor) -> _Boxes:
-        """Bound the boxes, look at their centres and worst inputs, attack the lowest."""
-        rows, a = bound_boxes(self.net, self.prop, self.shape, lo, hi)
-        cases = case_values(self.prop, rows)
+    def bound(
+        self, lo: Tensor, hi: Tensor, parent: Tensor, prior: tuple[Tensor, Tensor] | None
+    ) -> _Boxes:
+        """Bound the boxes (``prior``: their parents' intermediate bounds), look at their
+        centres and worst inputs, attack the lowest."""
+        crown_from = self.settings.crown_from
+        got = bound_boxes(self.net, self.prop, self.shape, lo, hi, crown_from, prior)
+        a = got.a
+        cases = case_values(self.prop, got.rows)
         value = torch.maximum(cases.amin(-1), parent)
         open_rows = torch.cat(
             [
@@ -169,23 +155,34 @@ class _InputSearch:
         score = lin / lin.sum(1, keepdim=True).clamp_min(1e-30) + width
         worst = torch.where(a > 0, lo.unsqueeze(1), hi.unsqueeze(1))  # [N, m, n]
         self.visited += len(lo)
+        n, s = len(lo), self.settings.samples
+        rand = torch.rand(n, s, lo.shape[1], generator=self.gen, dtype=lo.dtype, device=lo.device)
+        inside = lo.unsqueeze(1) + rand * (hi - lo).unsqueeze(1)
         with torch.no_grad():
-            self.try_points(torch.cat([(lo + hi) / 2, worst.flatten(0, 1)]))
+            points = torch.cat([((lo + hi) / 2).unsqueeze(1), worst, inside], 1)
+            probe = self.try_points(points.flatten(0, 1)).view(n, -1)
         if self.found is None and self.settings.attack_boxes:
-            self.attack(lo, hi, worst, value)
-        return _Boxes(lo, hi, value, score)
+            self.attack(lo, hi, worst, value, probe.amin(1))
+        return _Boxes(lo, hi, value, score, got.lo, got.hi)
 
-    def try_points(self, x: Tensor) -> None:
-        """Candidates: the points whose output (float64 network) violates the property."""
+    def try_points(self, x: Tensor) -> Tensor:
+        """Candidates: the points whose output (float64 network) violates the property.
+        Returns every point's violation value (``<= 0``: unsafe)."""
         y = self.net.forward(x.view(len(x), *self.shape)).flatten(1)
-        bad = disjunct_values(self.prop, y).amin(-1) <= 0
+        v = disjunct_values(self.prop, y).amin(-1)
+        bad = v <= 0
         if bool(bad.any()):
             self.found = self.confirm(x[bad])
+        return v
 
-    def attack(self, lo: Tensor, hi: Tensor, worst: Tensor, value: Tensor) -> None:
-        """Short PGD runs inside each of the lowest boxes, from its centre and worst inputs."""
+    def attack(self, lo: Tensor, hi: Tensor, worst: Tensor, value: Tensor, probe: Tensor) -> None:
+        """Short PGD runs inside boxes, from their centres and worst inputs: half of them
+        the boxes with the lowest bounds, half those whose sampled points came closest to
+        a violation (``probe``; counterexample-guided, for thin unsafe regions that the
+        bound does not single out)."""
         k = min(self.settings.attack_boxes, len(lo))
-        pick = value.topk(k, largest=False).indices
+        low = value.topk((k + 1) // 2, largest=False).indices
+        pick = torch.cat([low, probe.topk(k // 2, largest=False).indices])
         lo, hi, worst = lo[pick], hi[pick], worst[pick]
         m = worst.shape[1]
         starts = torch.cat([(lo + hi) / 2, worst.transpose(0, 1).flatten(0, 1)])
@@ -195,13 +192,16 @@ class _InputSearch:
         if bool(v <= 0):
             self.found = self.confirm(x.view(1, -1))
 
-    def branch(self, boxes: _Boxes, batch: int) -> tuple[Tensor, Tensor, Tensor]:
+    def branch(
+        self, boxes: _Boxes, batch: int
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
         """Children of ``boxes``: bisected along their best dimensions (more than one when
         the round has room: ``2^d`` children per box), with the parents' bounds."""
         depth, n = 1, boxes.lo.shape[1]
         while len(boxes.lo) * 2 ** (depth + 1) <= batch and depth < n:
             depth += 1
         lo, hi, value = boxes.lo, boxes.hi, boxes.value
+        prior = (boxes.inter_lo, boxes.inter_hi)
         dims = boxes.score.topk(depth, dim=1).indices  # [N, depth]
         if self.settings.candidates > 1:
             first = self.trial(boxes)
@@ -212,7 +212,8 @@ class _InputSearch:
             dim = dims[:, level].repeat(reps)[:, None]
             lo, hi = _bisect(lo, hi, dim)
             value = torch.cat([value, value])
-        return lo, hi, value
+            prior = (torch.cat([prior[0], prior[0]]), torch.cat([prior[1], prior[1]]))
+        return lo, hi, value, prior
 
     def trial(self, boxes: _Boxes) -> Tensor:
         """Each box's split dimension among its ``candidates`` best by score: the one
@@ -223,8 +224,10 @@ class _InputSearch:
         lo, hi = boxes.lo.repeat(k, 1), boxes.hi.repeat(k, 1)
         lo2, hi2 = _bisect(lo, hi, dim)
         dtype = self.fast.dtype  # only a choice: the chosen halves are bounded again
-        rows, _ = bound_boxes(self.fast, self.prop, self.shape, lo2.to(dtype), hi2.to(dtype))
-        value = case_values(self.prop, rows).amin(-1).view(2, k, -1).amin(0)  # [k, N]
+        prior = tuple(p.repeat(2 * k, 1).to(dtype) for p in (boxes.inter_lo, boxes.inter_hi))
+        got = bound_boxes(self.fast, self.prop, self.shape, lo2.to(dtype), hi2.to(dtype),
+                          prior=prior)  # fmt: skip
+        value = case_values(self.prop, got.rows).amin(-1).view(2, k, -1).amin(0)  # [k, N]
         return top.gather(1, value.argmax(0)[:, None]).squeeze(1)
 
     def verdict(self, status: Status, reason: Reason, bound: float) -> Verdict:
@@ -265,7 +268,7 @@ def input_bab(
     search = _InputSearch(net, prop, shape, confirm, settings or InputSplitSettings(), fast)
     lo, hi = prop.lo[None], prop.hi[None]
     with torch.no_grad():
-        queue = search.bound(lo, hi, lo.new_full((1,), -torch.inf))
+        queue = search.bound(lo, hi, lo.new_full((1,), -torch.inf), None)
         take = search.capacity.batch
         while True:
             if search.found is not None:

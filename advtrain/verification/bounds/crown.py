@@ -51,10 +51,19 @@ def relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def relu_backward(a: Tensor, bias: Tensor, bounds: Interval) -> tuple[Tensor, Tensor]:
     """Pull a lower-bounding linear functional ``a . relu(z) + bias`` back to ``z``."""
-    alpha, slope, intercept = (t.unsqueeze(1) for t in relu_relaxation(*bounds))
-    pos, neg = a.clamp(min=0), a.clamp(max=0)
-    bias = bias + (neg * intercept).flatten(2).sum(-1)
-    return pos * alpha + neg * slope, bias
+    alpha, slope, intercept = relu_relaxation(*bounds)
+    return relax_backward(a, bias, alpha, slope, intercept)
+
+
+def relax_backward(
+    a: Tensor, bias: Tensor, low: Tensor, slope: Tensor, intercept: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Through ReLUs relaxed by ``low z <= relu(z) <= slope z + intercept`` (``[B, *s]``):
+    the lower line for positive coefficients of ``a`` (``[B, m, *s]``), the upper for
+    negative ones. Two passes over ``a``: the chosen slopes and the product, plus the
+    intercepts' batched matrix-vector product."""
+    bias = bias + (a.clamp(max=0).flatten(2) @ intercept.flatten(1).unsqueeze(-1)).squeeze(-1)
+    return a * torch.where(a >= 0, low.unsqueeze(1), slope.unsqueeze(1)), bias
 
 
 def backward(net: Network, k: int, a: Tensor, bounds: list[Interval]) -> tuple[Tensor, Tensor]:
@@ -92,7 +101,7 @@ def _refine_shared(
     return flat_lo.view_as(lo), flat_hi.view_as(hi)
 
 
-def _refine(
+def refine_layer(
     net: Network, k: int, domain: InputDomain, bounds: list[Interval], lo: Tensor, hi: Tensor
 ) -> Interval:
     """CROWN bounds of each example's IBP-unstable neurons of segment ``k``, intersected with IBP.
@@ -132,7 +141,7 @@ def crown_intermediate(net: Network, domain: InputDomain) -> list[Interval]:
     def refine(k: int, bounds: list[Interval], lo: Tensor, hi: Tensor) -> Interval:
         if _interval_exact(net, k) and domain.norm == "linf":
             return lo, hi
-        return _refine(net, k, domain, bounds, lo, hi)
+        return refine_layer(net, k, domain, bounds, lo, hi)
 
     return layer_by_layer(net, domain, refine)
 

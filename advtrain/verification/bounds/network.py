@@ -98,7 +98,7 @@ class Network:
             bias: Constants ``[B, m]`` accumulated so far.
         """
         for op in reversed(self.segments[k]):
-            bias = bias + (a * op.bias).flatten(2).sum(-1)
+            bias = bias + a.flatten(2) @ op.bias.expand(op.out_shape).reshape(-1)
             b, m = a.shape[:2]
             a = op.transpose(a.reshape(b * m, *op.out_shape)).reshape(b, m, *op.in_shape)
         return a, bias
