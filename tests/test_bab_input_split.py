@@ -14,6 +14,7 @@ from torch import nn
 from advtrain.certification.milp import min_linear
 from advtrain.verification.bab.box_bounds import bound_boxes, case_values
 from advtrain.verification.bab.capacity import box_capacity
+from advtrain.verification.bab.falsify import descent_goals, disjunct_values
 from advtrain.verification.bab.input_split import InputSplitSettings, input_bab
 from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.forward import forward_intermediate
@@ -180,3 +181,25 @@ def test_input_split_stops_when_memory_is_full_and_says_so() -> None:
     verdict = input_bab(net, props[0], (2,), time.monotonic() + 30, lambda x: None, tiny)
     assert verdict.status == Status.TIMEOUT and verdict.reason == Reason.MEMORY
     assert verdict.domains == 1 and verdict.bound <= 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), rows=st.integers(1, 4))
+def test_descent_goal_is_the_violation_value_wherever_a_case_holds(seed: int, rows: int):
+    """The attack's goal for a case (its largest row plus its positive rows) is never below
+    the case's violation value and equals it where every row is <= 0, so descending it
+    stops exactly where the property is violated."""
+    g = torch.Generator().manual_seed(seed)
+    cases = [
+        Conjunction(
+            torch.randn(rows, 3, generator=g, dtype=torch.float64),
+            torch.randn(rows, generator=g, dtype=torch.float64),
+        )
+        for _ in range(2)
+    ]
+    prop = Property(-torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), cases)
+    y = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    values, goals = disjunct_values(prop, y), descent_goals(prop, y)
+    assert (goals >= values).all()
+    satisfied = values <= 0
+    assert torch.equal(goals[satisfied], values[satisfied])
