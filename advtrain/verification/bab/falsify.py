@@ -31,16 +31,18 @@ def disjunct_values(prop: Property, y: Tensor) -> Tensor:
     return torch.stack([(y.to(c.A.dtype) @ c.A.T + c.b).amax(-1) for c in prop.disjuncts], -1)
 
 
-def descent_goals(prop: Property, y: Tensor) -> Tensor:
-    """``[N, D]``: what the attack descends on for each disjunct: its violation value plus
-    the sum of its positive rows. On a conjunction of several rows (ACAS Xu: "output 3 is
-    the smallest") the max alone moves one row at a time and zigzags where rows tie; the
-    sum pushes every row still in the way at once."""
-    goals = []
+def descent_goals(prop: Property, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``[N, D]`` twice: each disjunct's value (``disjunct_values``) and what the attack
+    descends on for it, the value plus the sum of its positive rows. On a conjunction of
+    several rows (ACAS Xu: "output 3 is the smallest") the max alone moves one row at a
+    time and zigzags where rows tie; the sum pushes every row still in the way at once.
+    A single row's goal is its value wherever it is below 0."""
+    values, goals = [], []
     for c in prop.disjuncts:
         rows = y.to(c.A.dtype) @ c.A.T + c.b
-        goals.append(rows.amax(-1) + rows.clamp_min(0).sum(-1))
-    return torch.stack(goals, -1)
+        values.append(rows.amax(-1))
+        goals.append(values[-1] + rows.clamp_min(0).sum(-1) if len(c.b) > 1 else values[-1])
+    return torch.stack(values, -1), torch.stack(goals, -1)
 
 
 def violation(prop: Property, y: Tensor) -> Tensor:
@@ -98,9 +100,8 @@ def descend(
     for step in range(steps + 1):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            y = model(x.view(len(x), *shape))
-            v = disjunct_values(prop, y).amin(-1)
-            goals = descent_goals(prop, y)
+            values, goals = descent_goals(prop, model(x.view(len(x), *shape)))
+            v = values.amin(-1)
             goal = goals.gather(1, target.clamp_min(0)[:, None]).squeeze(1)
             goal = torch.where(target < 0, goals.amin(-1), goal)
             (grad,) = torch.autograd.grad(goal.sum(), x)

@@ -11,19 +11,20 @@ by sub-boxes; each round
    dimensions with the largest estimated effect on the bound (``|a_i| (hi_i - lo_i)``
    over the rows of the cases still open, ``a`` the bound's input coefficients, as
    alpha-beta-CROWN's input split, plus the dimension's share of the region's width)
-   are each tried by bounding both halves, and the one whose worse half has the highest
-   bound wins (on ACAS Xu this took the lowest open bound of ``1_1 prop_1`` from -11 to
-   -4 in 20 s against the estimate alone). When the queue is short a box is split along
-   more dimensions at once (``2^d`` children), so a round stays full;
-2. bounds all children in one batched call: forward linear bounds on each box
-   (``bounds.forward``: ``n_in + 1`` numbers per neuron, about 20 times cheaper than
-   CROWN's backward pass from every neuron on ACAS Xu), then CROWN's backward bound of
-   every row of every case (``bound_boxes``); a child also keeps its parent's bound
-   where that is higher (it lies inside the parent);
-3. looks for counterexamples: the network at every child's centre and at each row's
-   worst input (the box minimiser of its linear bound), and short PGD runs
-   (``falsify.descend``) from the centres and worst inputs of the lowest children, each
-   inside its own box; a candidate is returned only after ``confirm`` accepts it;
+   are each tried by bounding both halves (float32, the same stages), and the one whose
+   worse half has the highest bound wins; a dimension 16 times narrower than another
+   (relative to the region) is not a candidate (``ASPECT``). On an accelerator, when the
+   queue is short, a box is split along more dimensions at once (``2^d`` children) so a
+   round stays full; on the CPU, where every box costs, never;
+2. bounds all children in one batched call (``box_bounds``): forward linear bounds with
+   the parent's intermediate bounds intersected in, CROWN's refinement of the deeper
+   layers for the children those leave open, alpha-CROWN on the rows of those still
+   open; a child also keeps its parent's bound where that is higher (it lies inside);
+3. looks for counterexamples: the network at every child's centre, at each row's worst
+   input (the box minimiser of its linear bound) and at ``samples`` uniform points, and
+   short PGD runs (``falsify.descend``) inside the children with the lowest bounds and
+   those whose points came closest to a violation; a candidate is returned only after
+   ``confirm`` accepts it;
 4. drops the proven children: a box is proven when every case has a row with a positive
    lower bound.
 
@@ -243,7 +244,7 @@ class _InputSearch:
         dtype = self.fast.dtype  # only a choice: the chosen halves are bounded again
         prior = tuple(p.repeat(2 * k, 1).to(dtype) for p in (boxes.inter_lo, boxes.inter_hi))
         got = bound_boxes(self.fast, self.prop, self.shape, lo2.to(dtype), hi2.to(dtype),
-                          prior=prior)  # fmt: skip
+                          self.settings.crown_from, prior)  # fmt: skip
         value = case_values(self.prop, got.rows).amin(-1).view(2, k, -1).amin(0)  # [k, N]
         value = value.masked_fill(boxes.score.gather(1, top).T.isneginf(), -torch.inf)
         return top.gather(1, value.argmax(0)[:, None]).squeeze(1)

@@ -123,9 +123,9 @@ def backward_bound(
         if record:
             recorded.append(a)
         low_slope = torch.where(lines.unstable[j], relax.alpha[j], lines.active[j])
-        intercept = lines.intercept[j].flatten(2).transpose(1, 2)  # [D, s, 1]
-        bias = bias + (a.clamp(max=0).flatten(2) @ intercept).squeeze(-1)
-        a = a * torch.where(a >= 0, low_slope, lines.slope[j])
+        pos, neg = a.clamp(min=0), a.clamp(max=0)
+        bias = bias + (neg * lines.intercept[j]).flatten(2).sum(-1)
+        a = pos * low_slope + neg * lines.slope[j]
         if relax.beta is not None:
             a = a - relax.beta[j] * relax.signs[j].unsqueeze(1).to(a.dtype)
         a, bias = net.backward_segment(j, a, bias)
