@@ -31,26 +31,19 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import PGD
-from advtrain.data import DigitsDataModule, MNISTIdxSplitDataModule
 from advtrain.evaluation import run_evaluation
 from advtrain.evaluation.options import EvalOptions
 from advtrain.models import ImplicitResNet, NormalizedModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_data import datamodule
 from purification import pgd_train
 
 ROOT = Path(__file__).resolve().parents[2]
-MNIST_RAW = "/work/shared/data/MNIST/raw"
 SETTINGS = {  # data: (eps, image size, PGD steps in training, step size)
     "digits": (0.1, 8, 5, 0.025),
     "mnist": (0.3, 28, 10, 0.05),
 }
-
-
-def datamodule(data: str, seed: int):
-    if data == "digits":
-        return DigitsDataModule(batch_size=64, seed=seed)
-    return MNISTIdxSplitDataModule(raw_folder=MNIST_RAW, n_train=8000, batch_size=100, seed=seed)
 
 
 def train(data: str, implicit: bool, seed: int, epochs: int) -> tuple[nn.Module, float]:
