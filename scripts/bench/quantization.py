@@ -109,7 +109,7 @@ def plot(rows: dict, eps: float, path: Path) -> None:
     ax.set_xticks(range(len(names)), names, rotation=15)
     ax.set_ylabel(f"accuracy (linf eps {eps})")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))  # off the bars
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
