@@ -104,6 +104,17 @@ def _chunked(
 _FIELDS = ("rows", "a", "lo", "hi")
 
 
+def _problem(
+    prop: Property, shape: tuple[int, ...], lo: Tensor, hi: Tensor
+) -> tuple[Tensor, Tensor, InputDomain]:
+    """The rows of every case ``[N, m, n]``, their offsets ``[m]`` and the boxes."""
+    n = len(lo)
+    spec = torch.cat([c.A for c in prop.disjuncts]).to(lo.dtype)
+    offset = torch.cat([c.b for c in prop.disjuncts]).to(lo.dtype)
+    domain = InputDomain.box(lo.view(n, *shape), hi.view(n, *shape))
+    return spec.unsqueeze(0).expand(n, -1, -1), offset, domain
+
+
 def _bound(
     net: Network,
     prop: Property,
@@ -113,13 +124,9 @@ def _bound(
     crown_from: int | None,
     prior: Interval | None,
 ) -> BoxBounds:
-    n = len(lo)
-    spec = torch.cat([c.A for c in prop.disjuncts]).to(lo.dtype)
-    offset = torch.cat([c.b for c in prop.disjuncts]).to(lo.dtype)
-    domain = InputDomain.box(lo.view(n, *shape), hi.view(n, *shape))
+    spec, offset, domain = _problem(prop, shape, lo, hi)
     parent = None if prior is None else list(zip(_split(net, prior[0]), _split(net, prior[1])))
     inter = forward_intermediate(net, domain.lo, domain.hi, crown_from, parent)
-    spec = spec.unsqueeze(0).expand(n, -1, -1)
     relax = Relaxation(adaptive_alpha(inter, spec.shape[1]))
     bound, a, _ = backward_bound(net, domain.lower, spec, inter, relax)
     flat_lo = torch.cat([low.flatten(1) for low, _ in inter], 1)
@@ -173,13 +180,8 @@ def _optimized(
 ) -> Tensor:
     """Stage 3: alpha-CROWN's slopes of the rows' own backward pass, optimised over the
     fixed intermediate bounds ``inter`` (flat ``[N, R]``); the better of it and ``rows``."""
-    lo, hi = box
-    n = len(lo)
-    spec = torch.cat([c.A for c in prop.disjuncts]).to(lo.dtype)
-    offset = torch.cat([c.b for c in prop.disjuncts]).to(lo.dtype)
-    domain = InputDomain.box(lo.view(n, *shape), hi.view(n, *shape))
+    spec, offset, domain = _problem(prop, shape, *box)
     bounds = list(zip(_split(net, inter[0]), _split(net, inter[1])))
-    spec = spec.unsqueeze(0).expand(n, -1, -1)
     relax = Relaxation(adaptive_alpha(bounds, spec.shape[1]))
     best, _ = optimize(net, domain.lower, spec, bounds, relax, iters=iters, lr_alpha=ALPHA_LR)
     return torch.maximum(rows, best + offset)

@@ -50,20 +50,12 @@ def relu_relaxation(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def relu_backward(a: Tensor, bias: Tensor, bounds: Interval) -> tuple[Tensor, Tensor]:
-    """Pull a lower-bounding linear functional ``a . relu(z) + bias`` back to ``z``."""
+    """Pull a lower-bounding linear functional ``a . relu(z) + bias`` back to ``z``: the
+    lower line for positive coefficients, the upper for negative ones, in two passes over
+    ``a`` (the chosen slopes and the product) plus the intercepts' matrix-vector product."""
     alpha, slope, intercept = relu_relaxation(*bounds)
-    return relax_backward(a, bias, alpha, slope, intercept)
-
-
-def relax_backward(
-    a: Tensor, bias: Tensor, low: Tensor, slope: Tensor, intercept: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Through ReLUs relaxed by ``low z <= relu(z) <= slope z + intercept`` (``[B, *s]``):
-    the lower line for positive coefficients of ``a`` (``[B, m, *s]``), the upper for
-    negative ones. Two passes over ``a``: the chosen slopes and the product, plus the
-    intercepts' batched matrix-vector product."""
     bias = bias + (a.clamp(max=0).flatten(2) @ intercept.flatten(1).unsqueeze(-1)).squeeze(-1)
-    return a * torch.where(a >= 0, low.unsqueeze(1), slope.unsqueeze(1)), bias
+    return a * torch.where(a >= 0, alpha.unsqueeze(1), slope.unsqueeze(1)), bias
 
 
 def backward(net: Network, k: int, a: Tensor, bounds: list[Interval]) -> tuple[Tensor, Tensor]:
