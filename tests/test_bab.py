@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -58,6 +58,8 @@ _CASES = given(
 
 @settings(max_examples=10, deadline=None)
 @_CASES
+# input split halved 7 of 9 dimensions to 1/32 while the steepest stayed whole (undecided)
+@example(seed=1101, eps=0.2, kind="wide", branching="input")
 def test_bab_agrees_with_milp(seed: int, eps: float, kind: str, branching: str) -> None:
     _agrees_with_milp(seed, eps, kind, branching)
 

@@ -17,11 +17,14 @@ advtrain is timed.
     nice -n 5 uv run python scripts/bench/bounds.py --run outputs/train/runs/<run> \
         --raw-folder /work/shared/data/MNIST/raw --lirpa-python /tmp/lirpa/bin/python
 
-``--verify`` instead compares (1) alpha-CROWN with CROWN (tightness of the margin lower
-bounds and time, interleaved, medians) on the VNN-COMP 2021 ``mnistfc`` nets and the first
-``--props`` properties (``--mnistfc`` folder), and (2) branch and bound with the exact MILP:
-time to decide the same local-robustness instances of small random ReLU nets (and whether
-they agree):
+``--verify`` instead (``bounds_verify.py``) compares (1) the verifier's root bounds on the
+VNN-COMP 2021 ``mnistfc`` nets and the first ``--props`` properties (``--mnistfc`` folder):
+CROWN, alpha-CROWN over CROWN's intermediate bounds ("before") and alpha-CROWN over
+alpha-CROWN-optimised intermediate bounds ("after", the root of ``verify_property``), each
+row's bound and the time of each (interleaved, medians); and (2) branch and bound with the
+exact MILP: time to decide the same local-robustness instances of ``--bab-nets`` small
+random ReLU nets (and whether they agree). Written to ``verify_bounds.json`` beside
+``--out``:
 
     nice -n 10 uv run python scripts/bench/bounds.py --verify
 """
@@ -32,6 +35,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +46,9 @@ from torch import nn
 
 from advtrain.models import NormalizedModel
 from advtrain.verification.bounds import margin_bounds, margin_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bounds_verify  # the --verify comparisons, beside this script
 
 CONV_CHANNELS, HIDDEN, SIDE = (16, 32), 100, 7
 MEAN, STD = [0.1307], [0.3081]
@@ -144,94 +151,6 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> dict:
     }
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - start, out
-
-
-def alpha_vs_crown(folder: Path, n_props: int, repeats: int) -> dict:
-    """Margin lower bounds of alpha-CROWN and CROWN over each property's box."""
-    from advtrain.verification.bounds import InputDomain, alpha_crown_bounds, crown_bounds, parse
-    from advtrain.verification.formats.onnx_net import onnx_sequential
-    from advtrain.verification.formats.vnnlib import parse_vnnlib
-
-    report = {}
-    for onnx in sorted(folder.glob("mnist-net_*.onnx")):
-        model, shape = onnx_sequential(onnx)
-        net = parse(model, shape)
-        rows = {"crown": [], "alpha": [], "t_crown": [], "t_alpha": []}
-        for i in range(n_props):
-            prop = parse_vnnlib(folder / f"prop_{i}_0.03.vnnlib")
-            dom = InputDomain.box(prop.lo.view(1, *shape), prop.hi.view(1, *shape))
-            spec = torch.cat([c.A for c in prop.disjuncts]).unsqueeze(0)
-            with torch.no_grad():
-                for _ in range(repeats):
-                    t_c, crown = _timed(crown_bounds, net, dom, spec)
-                    t_a, alpha = _timed(alpha_crown_bounds, net, dom, spec)
-                    rows["t_crown"].append(t_c)
-                    rows["t_alpha"].append(t_a)
-            rows["crown"].append(crown)
-            rows["alpha"].append(alpha)
-        crown, alpha = torch.cat(rows["crown"]), torch.cat(rows["alpha"])
-        report[onnx.name] = {
-            "rows": crown.numel(),
-            "alpha_ge_crown": bool((alpha >= crown - 1e-9).all()),
-            "median_gain": float((alpha - crown).median()),
-            "median_crown_bound": float(crown.median()),
-            "median_alpha_bound": float(alpha.median()),
-            "rows_proven_crown": int((crown > 0).sum()),
-            "rows_proven_alpha": int((alpha > 0).sum()),
-            "median_seconds_crown": statistics.median(rows["t_crown"]),
-            "median_seconds_alpha": statistics.median(rows["t_alpha"]),
-        }
-        print(onnx.name, report[onnx.name])
-    return report
-
-
-def _random_net(g: torch.Generator) -> nn.Module:
-    """A 16-24-24-4 ReLU net in float64 with N(0, 0.6^2) weights drawn from ``g``."""
-    layers = [nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 4)]
-    model = nn.Sequential(nn.Flatten(), *layers).double().eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.6)
-    return model
-
-
-def bab_vs_milp(n_nets: int, eps: float) -> dict:
-    """Time to decide local robustness by BaB and by the MILP on small random ReLU nets."""
-    from advtrain.certification import min_margin
-    from advtrain.verification.verdict import Status
-    from advtrain.verification.verify import VerifySettings, margin_property, verify_property
-
-    t_bab, t_milp, agree, total = [], [], 0, 0
-    for seed in range(n_nets):
-        g = torch.Generator().manual_seed(seed)
-        model = _random_net(g)
-        x = torch.rand(2, 16, generator=g, dtype=torch.float64)
-        y = model(x).argmax(1)
-        for xi, yi in zip(x, y):
-            seconds, exact = _timed(min_margin, model, xi[None], yi[None], eps)
-            exact = exact.value[0]
-            t_milp.append(seconds)
-            prop = margin_property(xi, int(yi), 4, eps, (0.0, 1.0))
-            settings = VerifySettings(timeout=60.0)
-            seconds, verdict = _timed(verify_property, model, (16,), prop, model, settings)
-            t_bab.append(seconds)
-            total += 1
-            agree += verdict.status == (Status.HOLDS if float(exact) > 0 else Status.VIOLATED)
-    report = {
-        "instances": total,
-        "agree": agree,
-        "median_seconds_bab": statistics.median(t_bab),
-        "median_seconds_milp": statistics.median(t_milp),
-        "eps": eps,
-    }
-    print("bab vs milp", report)
-    return report
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=None)
@@ -247,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     mnistfc = Path("/work/shared/data/vnncomp2021/mnistfc")
     parser.add_argument("--mnistfc", type=Path, default=mnistfc)
     parser.add_argument("--props", type=int, default=3)
+    parser.add_argument("--bab-nets", type=int, default=8)
     return parser
 
 
@@ -284,16 +204,12 @@ def _compare(report: dict, bounds: dict[str, torch.Tensor], method: str, lirpa: 
     )
 
 
-def main() -> None:
-    args = _parser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     torch.set_num_threads(1)
     if args.verify:
-        report = {
-            "alpha_vs_crown": alpha_vs_crown(args.mnistfc, args.props, args.repeats),
-            "bab_vs_milp": bab_vs_milp(8, 0.05),
-        }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name("verify_bounds.json").write_text(json.dumps(report, indent=2))
+        out = args.out.with_name("verify_bounds.json")
+        bounds_verify.main(args.mnistfc, args.props, args.repeats, args.bab_nets, out)
         return
     model = build_model(args.run)
     x, y = inputs(args.n, args.raw_folder)

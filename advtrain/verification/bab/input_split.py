@@ -12,8 +12,9 @@ by sub-boxes; each round
    over the rows of the cases still open, ``a`` the bound's input coefficients, as
    alpha-beta-CROWN's input split, plus the dimension's share of the region's width)
    are each tried by bounding both halves (float32, the same stages), and the one whose
-   worse half has the highest bound wins; a dimension 16 times narrower than another
-   (relative to the region) is not a candidate (``ASPECT``). On an accelerator, when the
+   halves leave the least open bound (the sum of their negative bounds) wins; a
+   dimension 16 times narrower than another (relative to the region) is not a candidate
+   (``ASPECT``). On an accelerator, when the
    queue is short, a box is split along more dimensions at once (``2^d`` children) so a
    round stays full; on the CPU, where every box costs, never;
 2. bounds all children in one batched call (``box_bounds``): forward linear bounds with
@@ -235,7 +236,12 @@ class _InputSearch:
 
     def trial(self, boxes: _Boxes) -> Tensor:
         """Each box's split dimension among its ``candidates`` best by score: the one
-        whose worse half has the highest bound (both halves bounded, as FSB does for ReLUs)."""
+        whose halves leave the least open bound (the sum of their negative bounds; both
+        halves bounded, as FSB does for ReLUs). Judging by the worse half alone ignores a
+        half that the split proves: along a dimension the margin falls steeply in, the
+        worse half gains little at once, so other dimensions were halved down to 1/32 while
+        that one stayed whole (a 9-input net: 280,000 boxes undecided at 20 s, against
+        18,681 decided in 1.7 s)."""
         k = min(self.settings.candidates, boxes.lo.shape[1])
         top = boxes.score.topk(k, dim=1).indices  # [N, k]
         dim = top.T.reshape(-1, 1)  # candidate-major: [k * N, 1]
@@ -245,7 +251,7 @@ class _InputSearch:
         prior = tuple(p.repeat(2 * k, 1).to(dtype) for p in (boxes.inter_lo, boxes.inter_hi))
         got = bound_boxes(self.fast, self.prop, self.shape, lo2.to(dtype), hi2.to(dtype),
                           self.settings.crown_from, prior)  # fmt: skip
-        value = case_values(self.prop, got.rows).amin(-1).view(2, k, -1).amin(0)  # [k, N]
+        value = case_values(self.prop, got.rows).amin(-1).view(2, k, -1).clamp(max=0).sum(0)
         value = value.masked_fill(boxes.score.gather(1, top).T.isneginf(), -torch.inf)
         return top.gather(1, value.argmax(0)[:, None]).squeeze(1)
 
