@@ -130,10 +130,13 @@ def _exact(model: nn.Module, regions: list[Property]) -> float:
     inputs=st.sampled_from([1, 2, 3, 5]),
     regions=st.integers(1, 2),
     depth=st.integers(1, 3),
+    candidates=st.sampled_from([1, 5]),
 )
 def test_input_and_relu_split_agree_with_milp(
-    seed: int, inputs: int, regions: int, depth: int
+    seed: int, inputs: int, regions: int, depth: int, candidates: int
 ) -> None:
+    """Both searches agree with the exact MILP; input split by score alone and by the
+    trial of ``candidates`` dimensions."""
     model = _net(seed, inputs, 10, depth)
     props = _property(seed, model, inputs, regions)
     exact = _exact(model, props)
@@ -142,7 +145,8 @@ def test_input_and_relu_split_agree_with_milp(
         return model(x.view(-1, inputs))
 
     for branching in (Branching.INPUT, Branching.RELU):
-        cfg = VerifySettings(timeout=30.0, branching=str(branching))
+        split = InputSplitSettings(candidates=candidates)
+        cfg = VerifySettings(timeout=30.0, branching=str(branching), input_split=split)
         verdict = verify_regions(model, (inputs,), props, reference, cfg)
         if verdict.status == Status.HOLDS:
             assert exact > 0, f"{branching}: holds but the MILP finds {exact}"

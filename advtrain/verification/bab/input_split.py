@@ -6,17 +6,19 @@ every intermediate bound at once. Input-split branch and bound (as in alpha-beta
 ``input_split``, nnenum and VeriNet; Bunel et al. 2020 for the framework) covers the box
 by sub-boxes; each round
 
-1. bisects the open sub-boxes with the lowest bounds. The split dimension is chosen as
-   filtered smart branching chooses a ReLU (De Palma et al. 2021): the ``candidates``
-   dimensions with the largest estimated effect on the bound (``|a_i| (hi_i - lo_i)``
-   over the rows of the cases still open, ``a`` the bound's input coefficients, as
-   alpha-beta-CROWN's input split, plus the dimension's share of the region's width)
-   are each tried by bounding both halves (float32, the same stages), and the one whose
-   halves leave the least open bound (the sum of their negative bounds) wins; a
-   dimension 16 times narrower than another (relative to the region) is not a candidate
-   (``ASPECT``). On an accelerator, when the
-   queue is short, a box is split along more dimensions at once (``2^d`` children) so a
-   round stays full; on the CPU, where every box costs, never;
+1. bisects the open sub-boxes with the lowest bounds along the dimension with the
+   largest score: its share of the bound's estimated linear effect (``|a_i| (hi_i -
+   lo_i)`` over the rows of the cases still open, ``a`` the bound's input coefficients,
+   alpha-beta-CROWN's input split "sb") plus a tenth of its width relative to the region
+   (``WIDTH_WEIGHT``); a dimension 16 times narrower than another (relative to the
+   region) is not split (``ASPECT``). With ``candidates > 1`` the best dimensions by
+   score are each tried by bounding both halves (float32, the same stages) and the one
+   whose halves leave the least open bound wins (filtered smart branching, De Palma et
+   al. 2021, on input dimensions); it picks better dimensions, but at ``2 k`` extra
+   bounds per box it loses on the CPU (ACAS Xu ``2_7 prop_1``: holds in 19 s with the
+   score alone, undecided at 40 s with 5 candidates). On an accelerator, when the queue
+   is short, a box is split along more dimensions at once (``2^d`` children) so a round
+   stays full; on the CPU, where every box costs, never;
 2. bounds all children in one batched call (``box_bounds``): forward linear bounds with
    the parent's intermediate bounds intersected in, CROWN's refinement of the deeper
    layers for the children those leave open, alpha-CROWN on the rows of those still
@@ -54,6 +56,10 @@ from advtrain.verification.verdict import Branching, Reason, Stage, Status, Verd
 
 #: Largest ratio of two dimensions' widths (each relative to the region) in a sub-box.
 ASPECT = 16
+#: Weight of a dimension's relative width in its branching score, next to its share of
+#: the bound's linear effect: a tie-breaker towards wide dimensions (at 1, every dimension
+#: was halved in turn: ACAS Xu ``3_7 prop_1`` needed 14,885 boxes instead of 3,167).
+WIDTH_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,8 @@ class InputSplitSettings:
         attack_boxes: Lowest children whose centres and worst inputs start PGD each round.
         attack_steps: PGD steps of those runs.
         candidates: Split dimensions tried per box (``_InputSearch.trial``; 1: the best
-            by score alone).
+            by score alone, the default: the trial's extra bounds cost more boxes than
+            its choices save, on ACAS Xu on the CPU).
         memory: Bytes the search may fill (None: a share of the free memory).
         crown_from: First layer whose bounds CROWN refines for the boxes the forward
             bounds leave open (``box_bounds``; None: forward bounds only).
@@ -87,7 +94,7 @@ class InputSplitSettings:
     batch: int | None = None
     attack_boxes: int = 8
     attack_steps: int = 10
-    candidates: int = 5
+    candidates: int = 1
     memory: int | None = None
     samples: int = 16
     alpha_iters: int = 10
@@ -165,7 +172,7 @@ class _InputSearch:
         )
         lin = (a.abs() * open_rows.unsqueeze(-1)).sum(1) * (hi - lo)
         width = (hi - lo) / (self.prop.hi - self.prop.lo).clamp_min(1e-12)
-        score = lin / lin.sum(1, keepdim=True).clamp_min(1e-30) + width
+        score = lin / lin.sum(1, keepdim=True).clamp_min(1e-30) + WIDTH_WEIGHT * width
         # no dimension is split while another is ASPECT times wider (relative to the
         # region): the trial's one-step look-ahead otherwise keeps halving one dimension
         # for tiny gains near a small margin (ACAS Xu 3_3 prop_9: 0.004 against 0.5)
