@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from advtrain.core.convergence import check_convergence
 from advtrain.core.errors import ConfigError
 from advtrain.core.modes import eval_mode
 from advtrain.core.statistics import per_class, proportion
@@ -83,6 +84,7 @@ def run_evaluation(
     _place(model, options)
     with eval_mode(model), StageProgress(options.progress) as bars:
         evaluation = _evaluate_eval_mode(model, x, y, options, bars)
+    check_convergence(model)  # the stages after the gauntlet (curves, checks, ...)
     if groups is not None:
         clean, robust = evaluation.fooled_by != CLEAN_WRONG, evaluation.fooled_by == ROBUST
         evaluation.report["groups"] = group_section(groups, clean, robust)

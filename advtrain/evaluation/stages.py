@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import FGSM, Square
+from advtrain.core.convergence import check_convergence
 from advtrain.core.statistics import proportion
 from advtrain.evaluation import escalation, masking
 from advtrain.evaluation.curves import (
@@ -84,6 +85,7 @@ class Runner:
             progress=self.progress,
             mask=None if mask is None else mask[idx],
         )
+        check_convergence(self.model)  # once per attack list, not per forward
         device, where = x.device, idx.to(x.device)
         fooled_by = gather_per_example(local.fooled_by.to(device), where, len(y)).cpu()
         x_adv = gather_per_example(local.x_adv.to(device), where, len(y)).cpu()

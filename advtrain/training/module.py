@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from advtrain.attacks.base import Attack
+from advtrain.core.convergence import check_convergence
 from advtrain.core.errors import ConfigError
 from advtrain.core.modes import eval_mode
 from advtrain.models.bpda import attack_view
@@ -239,6 +240,17 @@ class AdversarialModule(L.LightningModule):
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+
+    # A model's deferred convergence checks (an implicit layer's worst residual, kept on
+    # the device): read once per epoch and per validation/test run, not per forward.
+    def on_train_epoch_end(self) -> None:
+        check_convergence(self.model)
+
+    def on_validation_epoch_end(self) -> None:
+        check_convergence(self.model)
+
+    def on_test_epoch_end(self) -> None:
+        check_convergence(self.model)
 
 
 def rng_state() -> dict[str, Any]:
