@@ -15,7 +15,12 @@ from advtrain.certification.milp import min_linear
 from advtrain.verification.bab.box_bounds import bound_boxes, case_values
 from advtrain.verification.bab.capacity import box_capacity
 from advtrain.verification.bab.falsify import descent_goals, disjunct_values
-from advtrain.verification.bab.input_split import InputSplitSettings, input_bab
+from advtrain.verification.bab.input_split import (
+    CORNER_DIMS,
+    InputSplitSettings,
+    _corners,
+    input_bab,
+)
 from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.forward import forward_intermediate
 from advtrain.verification.bounds.ibp import ibp_intermediate
@@ -208,3 +213,17 @@ def test_descent_goal_is_the_violation_value_wherever_a_case_holds(seed: int, ro
     assert (goals >= values).all()
     satisfied = values <= 0
     assert torch.equal(goals[satisfied], values[satisfied])
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), inputs=st.integers(1, 8))
+def test_corners_are_every_vertex_of_each_box_up_to_corner_dims(seed: int, inputs: int) -> None:
+    lo, hi = _boxes(seed, inputs, 3)
+    corners = _corners(lo, hi)
+    if inputs > CORNER_DIMS:
+        assert corners.shape == (3, 0, inputs)
+        return
+    assert corners.shape == (3, 2**inputs, inputs)
+    at_lo, at_hi = corners == lo.unsqueeze(1), corners == hi.unsqueeze(1)
+    assert bool((at_lo | at_hi).all())  # every coordinate on a face
+    assert len({tuple(r) for r in at_hi[0].int().tolist()}) == 2**inputs  # all distinct

@@ -21,9 +21,15 @@ from advtrain.verification.formats.vnnlib import Property
 #: Steps between the looks on the host at whether a violation was found (the loop's
 #: only host sync; the answer does not depend on it).
 CHECK_EVERY = 10
-#: The last step's size as a share of the first's (a quarter of the box width): small
-#: enough to reach thin unsafe regions (ACAS Xu ``1_9 prop_7``'s lie within 1e-3 of a face).
+#: The last step's size as a share of the first's: small enough to reach thin unsafe
+#: regions (ACAS Xu ``1_9 prop_7``'s lie within 1e-3 of a face).
 FINAL_STEP = 4e-4
+#: The first step's size as a share of the box width, by point (round robin). The whole
+#: width (APGD's first step, 2 eps) lets sign steps leave the vertex where they otherwise
+#: settle on a net with saturated outputs (VNN-COMP mnistfc 256x4 ``prop_1_0.05``: every
+#: one of 1,000 restarts stopped at +0.985 with a quarter; a whole width reaches -0.49);
+#: a quarter stays near the start, for thin regions.
+FIRST_STEPS = (1.0, 0.25)
 
 
 def disjunct_values(prop: Property, y: Tensor) -> Tensor:
@@ -65,8 +71,8 @@ def pgd_box(
         model: The network on inputs ``[N, *shape]``.
         prop: The property (its flat box and unsafe set).
         restarts: Uniform random starts (plus the centre and ``starts``).
-        steps: Signed-gradient steps per start, with a step size decaying geometrically from a
-            quarter of the box width to ``FINAL_STEP`` of that.
+        steps: Signed-gradient steps per start, with a step size decaying geometrically from
+            ``FIRST_STEPS`` of the box width to ``FINAL_STEP`` of that.
         starts: Extra flat starting points ``[S, n]`` (e.g. a relaxation's worst inputs).
     """
     x = _starting_points(prop, restarts, starts, seed)
@@ -95,6 +101,8 @@ def descend(
     """
     lo, hi = box
     width = hi - lo
+    share = torch.tensor(FIRST_STEPS, dtype=x.dtype, device=x.device)
+    first = share[torch.arange(len(x), device=x.device) % len(share)].unsqueeze(1)
     target = torch.full((len(x),), -1, device=x.device) if target is None else target
     best_x, best_v = x[0].clone(), x.new_tensor(float("inf"))
     for step in range(steps + 1):
@@ -108,7 +116,7 @@ def descend(
         best_x, best_v = _keep_best(x.detach(), v.detach(), best_x, best_v)
         if step == steps or (step % CHECK_EVERY == 0 and bool(best_v <= 0)):
             break
-        size = 0.25 * (FINAL_STEP ** (step / max(steps - 1, 1)))
+        size = first * (FINAL_STEP ** (step / max(steps - 1, 1)))
         with torch.no_grad():
             x = torch.minimum(torch.maximum(x - size * width * grad.sign(), lo), hi)
     return best_x, best_v
