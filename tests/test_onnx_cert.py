@@ -10,12 +10,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from advtrain.certification import certify, parse
+from advtrain.certification import certify, min_margin, parse
 from advtrain.core.errors import ConfigError
 from advtrain.data.device_loader import dataset_tensors
 from advtrain.data.digits import DigitsDataModule
 from advtrain.models.onnx import onnx_forward
+from advtrain.verification.bounds import InputDomain, crown_bounds, identity_rows
 from advtrain.verification.formats.onnx_net import onnx_sequential
+from advtrain.verification.verdict import Status
+from advtrain.verification.verify import VerifySettings, margin_property, verify_property
 from tests.verify_helpers import export_onnx, one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -105,3 +108,51 @@ def test_unsupported_node_is_one_line(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Sigmoid") as info:
         onnx_sequential(path)
     assert "\n" not in str(info.value)
+
+
+def _conv_bn(bn_after_relu: bool) -> nn.Sequential:
+    """A conv net with BatchNorm (random running statistics, eval mode) after the Conv or
+    after its ReLU (where it cannot be folded into the Conv)."""
+    torch.manual_seed(0)
+    conv, bn, relu = nn.Conv2d(1, 3, 3, stride=2, padding=1), nn.BatchNorm2d(3), nn.ReLU()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.2, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.3, 0.3)
+    block = [conv, relu, bn] if bn_after_relu else [conv, bn, relu]
+    tail = [nn.Flatten(), nn.Linear(27, 8), nn.ReLU(), nn.Linear(8, 3)]
+    return nn.Sequential(*block, *tail).eval()
+
+
+@pytest.mark.parametrize("bn_after_relu", [False, True])
+def test_batchnorm_nodes_fold_and_bound_soundly(tmp_path, bn_after_relu: bool) -> None:
+    """An exported eval-mode BatchNorm (a ``BatchNormalization`` node, kept unfused by
+    ``TrainingMode.PRESERVE``) is folded into the Conv before it or kept per channel; the
+    converted net matches onnxruntime, CROWN's bounds contain sampled outputs, and the
+    verifier's answers agree with the exact MILP on the torch model."""
+    model, shape, path = _conv_bn(bn_after_relu), (1, 6, 6), tmp_path / "bn.onnx"
+    torch.onnx.export(model, (torch.zeros(1, *shape),), str(path), input_names=["x"],
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+                      dynamo=False)  # fmt: skip
+    assert "BatchNormalization" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    converted, got_shape = onnx_sequential(path)
+    assert got_shape == shape and len(converted) == 7 - (not bn_after_relu)
+    x = torch.rand(64, *shape, dtype=torch.float64)
+    assert torch.allclose(converted(x).float(), onnx_forward(path, x), atol=1e-5)
+    x0, eps = torch.rand(1, *shape, dtype=torch.float64), 0.05
+    domain = InputDomain(x0, "linf", eps, (0.0, 1.0))
+    rows = identity_rows((3,), torch.arange(3), x0)[:, :3]
+    lower = crown_bounds(parse(converted, shape), domain, rows)[0]
+    upper = -crown_bounds(parse(converted, shape), domain, -rows)[0]
+    samples = converted((x0 + eps * (2 * torch.rand(256, *shape) - 1)).clamp(0, 1))
+    assert bool((samples >= lower - 1e-9).all() and (samples <= upper + 1e-9).all())
+    label, seen = int(model.double()(x0).argmax(1)), set()
+    for eps in (0.01, 0.3):
+        exact = float(min_margin(model, x0, torch.tensor([label]), eps).value[0])
+        prop = margin_property(x0[0], label, 3, eps, (0.0, 1.0))
+        verdict = verify_property(converted, shape, prop, lambda z: onnx_forward(path, z),
+                                  VerifySettings(timeout=60))  # fmt: skip
+        assert verdict.status == (Status.HOLDS if exact > 0 else Status.VIOLATED), exact
+        seen.add(verdict.status)
+    assert seen == {Status.HOLDS, Status.VIOLATED}  # both answers are checked

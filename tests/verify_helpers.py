@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from advtrain.verification.formats.vnnlib import robustness_text
+
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
@@ -37,12 +39,4 @@ def export_onnx(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
 def robustness_vnnlib(x0: torch.Tensor, label: int, num_classes: int, eps: float) -> str:
     """A VNN-COMP ``mnistfc``-style property: the box around ``x0``, unsafe if some
     ``Y_j >= Y_label``."""
-    flat = x0.flatten().tolist()
-    lines = [f"(declare-const X_{i} Real)" for i in range(len(flat))]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
-    for i, v in enumerate(flat):
-        lines.append(f"(assert (<= X_{i} {min(v + eps, 1.0)!r}))")
-        lines.append(f"(assert (>= X_{i} {max(v - eps, 0.0)!r}))")
-    ors = "\n".join(f"    (and (>= Y_{j} Y_{label}))" for j in range(num_classes) if j != label)
-    lines.append(f"(assert (or\n{ors}\n))")
-    return "\n".join(lines) + "\n"
+    return robustness_text(x0, label, num_classes, eps)

@@ -1,14 +1,18 @@
 """ONNX feed-forward ReLU networks as the ``nn.Sequential`` the bound propagation parses.
 
 VNN-COMP networks (e.g. the 2021 ``mnistfc`` benchmark) are chains of Flatten / Reshape /
-Gemm / MatMul / Add / Sub / Div / Mul / Conv / Relu nodes. ``onnx_sequential`` walks the
-graph in order, following the one non-constant tensor, and turns every node into a torch
-layer: Gemm and MatMul (+ a constant Add, folded into the bias) become ``nn.Linear``, Conv
-``nn.Conv2d``, Sub / Div / Mul / Add by constants ``Elementwise``, Flatten and flattening
-Reshapes ``nn.Flatten``. The result is exactly the graph's function, so
-``advtrain.verification.bounds.network.parse`` bounds it and the attacks can run it; the graph
-itself (run by onnxruntime, ``advtrain.models.onnx.onnx_forward``) stays the independent
-check of a counterexample. Anything else (branches, other operators) raises one line.
+Gemm / MatMul / Add / Sub / Div / Mul / Conv / BatchNormalization / Relu nodes.
+``onnx_sequential`` walks the graph in order, following the one non-constant tensor, and
+turns every node into a torch layer: Gemm and MatMul (+ a constant Add, folded into the
+bias) become ``nn.Linear``, Conv ``nn.Conv2d``, Sub / Div / Mul / Add by constants
+``Elementwise``, Flatten and flattening Reshapes ``nn.Flatten``. An inference-mode
+BatchNormalization (running statistics, as ``torch.onnx.export`` writes an eval-mode
+``BatchNorm2d`` when it does not fuse it) is folded into the Conv or Gemm before it (Ioffe
+& Szegedy 2015: a per-channel affine map), else it becomes a per-channel ``Elementwise``.
+The result is exactly the graph's function, so ``advtrain.verification.bounds.network.parse``
+bounds it and the attacks can run it; the graph itself (run by onnxruntime,
+``advtrain.models.onnx.onnx_forward``) stays the independent check of a counterexample.
+Anything else (branches such as a residual Add, other operators) raises one line.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from advtrain.core.errors import ConfigError
 from advtrain.models.onnx import load_onnx_graph, onnx_input_shape
 from advtrain.verification.bounds.network import Elementwise
 
-SUPPORTED_NODES = "Flatten, Reshape (flattening), Gemm, MatMul, Add, Sub, Div, Mul, Conv, Relu"
+SUPPORTED_NODES = (
+    "Flatten, Reshape (flattening), Gemm, MatMul, Add, Sub, Div, Mul, Conv, "
+    "BatchNormalization (inference), Relu"
+)
 
 
 def _attrs(node) -> dict:
@@ -87,6 +94,30 @@ class _Builder:
             return
         self.elementwise(1.0, c)
 
+    def channel_affine(self, scale: Tensor, shift: Tensor) -> None:
+        """``z * scale + shift`` per channel (axis 1 of the batch): folded into the Conv or
+        Linear just before (its output feeds only this node in a chain), else ``Elementwise``."""
+        last = self.layers[-1] if self.layers else None
+        if isinstance(last, nn.Conv2d | nn.Linear) and self.shape[0] == len(scale):
+            view = (-1,) + (1,) * (last.weight.dim() - 1)
+            with torch.no_grad():
+                last.weight.mul_(scale.view(view))
+                last.bias.mul_(scale).add_(shift)
+            return
+        view = (-1,) + (1,) * (len(self.shape) - 1)
+        self.elementwise(scale.view(view), shift.view(view))
+
+
+def _batchnorm(b: _Builder, node, attrs: dict, args: list) -> None:
+    """An inference-mode BatchNormalization: ``(z - mean) / sqrt(var + epsilon) * gamma + beta``."""
+    if attrs.get("training_mode", 0) or len([o for o in node.output if o]) > 1:
+        raise ConfigError(
+            f"BatchNormalization node {node.name!r} in training mode is not supported"
+        )
+    gamma, beta, mean, var = (_const(a).flatten() for a in args)
+    scale = gamma / torch.sqrt(var + attrs.get("epsilon", 1e-5))
+    b.channel_affine(scale, beta - mean * scale)
+
 
 def _conv(attrs: dict, w: Tensor, b: Tensor | None) -> nn.Conv2d:
     pads = list(attrs.get("pads", [0, 0, 0, 0]))
@@ -136,6 +167,8 @@ def _node(b: _Builder, node, args: list, flipped: bool) -> None:
         b.linear(_const(args[0]).T, None)
     elif op == "Conv":
         b.add(_conv(attrs, _const(args[0]), _const(args[1]) if len(args) > 1 else None))
+    elif op == "BatchNormalization" and not flipped:
+        _batchnorm(b, node, attrs, args)
     elif op == "Add":
         b.add_const(_const(args[0]))
     elif op == "Sub":
@@ -168,6 +201,9 @@ def onnx_sequential(path: str | Path) -> tuple[nn.Sequential, tuple[int, ...]]:
     for node in graph.graph.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = nh.to_array(_attrs(node)["value"])
+            continue
+        if node.op_type == "Identity" and node.input[0] in consts:  # a shared initializer
+            consts[node.output[0]] = consts[node.input[0]]
             continue
         data = [i for i in node.input if i and i not in consts]
         if data != [current]:

@@ -258,3 +258,19 @@ def parse_regions(path: str | Path) -> list[Property]:
     """Parse the ``.vnnlib`` file at ``path`` into its input regions (e.g. ACAS Xu's
     property 6: two boxes); the property holds only when it holds on every region."""
     return parse_regions_text(*_text(path))
+
+
+def robustness_text(
+    x0: Tensor, label: int, num_classes: int, eps: float, bounds: tuple[float, float] = (0.0, 1.0)
+) -> str:
+    """Local robustness as VNNLIB source, as VNN-COMP 2021's ``mnistfc`` writes it: the linf
+    box of radius ``eps`` around ``x0`` clipped to ``bounds``; unsafe when some ``Y_j >= Y_label``."""
+    flat = x0.flatten().tolist()
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(flat))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(num_classes)]
+    for i, v in enumerate(flat):
+        lines.append(f"(assert (<= X_{i} {min(v + eps, bounds[1])!r}))")
+        lines.append(f"(assert (>= X_{i} {max(v - eps, bounds[0])!r}))")
+    ors = "\n".join(f"    (and (>= Y_{j} Y_{label}))" for j in range(num_classes) if j != label)
+    lines.append(f"(assert (or\n{ors}\n))")
+    return "\n".join(lines) + "\n"
