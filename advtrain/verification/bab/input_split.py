@@ -89,8 +89,8 @@ class InputSplitSettings:
         alpha_iters: alpha-CROWN steps on the rows of the boxes CROWN leaves open.
         fill_rounds: On an accelerator, split a box along several dimensions at once
             (``2^d`` children) while the round has room: free there, but on the CPU, where
-            every box costs, single splits by the trial need 50-100 times fewer boxes
-            (ACAS Xu ``1_1 prop_1``: 55 instead of 3,000-8,000).
+            every box costs, single splits need 50-100 times fewer boxes (ACAS Xu
+            ``1_1 prop_1``: 55 instead of 3,000-8,000).
     """
 
     max_inputs: int = 16
