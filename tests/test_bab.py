@@ -53,25 +53,28 @@ _CASES = given(
     eps=st.sampled_from([0.02, 0.08, 0.2]),
     kind=st.sampled_from(["small", "wide", "deep"]),
     branching=st.sampled_from(["relu", "input"]),
+    milp=st.booleans(),
 )
 
 
 @settings(max_examples=10, deadline=None)
 @_CASES
 # input split halved 7 of 9 dimensions to 1/32 while the steepest stayed whole (undecided)
-@example(seed=1101, eps=0.2, kind="wide", branching="input")
-def test_bab_agrees_with_milp(seed: int, eps: float, kind: str, branching: str) -> None:
-    _agrees_with_milp(seed, eps, kind, branching)
+@example(seed=1101, eps=0.2, kind="wide", branching="input", milp=False)
+def test_bab_agrees_with_milp(seed: int, eps: float, kind: str, branching: str, milp: bool) -> None:
+    _agrees_with_milp(seed, eps, kind, branching, milp)
 
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @_CASES
-def test_bab_agrees_with_milp_many(seed: int, eps: float, kind: str, branching: str) -> None:
-    _agrees_with_milp(seed, eps, kind, branching)
+def test_bab_agrees_with_milp_many(
+    seed: int, eps: float, kind: str, branching: str, milp: bool
+) -> None:
+    _agrees_with_milp(seed, eps, kind, branching, milp)
 
 
-def _agrees_with_milp(seed: int, eps: float, kind: str, branching: str) -> None:
+def _agrees_with_milp(seed: int, eps: float, kind: str, branching: str, milp: bool) -> None:
     model = {"small": random_network, "wide": _wide, "deep": lambda s: _wide(s, 3)}[kind](seed)
     x = random_inputs(seed, 3)
     y = model(x).argmax(1)
@@ -83,12 +86,12 @@ def _agrees_with_milp(seed: int, eps: float, kind: str, branching: str) -> None:
 
     for xi, yi, e in zip(x, y, exact.tolist()):
         prop = margin_property(xi, int(yi), 3, eps, (0.0, 1.0))
-        cfg = VerifySettings(timeout=30.0, branching=branching)
+        cfg = VerifySettings(timeout=30.0, branching=branching, milp=milp)
         verdict = verify_property(model, shape, prop, reference, cfg)
         if verdict.status == "holds":
             assert e > 0, f"holds but the MILP finds margin {e}"
             assert verdict.reason == Reason.PROVED and verdict.x is None
-            assert verdict.stage in (Stage.ALPHA_CROWN, Stage.BAB)
+            assert verdict.stage in (Stage.ALPHA_CROWN, Stage.BAB, Stage.MILP)
         if verdict.status == "violated":
             assert bool(prop.in_box(verdict.x[None])[0])
             out = model(verdict.x.view(1, *shape))

@@ -104,7 +104,8 @@ def test_single_instances_answer_like_the_milp(files) -> None:
         assert said == (status == "violated")
 
 
-def test_benchmark_run_writes_results_summary_and_score(files) -> None:
+@pytest.mark.parametrize("extra", [[], ["milp=true"]], ids=["bab", "bab+milp"])
+def test_benchmark_run_writes_results_summary_and_score(files, extra: list[str]) -> None:
     d = files["dir"]
     rows = [("net.onnx", "prop_small.vnnlib", 30), ("net.onnx", "prop_large.vnnlib", 30)]
     with (d / "instances.csv").open("w", newline="") as f:
@@ -116,7 +117,7 @@ def test_benchmark_run_writes_results_summary_and_score(files) -> None:
         w.writerows([(o, v, t, truth[v], 0, 0) for o, v, t in rows])
     out = d / "bench"
     proc = run_verify(
-        f"instances={d / 'instances.csv'}", "timeout=20", f"hydra.run.dir={out}", cwd=d
+        f"instances={d / 'instances.csv'}", "timeout=20", *extra, f"hydra.run.dir={out}", cwd=d
     )
     assert proc.returncode == 0, proc.stderr
     with (out / "results.csv").open() as f:
@@ -199,6 +200,7 @@ def test_a_disjunction_over_input_regions_is_verified_region_by_region(files, tm
             lambda f: [f"onnx={f['onnx']}", f"vnnlib={f['props']['small']}", "branching=x"],
             "branching",
         ),
+        (lambda f: [f"onnx={f['onnx']}", f"vnnlib={f['props']['small']}", "milp=maybe"], "milp"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(files, make_args, message) -> None:

@@ -27,7 +27,7 @@ from advtrain.attacks.losses import margin
 from advtrain.core.errors import ConfigError
 from advtrain.core.exits import exit_points
 from advtrain.core.numbers import positive_int
-from advtrain.core.tensors import per_example
+from advtrain.core.tensors import per_example, pick, without_class
 from advtrain.threat import LpBall, lp_norm, restrict
 
 _SCHEDULE = (
@@ -135,7 +135,11 @@ class Square(Attack):
         """``(margin, loss)``; the attack succeeds at ``margin <= 0`` and minimises ``loss``."""
         logits = model(x).float()
         label = target if self.targeted else y
-        m = margin(logits, label) if self.targeted else -margin(logits, label)
+        # untargeted: z_y - max_{j != y} z_j, the negated margin (bit for bit, one op fewer)
+        if self.targeted:
+            m = margin(logits, label)
+        else:
+            m = pick(logits, y) - without_class(logits, y).amax(dim=1)
         if self.loss_name == "margin":
             return m, m
         ce = nn.functional.cross_entropy(logits, label, reduction="none")
@@ -182,11 +186,7 @@ class Square(Attack):
             for i in range(self.n_queries - 1):
                 x_new = self._propose(live.x, x_best, i, draws, live.mask)
                 m_new, l_new = self.margin_and_loss(model, x_new, live.y, live.target)
-                active = margins > 0
-                better = active & (l_new < loss)
-                loss = torch.where(better, l_new, loss)
-                accept = better | (active & (m_new <= 0))
-                margins = torch.where(accept, m_new, margins)
+                margins, loss, accept = self._accept(margins, loss, m_new, l_new)
                 x_best = torch.where(per_example(accept, x_best), x_new, x_best)
                 if i in drops:
                     out_x[live.rows], out_m[live.rows] = x_best, margins
@@ -197,6 +197,20 @@ class Square(Attack):
                     margins, loss = margins[alive], loss[alive]
             out_x[live.rows], out_m[live.rows] = x_best, margins
         return out_x, out_m
+
+    def _accept(
+        self, margins: Tensor, loss: Tensor, m_new: Tensor, l_new: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(margins, loss, accepted)`` after one query: a row still robust keeps the
+        query when it lowers the loss or fools the model. With the margin loss the two are
+        one tensor, and a fooling query (margin <= 0 < the current one) always lowers it."""
+        active = margins > 0
+        better = active & (l_new < loss)
+        loss = torch.where(better, l_new, loss)
+        if self.loss_name == "margin":
+            return loss, loss, better
+        accept = better | (active & (m_new <= 0))
+        return torch.where(accept, m_new, margins), loss, accept
 
     def _init(self, x: Tensor, mask: Tensor | None, draws: _Draws) -> Tensor:
         if self.norm == "linf":
@@ -230,8 +244,9 @@ class Square(Attack):
             vh, vw = draws.host.randint(0, h - s), draws.host.randint(0, w - s)
             x_new = x_best.clone()
             signs = self._signs((len(x), c, 1, 1), x, draws)
-            x_new[:, :, vh : vh + s, vw : vw + s] = (
-                x[:, :, vh : vh + s, vw : vw + s] + self.eps * signs
+            # x + eps * signs in one op (eps * +-1 is exact: the same bits)
+            x_new[:, :, vh : vh + s, vw : vw + s] = x[:, :, vh : vh + s, vw : vw + s].add(
+                signs, alpha=self.eps
             )
             return self.threat.project(x, x_new, mask)
         size = max(s, 3) | 1 if min(h, w) >= 3 else s
@@ -270,8 +285,11 @@ class Square(Attack):
     # -- randomness -------------------------------------------------------------------------
     @staticmethod
     def _signs(shape: tuple[int, ...], like: Tensor, draws: _Draws) -> Tensor:
-        bits = torch.randint(0, 2, shape, generator=draws.device, device=like.device)
-        return (bits * 2 - 1).to(like.dtype)
+        # drawn in like's dtype: the same stream of bits as int64, one conversion fewer
+        bits = torch.randint(
+            0, 2, shape, generator=draws.device, device=like.device, dtype=like.dtype
+        )
+        return bits.mul_(2).sub_(1)
 
     def _pattern(self, s: int, like: Tensor, draws: _Draws) -> Tensor:
         """``_eta(s)``, transposed with probability 1/2 (as in the paper's code)."""

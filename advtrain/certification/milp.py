@@ -24,9 +24,7 @@ from torch import Tensor, nn
 
 from advtrain.verification.bounds import (
     InputDomain,
-    Network,
     ibp_intermediate,
-    identity_rows,
     margin_spec,
     parse,
 )
@@ -39,19 +37,6 @@ class MarginResult:
     value: Tensor
     x: Tensor
     other: Tensor
-
-
-def dense_segments(net: Network) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each affine segment as a dense ``(W, b)`` in float64 (its Jacobian and offset)."""
-    layers = []
-    for k in range(len(net.segments)):
-        shape = net.out_shape(k)
-        n = math.prod(shape)
-        like = torch.zeros((), dtype=torch.float64, device="cpu")  # scipy solves on the CPU
-        rows = identity_rows(shape, torch.arange(n, device="cpu"), like)[:, :n]
-        w, b = net.backward_segment(k, rows, rows.new_zeros(1, n))
-        layers.append((w.reshape(n, -1).detach().numpy(), b.reshape(n).detach().numpy()))
-    return layers
 
 
 class _Program:
@@ -139,7 +124,7 @@ def min_margin(
     x, y = x.detach().to("cpu", torch.float64), y.cpu()  # scipy's MILP runs on the CPU
     net = parse(model, x.shape[1:])
     with torch.no_grad():
-        layers = dense_segments(net)
+        layers = net.dense_segments()
         domain = InputDomain(x, "linf", eps, bounds)
         pre = ibp_intermediate(net, domain)
         num_classes = layers[-1][1].shape[0]
@@ -171,7 +156,7 @@ def min_linear(model: nn.Module, lo: Tensor, hi: Tensor, rows: Tensor) -> Tensor
     lo, hi = (t.detach().to("cpu", torch.float64)[None] for t in (lo, hi))
     net = parse(model, lo.shape[1:])
     with torch.no_grad():
-        layers = dense_segments(net)
+        layers = net.dense_segments()
         pre = ibp_intermediate(net, InputDomain.box(lo, hi))
     pre_0 = [(pl[0].flatten().numpy(), pu[0].flatten().numpy()) for pl, pu in pre]
     program = _Program(layers, lo[0].flatten().numpy(), hi[0].flatten().numpy(), pre_0)

@@ -93,6 +93,8 @@ def _settings(cfg: DictConfig, timeout: float) -> VerifySettings:
             f"branching={cfg.branching!r} is invalid; allowed: {', '.join(BRANCHINGS)}"
         )
     split = InputSplitSettings(max_inputs=int(cfg.input_split.max_inputs))
+    if not isinstance(cfg.get("milp", False), bool):
+        raise ConfigError(f"milp={cfg.milp!r} is invalid; use true or false")
     return VerifySettings(
         timeout,
         restarts=int(cfg.attack.restarts),
@@ -100,6 +102,7 @@ def _settings(cfg: DictConfig, timeout: float) -> VerifySettings:
         bab=bab,
         input_split=split,
         branching=str(cfg.branching),
+        milp=cfg.get("milp", False),
     )
 
 
@@ -202,7 +205,8 @@ def _scored_instance(
 def _note(verdict: Verdict) -> str:
     """The results CSV's last column: why the search ended and what it split."""
     split = f" ({verdict.branching} split)" if verdict.branching else ""
-    return f"{verdict.reason} at {verdict.stage}{split}, {verdict.domains} domains"
+    milp = f", {verdict.milp} disjuncts by the MILP" if verdict.milp else ""
+    return f"{verdict.reason} at {verdict.stage}{split}, {verdict.domains} domains{milp}"
 
 
 def _one_line(err: BaseException) -> str:

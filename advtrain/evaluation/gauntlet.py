@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from advtrain.core.memory import retain_freed_heap
 from advtrain.evaluation.progress import StageProgress
 from advtrain.evaluation.suites import SuiteEntry
 
@@ -168,6 +169,8 @@ def run_gauntlet(
     Returns:
         The final state: ``fooled_by`` and ``x_adv`` per example, seconds per attack.
     """
+    if x.device.type == "cpu":  # batched stages would page-fault their buffers every step
+        retain_freed_heap()
     state = state if state is not None else initial_state(model, x, y, batch_size)
     attack_model = attack_model if attack_model is not None else model
     if state.attacked is None:

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     DEADLINE = "deadline"  # out of time
     MEMORY = "memory"  # more open sub-domains than the memory holds (bab.capacity)
     UNDECIDED = "undecided"  # fully split sub-domains that the LP left undecided
+    STOPPED = "stopped"  # another search decided first (the MILP beside branch and bound)
 
 
 class Stage(StrEnum):
@@ -38,6 +39,7 @@ class Stage(StrEnum):
     ATTACK = "attack"  # PGD on the whole box
     ALPHA_CROWN = "alpha-crown"  # alpha-CROWN at the root excluded every disjunct
     BAB = "bab"  # branch and bound with beta-CROWN
+    MILP = "milp"  # the exact MILP beside branch and bound (a counterexample, or every proof)
 
 
 class Branching(StrEnum):
@@ -62,6 +64,7 @@ class Verdict:
         bound: Branch and bound only: the lowest bound of an open sub-domain when the
             search stopped (0 when none was left, ``-inf`` when unknown).
         branching: What branch and bound split (None: it did not run).
+        milp: Disjuncts that the MILP beside branch and bound proved impossible.
     """
 
     status: Status
@@ -73,3 +76,4 @@ class Verdict:
     domains: int = 0
     bound: float = float("-inf")
     branching: Branching | None = None
+    milp: int = 0

@@ -8,7 +8,9 @@ The pipeline of alpha-beta-CROWN (Xu et al. 2021; Wang et al. 2021), on one inpu
    a disjunct is impossible when one of its rows has a positive lower bound;
 3. branch and bound with beta-CROWN (``bab.bab``) on each remaining disjunct, sharing
    one deadline; the search runs on a float32 copy of the network, and every pruning
-   is rechecked in float64.
+   is rechecked in float64. Optionally (``VerifySettings.milp``), HiGHS solves the
+   disjuncts' exact MILP with the root's bounds as big-M in a second thread, in the
+   opposite order (``bab.portfolio``); a disjunct either search proves is done.
 
 Low-dimensional inputs (``VerifySettings.branching``: at most ``input_split.max_inputs``
 dimensions, e.g. ACAS Xu's 5) skip steps 2-3 for input-split branch and bound
@@ -27,6 +29,7 @@ status, reason, deciding stage, counterexample, seconds).
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 
 from advtrain.verification.bab.falsify import pgd_box
 from advtrain.verification.bab.input_split import InputSplitSettings, input_bab
+from advtrain.verification.bab.portfolio import Confirm, MilpWorker
 from advtrain.verification.bab.search import BabProblem, BaBSettings, bab
 from advtrain.verification.bounds.alpha_bounds import alpha_intermediate
 from advtrain.verification.bounds.alpha_crown import Relaxation, adaptive_alpha, optimize
@@ -62,6 +66,10 @@ class VerifySettings:
         input_split: Input-split branch and bound's settings.
         branching: ``"input"``, ``"relu"``, or ``"auto"``: input splits when the input
             has at most ``input_split.max_inputs`` dimensions, else ReLU splits.
+        milp: Solve the open disjuncts' exact MILP (HiGHS, root bounds as big-M) in a
+            thread beside ReLU-split branch and bound (``bab.portfolio``). Off by default:
+            on the deep ``mnistfc`` nets it proved single disjuncts but no extra instance,
+            and it can slow branch and bound on a shared machine (docs/benchmarks.md).
     """
 
     timeout: float = 60.0
@@ -71,6 +79,7 @@ class VerifySettings:
     bab: BaBSettings = field(default_factory=BaBSettings)
     input_split: InputSplitSettings = field(default_factory=InputSplitSettings)
     branching: str = "auto"
+    milp: bool = False
 
 
 def float32_in_box(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -90,8 +99,14 @@ class _Checker:
         self.x: Tensor | None = None
         self.y: Tensor | None = None
         self.checked = 0
+        self.lock = threading.Lock()
 
     def __call__(self, xs: Tensor) -> Tensor | None:
+        with self.lock:  # branch and bound and the MILP beside it both confirm points
+            return self.confirm(xs)
+
+    def confirm(self, xs: Tensor) -> Tensor | None:
+        """The first of ``xs`` (at most 16, as float32 in the box) that violates ``prop``."""
         xs = float32_in_box(xs.reshape(len(xs), -1)[:16], self.prop.lo, self.prop.hi)
         xs = xs[self.prop.in_box(xs)]
         if not len(xs):
@@ -139,17 +154,49 @@ def verify_property(
         box = (prop.lo.view(1, *shape), prop.hi.view(1, *shape))
         root, relax, best = _root(net, box, prop, settings.root_iters)
         remaining = _open_disjuncts(prop, best)
-        domains = 0
-        for c, rows in remaining:  # likeliest violated first
-            alpha = [a[:, rows] for a in relax.alpha]
-            problem = BabProblem(net, box, c.A.unsqueeze(0), c.b, root, alpha, fast)
-            res = bab(problem, deadline, check, settings.bab)
-            domains += res.domains
-            if res.status != Status.HOLDS:
-                return _finish(replace(res, domains=domains), check, start)
-    stage, split = (Stage.BAB, Branching.RELU) if remaining else (Stage.ALPHA_CROWN, None)
-    verdict = Verdict(Status.HOLDS, Reason.PROVED, stage, domains=domains, branching=split)
-    return _finish(verdict, check, start)
+        if not remaining:
+            return _finish(Verdict(Status.HOLDS, Reason.PROVED, Stage.ALPHA_CROWN), check, start)
+        milp = MilpWorker(net, box, root, [c for c, _ in remaining], deadline, check)
+        if settings.milp:
+            milp.start()
+        try:
+            problems = [
+                BabProblem(net, box, c.A.unsqueeze(0), c.b, root, [a[:, r] for a in relax.alpha], fast)
+                for c, r in remaining
+            ]  # fmt: skip
+            verdict = _relu_bab(problems, milp, deadline, check, settings.bab)
+        finally:
+            milp.close()
+    return _finish(replace(verdict, milp=milp.by_milp), check, start)
+
+
+def _relu_bab(
+    problems: list[BabProblem],
+    milp: MilpWorker,
+    deadline: float,
+    check: Confirm,
+    settings: BaBSettings,
+) -> Verdict:
+    """Branch and bound on each open disjunct in turn (likeliest violated first), the MILP
+    beside it (``portfolio``): ``holds`` once each disjunct is proved by either search."""
+    domains = 0
+    for i, problem in enumerate(problems):
+        if milp.over(i):
+            continue
+        res = bab(problem, deadline, check, settings, stop=lambda i=i: milp.over(i))
+        domains += res.domains
+        if res.status == Status.VIOLATED:
+            return replace(res, domains=domains)
+        if milp.found is not None:
+            return Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.MILP, domains=domains)
+        if res.status == Status.HOLDS:
+            milp.settle(i)
+        elif not milp.proved[i]:  # out of time or memory, and the MILP did not prove it
+            return replace(res, domains=domains)
+    if milp.found is not None:
+        return Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.MILP, domains=domains)
+    stage = Stage.MILP if milp.by_milp == len(problems) else Stage.BAB
+    return Verdict(Status.HOLDS, Reason.PROVED, stage, domains=domains, branching=Branching.RELU)
 
 
 def verify_regions(

@@ -182,7 +182,9 @@ class _Search:
         return Verdict(status, reason, Stage.BAB, self.found, domains=self.visited, bound=bound,
                        branching=Branching.RELU)  # fmt: skip
 
-    def stopped(self, queue: SubDomains, deadline: float) -> Verdict | None:
+    def stopped(
+        self, queue: SubDomains, deadline: float, stop: Callable[[], bool] | None
+    ) -> Verdict | None:
         """The answer when the search is over (``queue``: the open sub-domains), else None."""
         if self.found is not None:
             return self.verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE)
@@ -190,6 +192,8 @@ class _Search:
             if self.aside:
                 return self.verdict(Status.TIMEOUT, Reason.UNDECIDED, 0.0)
             return self.verdict(Status.HOLDS, Reason.PROVED, 0.0)
+        if stop is not None and stop():
+            return self.verdict(Status.TIMEOUT, Reason.STOPPED, float(queue.value.min()))
         if time.monotonic() > deadline:
             return self.verdict(Status.TIMEOUT, Reason.DEADLINE, float(queue.value.min()))
         if len(queue) > self.capacity.max_domains:
@@ -355,7 +359,11 @@ class _Search:
 
 
 def bab(
-    problem: BabProblem, deadline: float, confirm: Confirm, settings: BaBSettings | None = None
+    problem: BabProblem,
+    deadline: float,
+    confirm: Confirm,
+    settings: BaBSettings | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Verdict:
     """Decide ``problem`` (one conjunction over a box) by branch and bound, or run out of time.
 
@@ -364,19 +372,21 @@ def bab(
         deadline: ``time.monotonic()`` value at which to stop with ``timeout``.
         confirm: Checks candidate points on the original network.
         settings: The search's knobs (default ``BaBSettings()``).
+        stop: Asked once per round; True ends the search (``Reason.STOPPED``: another
+            search, e.g. the MILP beside it, decided first).
 
     Returns:
         A ``Verdict`` from stage ``bab``: ``holds`` (every sub-domain pruned), ``violated``
         (``x``: the confirmed point; ``y`` is left to the caller) or ``timeout`` with the
         reason: the deadline, memory (more open sub-domains than fit, or a round that
-        ran out of device memory with a single parent), or undecided fully split
-        sub-domains.
+        ran out of device memory with a single parent), undecided fully split
+        sub-domains, or ``stop``.
     """
     search = _Search(problem, confirm, settings or BaBSettings())
     queue, take = search.root(problem.alpha), search.batch
     while True:
         queue = queue.take((queue.value <= 0).nonzero().squeeze(1))
-        verdict = search.stopped(queue, deadline)
+        verdict = search.stopped(queue, deadline, stop)
         if verdict is not None:
             return verdict
         order = queue.value.argsort()

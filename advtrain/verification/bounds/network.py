@@ -13,9 +13,11 @@ Identity and Dropout (eval mode). Anything else raises one line naming the layer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,6 +104,22 @@ class Network:
             b, m = a.shape[:2]
             a = op.transpose(a.reshape(b * m, *op.out_shape)).reshape(b, m, *op.in_shape)
         return a, bias
+
+    @torch.no_grad()
+    def dense_segments(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each affine segment as a dense float64 ``(W, b)`` in numpy: its Jacobian
+        ``[out, in]`` and offset ``[out]`` (flat), for the LP and MILP encodings."""
+        like = next(op.bias for seg in self.segments for op in seg)
+        layers = []
+        for k in range(len(self.segments)):
+            n = math.prod(self.out_shape(k))
+            rows = torch.eye(n, dtype=like.dtype, device=like.device)
+            rows = rows.view(1, n, *self.out_shape(k))
+            w, b = self.backward_segment(k, rows, rows.new_zeros(1, n))
+            layers.append(
+                (w.reshape(n, -1).cpu().double().numpy(), b.reshape(n).cpu().double().numpy())
+            )
+        return layers
 
     def forward(self, x: Tensor) -> Tensor:
         """The network itself (a check that parsing is faithful)."""
