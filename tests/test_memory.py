@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import resource
 
+import lightning as L
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
+from advtrain.attacks import PGD
 from advtrain.core.memory import retain_freed_heap
 from advtrain.evaluation.gauntlet import run_gauntlet
 from advtrain.evaluation.suites import build_suite
+from advtrain.objectives import Madry
 from advtrain.threat import LpBall
+from advtrain.training import AdversarialModule
 
 
 def _step(model: nn.Module, x: Tensor) -> Tensor:
@@ -54,4 +59,27 @@ def test_retained_once_and_by_the_gauntlet(monkeypatch: pytest.MonkeyPatch) -> N
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     suite = build_suite("quick", LpBall("linf", 0.1), seed=0)
     run_gauntlet(model, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), suite.entries)
+    assert calls == [1]
+
+
+def test_cpu_training_retains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU adversarial training calls ``retain_freed_heap`` (issue 25: each PGD step of
+    training faulted its activations in again; ~460k faults per 512-image MNIST epoch)."""
+    calls = []
+    monkeypatch.setattr(
+        "advtrain.training.module.retain_freed_heap", lambda: calls.append(1) or True
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    module = AdversarialModule(model, Madry(), PGD("linf", 0.1, steps=2))
+    data = TensorDataset(torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,)))
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=4))
     assert calls == [1]

@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric, SumMetric
 from advtrain.attacks.base import Attack
 from advtrain.core.convergence import check_convergence
 from advtrain.core.errors import ConfigError
+from advtrain.core.memory import retain_freed_heap
 from advtrain.core.modes import eval_mode
 from advtrain.models.bpda import attack_view
 from advtrain.objectives.base import Objective
@@ -103,6 +104,13 @@ class AdversarialModule(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        """On a CPU, keep freed heap memory in the process (``retain_freed_heap``): each
+        attack step frees and re-allocates the same activations, which glibc's defaults
+        hand back to the kernel and fault in again every step (issue 25)."""
+        if self.trainer.strategy.root_device.type == "cpu":
+            retain_freed_heap()
 
     # -- training ---------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -22,6 +22,7 @@ on the batch). Each figure is printed and written to ``--json`` as soon as it ex
 
     OMP_NUM_THREADS=1 uv run python scripts/bench/launches.py
     OMP_NUM_THREADS=1 uv run python scripts/bench/launches.py --settings digits --n 32
+    OMP_NUM_THREADS=1 uv run python scripts/bench/launches.py --settings cifar --n 2 --tables suite evaluate reference
 """
 
 from __future__ import annotations
@@ -146,34 +147,61 @@ def full_evaluation(model: nn.Module, x: Tensor, y: Tensor, eps: float) -> dict[
             "top_syncs": meter.sync_ops.most_common(5)}  # fmt: skip
 
 
-def measure_setting(name: str, n: int, record: dict[str, Any], save: Callable[[], None]) -> None:
-    """All three tables for one setting, printed and saved figure by figure."""
+def measure_setting(
+    name: str, n: int, tables: list[str], record: dict[str, Any], save: Callable[[], None]
+) -> None:
+    """The chosen tables for one setting, printed and saved figure by figure."""
     model, x, y, eps = SETTINGS[name](n)
     out: dict[str, Any] = record.setdefault(name, {"n": len(y), "eps": eps, "per_iteration": {}})
     print(f"== {name}: {len(y)} points, linf eps {eps:g}", flush=True)
+    if "iterations" in tables:
+        per_iteration_table(model, x, y, eps, out, save)
+    whole_table(model, x, y, eps, [t for t in WHOLE if t in tables], out, save)
+
+
+def per_iteration_table(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, out: dict[str, Any],
+    save: Callable[[], None],
+) -> None:  # fmt: skip
+    """Table 1: ops and syncs per iteration of each attack."""
     for attack, (make, k) in ITERATION_ATTACKS.items():
         row = per_iteration(model, x, y, lambda s, make=make: make(eps, s), k)
         out["per_iteration"][attack] = row
         save()
         print(f"{attack:9s} ops/iter {row['ops_per_iter']:8.1f}  "
               f"syncs/iter {row['syncs_per_iter']:6.2f}", flush=True)  # fmt: skip
-    for side, stages in (
-        ("advtrain", advtrain_stages(model, eps)),
-        ("reference", reference(model, eps)),
-    ):
+
+
+#: The whole-evaluation tables, in the order they run (the reference, the slowest, last).
+WHOLE = ("suite", "evaluate", "reference")
+
+
+def whole_table(
+    model: nn.Module, x: Tensor, y: Tensor, eps: float, tables: list[str],
+    out: dict[str, Any], save: Callable[[], None],
+) -> None:  # fmt: skip
+    """Tables 2 and 3: the standard suite's stages, the whole evaluation, the reference's
+    stages (each saved as soon as it exists), and the ratios once both ends exist."""
+    runs = {
+        "suite": ("advtrain_stages", lambda: staged(model, x, y, advtrain_stages(model, eps))),
+        "evaluate": ("evaluate", lambda: full_evaluation(model, x, y, eps)),
+        "reference": ("reference_stages", lambda: staged(model, x, y, reference(model, eps))),
+    }
+    for table in tables:
+        key, run = runs[table]
         t0 = time.perf_counter()
-        out[f"{side}_stages"] = staged(model, x, y, stages)
-        out[f"{side}_stages"]["seconds"] = time.perf_counter() - t0
+        out[key] = run()
+        out[key]["seconds"] = time.perf_counter() - t0
         save()
-        print(f"{side:9s} stages {out[f'{side}_stages']}", flush=True)
-    out["evaluate"] = full_evaluation(model, x, y, eps)
-    ref = out["reference_stages"]
-    out["ratios"] = {"ops": out["evaluate"]["ops"] / ref["ops"],
-                     "syncs": out["evaluate"]["syncs"] / max(ref["syncs"], 1)}  # fmt: skip
+        print(f"{key}: {out[key]}", flush=True)
+    if "evaluate" not in out or "reference_stages" not in out:
+        return
+    ours, ref = out["evaluate"], out["reference_stages"]
+    out["ratios"] = {"ops": ours["ops"] / ref["ops"], "syncs": ours["syncs"] / max(ref["syncs"], 1)}
     save()
-    print(f"evaluate(standard): {out['evaluate']['ops']} ops, {out['evaluate']['syncs']} syncs; "
-          f"reference {ref['ops']} ops, {ref['syncs']} syncs; ratios ops "
-          f"{out['ratios']['ops']:.3f}, syncs {out['ratios']['syncs']:.4f}", flush=True)  # fmt: skip
+    print(f"evaluate(standard): {ours['ops']} ops, {ours['syncs']} syncs; reference "
+          f"{ref['ops']} ops, {ref['syncs']} syncs; ratios ops {out['ratios']['ops']:.3f}, "
+          f"syncs {out['ratios']['syncs']:.4f}", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -182,13 +210,21 @@ def main() -> None:
         "--settings", nargs="+", choices=sorted(SETTINGS), default=["digits", "cifar"]
     )
     parser.add_argument("--n", type=int, default=16, help="points per setting")
+    parser.add_argument(
+        "--tables",
+        nargs="+",
+        choices=["iterations", *WHOLE],
+        default=["iterations", *WHOLE],
+        help="iterations: per-iteration counts; suite: advtrain's standard suite alone; "
+        "evaluate: the whole evaluate(standard); reference: the original AutoAttack",
+    )
     parser.add_argument("--json", default="outputs/bench/launches.json")
     args = parser.parse_args()
     record: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     for name in args.settings:
-        measure_setting(name, args.n, record, lambda: write_json_atomic(record, path))
+        measure_setting(name, args.n, args.tables, record, lambda: write_json_atomic(record, path))
     print(f"wrote {path}")
 
 

@@ -5,22 +5,30 @@ MNIST CNN on MNIST-shaped synthetic data, once through advtrain
 (Lightning Trainer + AdversarialModule + advtrain's PGD) and once through a plain loop
 doing the same math (random start, 10 signed-gradient steps with projection, model in
 eval mode during the attack, Adam step on the adversarial cross-entropy). The two are
-timed alternately, several times, in one process; the median ratio is printed.
+timed alternately, several times, in one process; the median ratio is printed, with
+each side's minor page faults per epoch (``getrusage``). ``--retain-freed-heap`` first
+calls ``advtrain.core.memory.retain_freed_heap`` (glibc keeps freed memory instead of
+returning it to the kernel) so that both sides run under the same allocator setting from
+the start: advtrain's CPU training calls it itself (``AdversarialModule.setup``), so
+without the flag only the plain loop's first epochs run under glibc's defaults.
 
-Usage: uv run python scripts/bench/train_overhead.py [--n 2048] [--repeats 3]
+Usage: uv run python scripts/bench/train_overhead.py [--n 2048] [--repeats 3] [--retain-freed-heap]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 
 from advtrain.attacks import PGD
+from advtrain.core.memory import retain_freed_heap
 from advtrain.data import SyntheticDataModule
 from advtrain.models import MnistCNN, NormalizedModel
 from advtrain.objectives import Madry
@@ -88,22 +96,42 @@ def run_plain(dm: SyntheticDataModule, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def faulted(
+    run: Callable[[SyntheticDataModule, int], float], dm: SyntheticDataModule, seed: int
+) -> tuple[float, int]:
+    """``run``'s seconds and the minor page faults the process took during it."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = run(dm, seed)
+    return seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2048, help="training images (one epoch)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--retain-freed-heap", action="store_true", help="call retain_freed_heap() first"
+    )
     args = parser.parse_args()
+    if args.retain_freed_heap:
+        print(f"retain_freed_heap() -> {retain_freed_heap()}")
     dm = SyntheticDataModule(
         n_train=args.n, n_test=16, shape=(1, 28, 28), batch_size=BATCH, val_size=0
     )
     dm.setup("fit")
     run_plain(dm, 0)  # warm-up (allocator, kernels)
-    plain, adv = [], []
+    plain, adv, plain_faults, adv_faults = [], [], [], []
     for r in range(args.repeats):
-        plain.append(run_plain(dm, r))
-        adv.append(run_advtrain(dm, r))
+        for times, faults, run in (
+            (plain, plain_faults, run_plain),
+            (adv, adv_faults, run_advtrain),
+        ):
+            seconds, n_faults = faulted(run, dm, r)
+            times.append(seconds)
+            faults.append(n_faults)
         print(
-            f"repeat {r}: plain {plain[-1]:.2f}s  advtrain {adv[-1]:.2f}s  ratio {adv[-1] / plain[-1]:.3f}"
+            f"repeat {r}: plain {plain[-1]:.2f}s ({plain_faults[-1]} faults)  advtrain {adv[-1]:.2f}s "
+            f"({adv_faults[-1]} faults)  ratio {adv[-1] / plain[-1]:.3f}"
         )
     p, a = statistics.median(plain), statistics.median(adv)
     print(
@@ -111,6 +139,10 @@ def main() -> None:
     )
     print(
         f"median epoch: plain loop {p:.2f}s ({args.n / p:.0f} img/s), advtrain {a:.2f}s ({args.n / a:.0f} img/s)"
+    )
+    print(
+        f"median minor page faults per epoch: plain loop {statistics.median(plain_faults):,.0f}, "
+        f"advtrain {statistics.median(adv_faults):,.0f}"
     )
     print(f"ratio advtrain / plain = {a / p:.3f} (target <= 1.10)")
 

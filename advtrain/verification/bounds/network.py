@@ -263,9 +263,58 @@ def _leaves(model: nn.Module) -> list[nn.Module]:
     return [model]
 
 
+class AffineModule(nn.Module):
+    """A layer that is an affine map and gives its own ``Affine`` (e.g. the residual
+    connections of ``bounds.residual``)."""
+
+    def affine(self, shape: tuple[int, ...], like: Tensor) -> Affine:
+        """The layer as an ``Affine`` on inputs of per-example shape ``shape``."""
+        raise NotImplementedError
+
+
+def affine_chain(
+    modules: Sequence[nn.Module], shape: tuple[int, ...], like: Tensor
+) -> tuple[list[Affine], tuple[int, ...]]:
+    """A ReLU-free chain of layers as ``Affine`` maps, and its output shape."""
+    ops = []
+    for index, mod in enumerate(modules):
+        op = _to_affine(mod, shape, index, like)
+        if op is not None:
+            op.module = mod
+            ops.append(op)
+            shape = op.out_shape
+    return ops, shape
+
+
+def compose(name: str, ops: list[Affine], shape: tuple[int, ...], like: Tensor) -> Affine:
+    """One ``Affine`` for a chain ``ops`` on inputs of shape ``shape`` (the identity when
+    empty). Its ``abs_linear`` applies the absolute maps in turn, ``|W_k|...|W_1|``, an
+    upper bound of ``|W_k...W_1|``: the interval radius stays sound."""
+
+    def run(z: Tensor, attr: str) -> Tensor:
+        for op in ops:
+            z = getattr(op, attr)(z)
+        return z
+
+    def transpose(a: Tensor) -> Tensor:
+        for op in reversed(ops):
+            a = op.transpose(a)
+        return a
+
+    with torch.no_grad():
+        bias = like.new_zeros(1, *shape)
+        for op in ops:
+            bias = op(bias)
+    out = ops[-1].out_shape if ops else shape
+    return Affine(name, lambda z: run(z, "linear"), lambda r: run(r, "abs_linear"), transpose,
+                  bias[0], shape, out)  # fmt: skip
+
+
 def _to_affine(mod: nn.Module, shape: tuple[int, ...], index: int, like: Tensor) -> Affine | None:
     if isinstance(mod, nn.Identity | nn.Dropout):
         return None
+    if isinstance(mod, AffineModule):
+        return mod.affine(shape, like)
     if isinstance(mod, nn.Linear):
         return _linear(mod, shape)
     if isinstance(mod, nn.Conv2d) and mod.padding_mode == "zeros":

@@ -1,7 +1,8 @@
 """ONNX feed-forward ReLU networks as the ``nn.Sequential`` the bound propagation parses.
 
 VNN-COMP networks (e.g. the 2021 ``mnistfc`` benchmark) are chains of Flatten / Reshape /
-Gemm / MatMul / Add / Sub / Div / Mul / Conv / BatchNormalization / Relu nodes.
+Gemm / MatMul / Add / Sub / Div / Mul / Conv / BatchNormalization / Relu nodes, or ResNets
+of them.
 ``onnx_sequential`` walks the graph in order, following the one non-constant tensor, and
 turns every node into a torch layer: Gemm and MatMul (+ a constant Add, folded into the
 bias) become ``nn.Linear``, Conv ``nn.Conv2d``, Sub / Div / Mul / Add by constants
@@ -12,11 +13,16 @@ BatchNormalization (running statistics, as ``torch.onnx.export`` writes an eval-
 The result is exactly the graph's function, so ``advtrain.verification.bounds.network.parse``
 bounds it and the attacks can run it; the graph itself (run by onnxruntime,
 ``advtrain.models.onnx.onnx_forward``) stays the independent check of a counterexample.
-Anything else (branches such as a residual Add, other operators) raises one line.
+A residual Add (``y = f(x) + g(x)``: a tensor feeding two nodes, ``g`` affine) becomes
+``Fork`` / ``Branch`` / ``Join`` (``bounds.residual``), which carry ``x`` beside ``f``'s
+activations: the graph stays one chain, exactly. Anything else (other branches, a ReLU on
+the skip path, a tensor feeding three nodes, other operators) raises one line.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +32,7 @@ from torch import Tensor, nn
 from advtrain.core.errors import ConfigError
 from advtrain.models.onnx import load_onnx_graph, onnx_input_shape
 from advtrain.verification.bounds.network import Elementwise
+from advtrain.verification.bounds.residual import Branch, Fork, Join
 
 SUPPORTED_NODES = (
     "Flatten, Reshape (flattening), Gemm, MatMul, Add, Sub, Div, Mul, Conv, "
@@ -55,7 +62,7 @@ def _example_const(c: Tensor, rank: int) -> Tensor:
 class _Builder:
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.layers: list[nn.Module] = []
-        self.shape = shape
+        self.in_shape = self.shape = shape
 
     def add(self, layer: nn.Module) -> None:
         self.layers.append(layer)
@@ -184,6 +191,83 @@ def _node(b: _Builder, node, args: list, flipped: bool) -> None:
         )
 
 
+class _Skip:
+    """An open residual connection: the skip path's tensor and layers, the main path's
+    layers since the fork or the last ReLU, and whether a ReLU came in between."""
+
+    def __init__(self, source: str, shape: tuple[int, ...], signed: bool) -> None:
+        self.source, self.current, self.shape, self.signed = source, source, shape, signed
+        self.main, self.side = _Builder(shape), _Builder(shape)
+        self.main_started = self.relu_between = False
+
+
+class _Walker:
+    """Walks the graph in order: a chain, plus residual Adds (``bounds.residual``) whose
+    skip source feeds exactly two nodes and whose skip path has no ReLU."""
+
+    def __init__(self, shape: tuple[int, ...], current: str, uses: Counter) -> None:
+        self.root, self.current, self.uses = _Builder(shape), current, uses
+        self.skip: _Skip | None = None
+
+    def node(self, node, data: list[str], args: list) -> None:
+        s = self.skip
+        if s is None:
+            if data != [self.current]:
+                raise ConfigError(
+                    f"ONNX node {node.name!r} ({node.op_type}) is not part of a chain"
+                )
+            _node(self.root, node, args, flipped=node.input[0] != self.current)
+            self._moved(node.output[0])
+        elif node.op_type == "Add" and sorted(data) == sorted({self.current, s.current}):
+            self._join()
+            self._moved(node.output[0])
+        elif data == [self.current] and (self.current != s.current or not s.main_started):
+            s.main_started = True
+            if node.op_type == "Relu":
+                self._flush()
+                self.root.add(nn.ReLU())
+                s.relu_between = True
+            else:
+                _node(s.main, node, args, flipped=node.input[0] != self.current)
+            self.current = node.output[0]
+        elif data == [s.current] and node.op_type != "Relu":
+            _node(s.side, node, args, flipped=node.input[0] != s.current)
+            s.current = node.output[0]
+        else:
+            raise ConfigError(
+                f"ONNX node {node.name!r} ({node.op_type}) is neither on a chain nor on one "
+                "residual connection without ReLUs on its skip path"
+            )
+
+    def _moved(self, out: str) -> None:
+        """The main path's tensor is now ``out``; a second consumer of it opens a skip."""
+        self.current = out
+        if self.uses[out] > 2:
+            raise ConfigError(f"ONNX tensor {out!r} feeds {self.uses[out]} nodes; at most 2")
+        if self.uses[out] == 2:
+            last = self.root.layers[-1] if self.root.layers else None
+            signed = not isinstance(last, nn.ReLU)
+            self.skip = _Skip(out, self.root.shape, signed)
+            self.root.add(Fork(self.root.shape, signed))
+
+    def _flush(self) -> None:
+        """The main path's affine layers since the last flush as one ``Branch``."""
+        s = self.skip
+        if s.main.layers:
+            in_shape = s.main.in_shape
+            carry = math.prod(s.shape) * (2 if s.signed else 1)
+            self.root.add(Branch(nn.Sequential(*s.main.layers), in_shape, carry))
+        s.main = _Builder(s.main.shape)
+
+    def _join(self) -> None:
+        s = self.skip
+        self._flush()
+        signed = s.signed and s.relu_between
+        copies = 2 if s.signed else 1
+        self.root.add(Join(nn.Sequential(*s.side.layers), s.main.shape, s.shape, copies, signed))
+        self.skip = None
+
+
 def onnx_sequential(path: str | Path) -> tuple[nn.Sequential, tuple[int, ...]]:
     """The ONNX network at ``path`` as a float64 ``nn.Sequential`` and its per-example input shape.
 
@@ -197,21 +281,20 @@ def onnx_sequential(path: str | Path) -> tuple[nn.Sequential, tuple[int, ...]]:
     consts = {t.name: nh.to_array(t) for t in graph.graph.initializer}
     shape = onnx_input_shape(graph)
     current = next(i.name for i in graph.graph.input if i.name not in consts)
-    builder = _Builder(shape)
+    nodes = []
     for node in graph.graph.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = nh.to_array(_attrs(node)["value"])
-            continue
-        if node.op_type == "Identity" and node.input[0] in consts:  # a shared initializer
+        elif node.op_type == "Identity" and node.input[0] in consts:  # a shared initializer
             consts[node.output[0]] = consts[node.input[0]]
-            continue
-        data = [i for i in node.input if i and i not in consts]
-        if data != [current]:
-            raise ConfigError(f"ONNX node {node.name!r} ({node.op_type}) is not part of a chain")
-        args = [consts[i] for i in node.input if i and i in consts]
-        _node(builder, node, args, flipped=node.input[0] != current)
-        current = node.output[0]
-    model = nn.Sequential(*builder.layers).eval()
+        else:
+            nodes.append((node, [i for i in node.input if i and i not in consts]))
+    walker = _Walker(shape, current, Counter(i for _, data in nodes for i in data))
+    for node, data in nodes:
+        walker.node(node, data, [consts[i] for i in node.input if i and i in consts])
+    if walker.skip is not None:
+        raise ConfigError("the ONNX graph ends inside a residual connection")
+    model = nn.Sequential(*walker.root.layers).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model, shape
