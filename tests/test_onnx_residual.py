@@ -74,8 +74,9 @@ class _ResNet(nn.Module):
 @pytest.fixture(params=[(False, 0.03), (True, 0.02)], ids=["post-relu-skip", "signed-skip"])
 def residual(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, nn.Module, float]:
     """The exported net and an eps for the MILP test (post-ReLU skip: exact minimum margins
-    -0.021, -0.047, 0.273, 0.442 on its four points; signed: 0.08 to 0.36, all robust; the
-    signed carry's extra unstable ReLUs make a larger eps slow for the MILP)."""
+    -0.021, -0.047, 0.273, 0.442 on the test's four seeded points, of which it checks the
+    middle two; signed: 0.08 to 0.36, all robust; the signed carry's extra unstable ReLUs
+    make a larger eps slow for the MILP)."""
     preact, eps = request.param
     net = _ResNet(preact, seed=0)
     return export_onnx(net, SHAPE, tmp_path / "res.onnx"), net, eps
@@ -113,6 +114,7 @@ def test_verify_agrees_with_the_exact_milp(residual: tuple[Path, nn.Module, floa
     path, _, eps = residual
     model, shape = onnx_sequential(path)
     x = torch.rand(4, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = x[1:3]  # post-ReLU skip: one violated (exact minimum -0.047), one holds (0.273)
     y = model(x).argmax(1)
     exact = min_margin(model, x, y, eps).value
     session = ort.InferenceSession(str(path))
@@ -145,6 +147,33 @@ def test_advtrain_verify_decides_a_residual_net_as_typed(
         from advtrain.verification.formats.vnnlib import parse_vnnlib
 
         assert counterexample_valid(path, parse_vnnlib(prop), text)
+
+
+class _InputSkip(nn.Module):
+    """``x + b(relu(a(x)))`` straight from the input: a signed carry (inputs may be < 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.a, self.b, self.head = nn.Linear(5, 7), nn.Linear(7, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(x + self.b(torch.relu(self.a(x)))))
+
+
+def test_a_skip_from_the_input_is_carried_signed(tmp_path: Path) -> None:
+    path = export_onnx(_InputSkip().eval(), (5,), tmp_path / "input_skip.onnx")
+    model, shape = onnx_sequential(path)
+    assert [type(m).__name__ for m in model][:1] == ["Fork"] and model[0].signed
+    x = torch.randn(64, 5, dtype=torch.float64)  # negative inputs too
+    graph = ort.InferenceSession(str(path)).run(None, {"x": x.float().numpy()})[0]
+    np.testing.assert_allclose(model(x).numpy(), graph, atol=1e-5)
+    net = parse(model, shape)
+    domain = InputDomain.box(x[:4] - 0.3, x[:4] + 0.3)
+    spec = torch.eye(3, dtype=torch.float64).expand(4, 3, 3)
+    noise = (torch.rand(4, 300, 5, dtype=torch.float64) * 2 - 1) * 0.3
+    out = model((x[:4, None] + noise).flatten(0, 1)).view(4, 300, 3)
+    assert bool((out >= crown_bounds(net, domain, spec)[:, None] - 1e-9).all())
 
 
 class _Branchy(nn.Module):

@@ -208,6 +208,7 @@ class _Walker:
     def __init__(self, shape: tuple[int, ...], current: str, uses: Counter) -> None:
         self.root, self.current, self.uses = _Builder(shape), current, uses
         self.skip: _Skip | None = None
+        self._moved(current)  # the input itself may open a skip (a signed one)
 
     def node(self, node, data: list[str], args: list) -> None:
         s = self.skip
