@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from advtrain.verification.bab.falsify import pgd_box
 from advtrain.verification.bab.input_split import InputSplitSettings, input_bab
-from advtrain.verification.bab.portfolio import Confirm, MilpWorker
-from advtrain.verification.bab.search import BabProblem, BaBSettings, bab
+from advtrain.verification.bab.portfolio import MilpWorker
+from advtrain.verification.bab.search import BabProblem, BaBSettings, Confirm, bab
 from advtrain.verification.bounds.alpha_bounds import alpha_intermediate
 from advtrain.verification.bounds.alpha_crown import Relaxation, adaptive_alpha, optimize
 from advtrain.verification.bounds.domain import InputDomain

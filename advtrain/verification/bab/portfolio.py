@@ -6,28 +6,27 @@ HiGHS solves the MILP of each open disjunct (``milp.ReluMilp`` with the root's b
 big-M; Tjeng et al. 2019) in the *opposite* order, so that the two searches meet in the
 middle; a disjunct either one proves is done for both (the other stops its work on it),
 and a counterexample the MILP finds and the reference network confirms ends everything.
-HiGHS releases Python's GIL while it solves, so on two cores both searches run at full
-speed; alpha-beta-CROWN likewise runs MIP solvers beside its bound propagation (Zhang et
-al. 2022, its ``bab-refine`` mode). On the deep ``mnistfc`` nets the MILP proves, within
-seconds, disjuncts where branch and bound's domains run into the tens of thousands. A
-network too large for a dense program (``milp.fits``) runs branch and bound alone.
+HiGHS releases Python's GIL while it solves, so each search has its own core;
+alpha-beta-CROWN likewise runs MIP solvers beside its bound propagation (Zhang et al.
+2022, its ``bab-refine`` mode). Measured on the deep ``mnistfc`` nets (docs/benchmarks.md):
+the MILP proves single disjuncts but decided no extra instance, and on the shared 2-core
+machine it slowed branch and bound once (21.8 -> 34.4 s), hence ``VerifySettings.milp``
+is off by default. A network too large for a dense program (``milp.fits``) runs branch
+and bound alone.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from torch import Tensor
 
 from advtrain.verification.bab.milp import ReluMilp, fits, solve
+from advtrain.verification.bab.search import Confirm
 from advtrain.verification.bounds.ibp import Interval
 from advtrain.verification.bounds.network import Network
 from advtrain.verification.formats.vnnlib import Conjunction
 from advtrain.verification.verdict import Status
-
-#: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
-Confirm = Callable[[Tensor], Tensor | None]
 
 
 class MilpWorker(threading.Thread):

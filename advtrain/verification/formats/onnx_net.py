@@ -196,7 +196,7 @@ class _Skip:
     layers since the fork or the last ReLU, and whether a ReLU came in between."""
 
     def __init__(self, source: str, shape: tuple[int, ...], signed: bool) -> None:
-        self.source, self.current, self.shape, self.signed = source, source, shape, signed
+        self.current, self.shape, self.signed = source, shape, signed
         self.main, self.side = _Builder(shape), _Builder(shape)
         self.main_started = self.relu_between = False
 
