@@ -54,27 +54,32 @@ _CASES = given(
     kind=st.sampled_from(["small", "wide", "deep"]),
     branching=st.sampled_from(["relu", "input"]),
     milp=st.booleans(),
+    workers=st.sampled_from([1, 2]),
 )
 
 
 @settings(max_examples=10, deadline=None)
 @_CASES
 # input split halved 7 of 9 dimensions to 1/32 while the steepest stayed whole (undecided)
-@example(seed=1101, eps=0.2, kind="wide", branching="input", milp=False)
-def test_bab_agrees_with_milp(seed: int, eps: float, kind: str, branching: str, milp: bool) -> None:
-    _agrees_with_milp(seed, eps, kind, branching, milp)
+@example(seed=1101, eps=0.2, kind="wide", branching="input", milp=False, workers=1)
+def test_bab_agrees_with_milp(
+    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int
+) -> None:
+    _agrees_with_milp(seed, eps, kind, branching, milp, workers)
 
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @_CASES
 def test_bab_agrees_with_milp_many(
-    seed: int, eps: float, kind: str, branching: str, milp: bool
+    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int
 ) -> None:
-    _agrees_with_milp(seed, eps, kind, branching, milp)
+    _agrees_with_milp(seed, eps, kind, branching, milp, workers)
 
 
-def _agrees_with_milp(seed: int, eps: float, kind: str, branching: str, milp: bool) -> None:
+def _agrees_with_milp(
+    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int
+) -> None:
     model = {"small": random_network, "wide": _wide, "deep": lambda s: _wide(s, 3)}[kind](seed)
     x = random_inputs(seed, 3)
     y = model(x).argmax(1)
@@ -86,7 +91,7 @@ def _agrees_with_milp(seed: int, eps: float, kind: str, branching: str, milp: bo
 
     for xi, yi, e in zip(x, y, exact.tolist()):
         prop = margin_property(xi, int(yi), 3, eps, (0.0, 1.0))
-        cfg = VerifySettings(timeout=30.0, branching=branching, milp=milp)
+        cfg = VerifySettings(timeout=30.0, branching=branching, milp=milp, workers=workers)
         verdict = verify_property(model, shape, prop, reference, cfg)
         if verdict.status == "holds":
             assert e > 0, f"holds but the MILP finds margin {e}"

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advtrain.certification.milp import min_linear
+from advtrain.verification.bab.disjuncts import solve_disjuncts
 from advtrain.verification.bab.milp import fits
 from advtrain.verification.bab.portfolio import MilpWorker
 from advtrain.verification.bab.search import BabProblem, BaBSettings, bab
@@ -19,7 +20,7 @@ from advtrain.verification.bounds.crown import crown_intermediate
 from advtrain.verification.bounds.domain import InputDomain
 from advtrain.verification.bounds.network import parse
 from advtrain.verification.verdict import Reason, Stage, Status
-from advtrain.verification.verify import _relu_bab, margin_property
+from advtrain.verification.verify import margin_property
 from tests.test_bab import _wide
 from tests.test_bounds_soundness import random_inputs, random_network
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
@@ -112,7 +113,7 @@ def test_portfolio_verdict_credits_the_milp() -> None:
             BabProblem(net, box, c.A.unsqueeze(0), c.b, root, adaptive_alpha(root, 1))
             for c in prop.disjuncts
         ]
-        verdict = _relu_bab(problems, worker, time.monotonic() + 60, confirm, BaBSettings())
+        verdict = solve_disjuncts(problems, worker, time.monotonic() + 60, confirm, BaBSettings())
         assert verdict.stage == Stage.MILP and verdict.domains == 0
         if float(exact.min()) > 0:
             assert verdict.status == Status.HOLDS and worker.by_milp == 2

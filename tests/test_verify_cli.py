@@ -104,7 +104,9 @@ def test_single_instances_answer_like_the_milp(files) -> None:
         assert said == (status == "violated")
 
 
-@pytest.mark.parametrize("extra", [[], ["milp=true"]], ids=["bab", "bab+milp"])
+@pytest.mark.parametrize(
+    "extra", [[], ["milp=true"], ["workers=2"]], ids=["bab", "bab+milp", "two-workers"]
+)
 def test_benchmark_run_writes_results_summary_and_score(files, extra: list[str]) -> None:
     d = files["dir"]
     rows = [("net.onnx", "prop_small.vnnlib", 30), ("net.onnx", "prop_large.vnnlib", 30)]
@@ -201,6 +203,7 @@ def test_a_disjunction_over_input_regions_is_verified_region_by_region(files, tm
             "branching",
         ),
         (lambda f: [f"onnx={f['onnx']}", f"vnnlib={f['props']['small']}", "milp=maybe"], "milp"),
+        (lambda f: [f"onnx={f['onnx']}", f"vnnlib={f['props']['small']}", "workers=0"], "workers"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(files, make_args, message) -> None:

@@ -95,6 +95,11 @@ def _settings(cfg: DictConfig, timeout: float) -> VerifySettings:
     split = InputSplitSettings(max_inputs=int(cfg.input_split.max_inputs))
     if not isinstance(cfg.get("milp", False), bool):
         raise ConfigError(f"milp={cfg.milp!r} is invalid; use true or false")
+    workers = cfg.get("workers")
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+    ):
+        raise ConfigError(f"workers={workers!r} is invalid; use a positive integer or null")
     return VerifySettings(
         timeout,
         restarts=int(cfg.attack.restarts),
@@ -103,6 +108,7 @@ def _settings(cfg: DictConfig, timeout: float) -> VerifySettings:
         input_split=split,
         branching=str(cfg.branching),
         milp=cfg.get("milp", False),
+        workers=workers,
     )
 
 

@@ -7,7 +7,7 @@ The pipeline of alpha-beta-CROWN (Xu et al. 2021; Wang et al. 2021), on one inpu
 2. alpha-CROWN on every row of every disjunct at once (intermediate bounds by CROWN);
    a disjunct is impossible when one of its rows has a positive lower bound;
 3. branch and bound with beta-CROWN (``bab.bab``) on each remaining disjunct, sharing
-   one deadline; the search runs on a float32 copy of the network, and every pruning
+   one deadline, several at once on a multi-core CPU (``bab.disjuncts``); the search runs on a float32 copy of the network, and every pruning
    is rechecked in float64. Optionally (``VerifySettings.milp``), HiGHS solves the
    disjuncts' exact MILP with the root's bounds as big-M in a second thread, in the
    opposite order (``bab.portfolio``); a disjunct either search proves is done.
@@ -37,10 +37,11 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor, nn
 
+from advtrain.verification.bab.disjuncts import default_workers, solve_disjuncts
 from advtrain.verification.bab.falsify import pgd_box
 from advtrain.verification.bab.input_split import InputSplitSettings, input_bab
 from advtrain.verification.bab.portfolio import MilpWorker
-from advtrain.verification.bab.search import BabProblem, BaBSettings, Confirm, bab
+from advtrain.verification.bab.search import BabProblem, BaBSettings
 from advtrain.verification.bounds.alpha_bounds import alpha_intermediate
 from advtrain.verification.bounds.alpha_crown import Relaxation, adaptive_alpha, optimize
 from advtrain.verification.bounds.domain import InputDomain
@@ -70,6 +71,8 @@ class VerifySettings:
             thread beside ReLU-split branch and bound (``bab.portfolio``). Off by default:
             on the deep ``mnistfc`` nets it proved single disjuncts but no extra instance,
             and it can slow branch and bound on a shared machine (docs/benchmarks.md).
+        workers: Open disjuncts searched at once, one thread each (``bab.disjuncts``).
+            None: one per CPU core over PyTorch's threads; 1 on a GPU.
     """
 
     timeout: float = 60.0
@@ -80,6 +83,7 @@ class VerifySettings:
     input_split: InputSplitSettings = field(default_factory=InputSplitSettings)
     branching: str = "auto"
     milp: bool = False
+    workers: int | None = None
 
 
 def float32_in_box(x: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
@@ -164,39 +168,11 @@ def verify_property(
                 BabProblem(net, box, c.A.unsqueeze(0), c.b, root, [a[:, r] for a in relax.alpha], fast)
                 for c, r in remaining
             ]  # fmt: skip
-            verdict = _relu_bab(problems, milp, deadline, check, settings.bab)
+            workers = settings.workers or default_workers(problems[0].spec.device)
+            verdict = solve_disjuncts(problems, milp, deadline, check, settings.bab, workers)
         finally:
             milp.close()
     return _finish(replace(verdict, milp=milp.by_milp), check, start)
-
-
-def _relu_bab(
-    problems: list[BabProblem],
-    milp: MilpWorker,
-    deadline: float,
-    check: Confirm,
-    settings: BaBSettings,
-) -> Verdict:
-    """Branch and bound on each open disjunct in turn (likeliest violated first), the MILP
-    beside it (``portfolio``): ``holds`` once each disjunct is proved by either search."""
-    domains = 0
-    for i, problem in enumerate(problems):
-        if milp.over(i):
-            continue
-        res = bab(problem, deadline, check, settings, stop=lambda i=i: milp.over(i))
-        domains += res.domains
-        if res.status == Status.VIOLATED:
-            return replace(res, domains=domains)
-        if milp.found is not None:
-            return Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.MILP, domains=domains)
-        if res.status == Status.HOLDS:
-            milp.settle(i)
-        elif not milp.proved[i]:  # out of time or memory, and the MILP did not prove it
-            return replace(res, domains=domains)
-    if milp.found is not None:
-        return Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.MILP, domains=domains)
-    stage = Stage.MILP if milp.by_milp == len(problems) else Stage.BAB
-    return Verdict(Status.HOLDS, Reason.PROVED, stage, domains=domains, branching=Branching.RELU)
 
 
 def verify_regions(

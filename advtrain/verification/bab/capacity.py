@@ -81,6 +81,12 @@ def device_memory(device: torch.device) -> int:
     return int(free)
 
 
+def search_memory(device: torch.device) -> int:
+    """Bytes one search may fill: ``MEMORY_SHARE`` of the memory free on ``device``."""
+    share = MEMORY_SHARE.get(device.type, MEMORY_SHARE["cuda"])
+    return int(device_memory(device) * share)
+
+
 def capacity(sizes: Sizes, memory: int, batch: int | None = None) -> Capacity:
     """Parents per round and the open sub-domains that fit in ``memory`` bytes.
 
@@ -103,8 +109,7 @@ def device_capacity(
     """``capacity`` on ``device``: ``memory`` bytes, or its share of the free memory;
     on the CPU at most ``CPU_BATCH`` parents per round unless ``batch`` says otherwise."""
     if memory is None:
-        share = MEMORY_SHARE.get(device.type, MEMORY_SHARE["cuda"])
-        memory = int(device_memory(device) * share)
+        memory = search_memory(device)
     if batch is None and device.type == "cpu":
         batch = CPU_BATCH
     return capacity(sizes, memory, batch)
@@ -127,8 +132,7 @@ def box_capacity(
     most ``CPU_BOXES`` parents per round unless ``batch`` says otherwise.
     """
     if memory is None:
-        share = MEMORY_SHARE.get(device.type, MEMORY_SHARE["cuda"])
-        memory = int(device_memory(device) * share)
+        memory = search_memory(device)
     if batch is None and device.type == "cpu":
         batch = CPU_BOXES
     width = max(relus, default=1)
@@ -159,4 +163,5 @@ __all__ = [
     "device_capacity",
     "device_memory",
     "next_take",
+    "search_memory",
 ]
