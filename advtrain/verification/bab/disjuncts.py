@@ -36,7 +36,14 @@ def default_workers(device: torch.device) -> int:
     threads on the CPU; one on a GPU, whose batch already fills the device."""
     if device.type != "cpu":
         return 1
-    return max(1, len(os.sched_getaffinity(0)) // torch.get_num_threads())
+    return max(1, usable_cores() // torch.get_num_threads())
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity on Linux, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 @dataclass
