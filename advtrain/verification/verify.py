@@ -7,10 +7,11 @@ The pipeline of alpha-beta-CROWN (Xu et al. 2021; Wang et al. 2021), on one inpu
 2. alpha-CROWN on every row of every disjunct at once (intermediate bounds by CROWN);
    a disjunct is impossible when one of its rows has a positive lower bound;
 3. branch and bound with beta-CROWN (``bab.bab``) on each remaining disjunct, sharing
-   one deadline, several at once on a multi-core CPU (``bab.disjuncts``); the search runs on a float32 copy of the network, and every pruning
-   is rechecked in float64. Optionally (``VerifySettings.milp``), HiGHS solves the
-   disjuncts' exact MILP with the root's bounds as big-M in a second thread, in the
-   opposite order (``bab.portfolio``); a disjunct either search proves is done.
+   one deadline, several at once on a multi-core CPU (``bab.disjuncts``); each search runs
+   on a float32 copy of the network, and every pruning is rechecked in float64.
+   Optionally (``VerifySettings.milp``), HiGHS solves the disjuncts' exact MILP with
+   the root's bounds as big-M in a second thread, in the opposite order
+   (``bab.portfolio``); a disjunct either search proves is done.
 
 Low-dimensional inputs (``VerifySettings.branching``: at most ``input_split.max_inputs``
 dimensions, e.g. ACAS Xu's 5) skip steps 2-3 for input-split branch and bound

@@ -22,6 +22,7 @@ second value's sub-domains/s over the first's) follow each instance.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -53,8 +54,7 @@ def run(folder: Path, pairs: list[str], timeout: float, vary: str, out: Path) ->
             return model(x.view(len(x), *shape))
 
         for base in VARIANTS[vary]:
-            settings = VerifySettings(timeout, milp=base.milp, workers=base.workers)
-            v = verify_property(model, shape, prop, reference, settings)
+            v = verify_property(model, shape, prop, reference, replace(base, timeout=timeout))
             rows.append({"instance": pair, vary: getattr(base, vary), "status": str(v.status),
                          "reason": str(v.reason), "seconds": round(v.seconds, 2),
                          "domains": v.domains, "domains_per_s": round(v.domains / v.seconds, 1),
