@@ -55,30 +55,31 @@ _CASES = given(
     branching=st.sampled_from(["relu", "input"]),
     milp=st.booleans(),
     workers=st.sampled_from([1, 2]),
+    batch=st.sampled_from([None, 2]),  # 2: many rounds, so idle workers are handed domains
 )
 
 
 @settings(max_examples=10, deadline=None)
 @_CASES
 # input split halved 7 of 9 dimensions to 1/32 while the steepest stayed whole (undecided)
-@example(seed=1101, eps=0.2, kind="wide", branching="input", milp=False, workers=1)
+@example(seed=1101, eps=0.2, kind="wide", branching="input", milp=False, workers=1, batch=None)
 def test_bab_agrees_with_milp(
-    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int
+    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int, batch: int | None
 ) -> None:
-    _agrees_with_milp(seed, eps, kind, branching, milp, workers)
+    _agrees_with_milp(seed, eps, kind, branching, milp, workers, batch)
 
 
 @pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @_CASES
 def test_bab_agrees_with_milp_many(
-    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int
+    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int, batch: int | None
 ) -> None:
-    _agrees_with_milp(seed, eps, kind, branching, milp, workers)
+    _agrees_with_milp(seed, eps, kind, branching, milp, workers, batch)
 
 
 def _agrees_with_milp(
-    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int
+    seed: int, eps: float, kind: str, branching: str, milp: bool, workers: int, batch: int | None
 ) -> None:
     model = {"small": random_network, "wide": _wide, "deep": lambda s: _wide(s, 3)}[kind](seed)
     x = random_inputs(seed, 3)
@@ -91,7 +92,8 @@ def _agrees_with_milp(
 
     for xi, yi, e in zip(x, y, exact.tolist()):
         prop = margin_property(xi, int(yi), 3, eps, (0.0, 1.0))
-        cfg = VerifySettings(timeout=30.0, branching=branching, milp=milp, workers=workers)
+        cfg = VerifySettings(timeout=30.0, branching=branching, milp=milp, workers=workers,
+                             bab=BaBSettings(batch=batch))  # fmt: skip
         verdict = verify_property(model, shape, prop, reference, cfg)
         if verdict.status == "holds":
             assert e > 0, f"holds but the MILP finds margin {e}"

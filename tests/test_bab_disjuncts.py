@@ -1,6 +1,7 @@
 """Open disjuncts searched several at once (``bab.disjuncts``): the answer is the one a
 single search gives (``holds`` only when every disjunct is proved, checked against the
-exact MILP), a counterexample stops the other searches, a bug in a worker thread reaches
+exact MILP), an idle worker takes half of the last search's sub-domains, a counterexample
+stops the other searches, a bug in a worker thread reaches
 the caller with its traceback, and the default worker count follows the cores."""
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from tests.test_bab_milp import _case, _checker
 from tests.verify_helpers import one_thread  # noqa: F401  (autouse fixture)
 
 
-def _problems(seed: int, eps: float) -> tuple:
-    """A wide random net's two disjuncts as branch-and-bound problems (CROWN's root)."""
-    model, x, prop, exact = _case(seed, eps, "wide")
+def _problems(seed: int, eps: float, kind: str = "wide") -> tuple:
+    """A random net's two disjuncts as branch-and-bound problems (CROWN's root)."""
+    model, x, prop, exact = _case(seed, eps, kind)
     shape = tuple(x.shape[1:])
     net = parse(model, shape)
     box = (prop.lo.view_as(x), prop.hi.view_as(x))
@@ -37,12 +38,12 @@ def _problems(seed: int, eps: float) -> tuple:
     return (problems, prop.disjuncts), _checker(model, prop, shape), exact
 
 
-def _solve(case: tuple, confirm, workers: int):
+def _solve(case: tuple, confirm, workers: int, settings: BaBSettings | None = None):
     problems, disjuncts = case
     p = problems[0]
     idle = MilpWorker(p.net, p.box, p.root, disjuncts, 0.0, confirm)  # never started
     deadline = time.monotonic() + 60
-    return solve_disjuncts(problems, idle, deadline, confirm, BaBSettings(), workers)
+    return solve_disjuncts(problems, idle, deadline, confirm, settings or BaBSettings(), workers)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -55,6 +56,26 @@ def test_two_workers_answer_like_one_and_like_the_milp(seed: int) -> None:
     if two.status == Status.HOLDS:
         assert float(exact.min()) > 0 and two.reason == Reason.PROVED
         assert two.domains >= len(problems[0])  # every disjunct's search is counted
+
+
+@pytest.mark.parametrize("kind", ["wide", "deep"])
+def test_the_last_disjunct_is_shared_by_idle_workers(kind: str) -> None:
+    """One open disjunct, two workers, two parents per round (many rounds): the idle worker
+    is handed half the open sub-domains, and the answer is still the exact MILP's."""
+    shared = 0
+    for seed in range(30):
+        (problems, disjuncts), confirm, exact = _problems(seed, 0.2, kind)
+        for j in range(len(problems)):
+            if abs(float(exact[j])) < 1e-3:
+                continue
+            one = ([problems[j]], [disjuncts[j]])
+            verdict = _solve(one, confirm, 2, BaBSettings(batch=2))
+            truth = Status.HOLDS if float(exact[j]) > 0 else Status.VIOLATED
+            assert verdict.status == truth, (seed, j)
+            shared += verdict.handovers > 0 and verdict.status == Status.HOLDS
+        if shared >= 2:
+            return
+    pytest.fail(f"only {shared} proofs were shared between the workers")
 
 
 def test_a_counterexample_ends_the_other_searches() -> None:

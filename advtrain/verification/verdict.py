@@ -65,6 +65,8 @@ class Verdict:
             search stopped (0 when none was left, ``-inf`` when unknown).
         branching: What branch and bound split (None: it did not run).
         milp: Disjuncts that the MILP beside branch and bound proved impossible.
+        handovers: Times a search gave half its open sub-domains to an idle worker
+            (``bab.disjuncts``).
     """
 
     status: Status
@@ -77,3 +79,4 @@ class Verdict:
     bound: float = float("-inf")
     branching: Branching | None = None
     milp: int = 0
+    handovers: int = 0

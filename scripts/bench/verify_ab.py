@@ -10,7 +10,7 @@ sees the same load:
   ``bab.disjuncts``; one torch thread per search).
 
 Per run: status, reason, seconds, sub-domains bounded and per second, disjuncts the MILP
-proved. Each row is appended to the JSON as soon as it exists; ``ratio`` rows (the
+proved, hand-overs of sub-domains to an idle worker. Each row is appended to the JSON as soon as it exists; ``ratio`` rows (the
 second value's sub-domains/s over the first's) follow each instance.
 
     uv run python scripts/bench/verify_ab.py --vary workers --timeout 60 \\
@@ -58,7 +58,7 @@ def run(folder: Path, pairs: list[str], timeout: float, vary: str, out: Path) ->
             rows.append({"instance": pair, vary: getattr(base, vary), "status": str(v.status),
                          "reason": str(v.reason), "seconds": round(v.seconds, 2),
                          "domains": v.domains, "domains_per_s": round(v.domains / v.seconds, 1),
-                         "disjuncts_by_milp": v.milp})  # fmt: skip
+                         "disjuncts_by_milp": v.milp, "handovers": v.handovers})  # fmt: skip
             print(" ".join(f"{k}={val}" for k, val in rows[-1].items()), flush=True)
             write_json_atomic({"timeout": timeout, "vary": vary, "rows": rows}, out)
         first, second = rows[-2]["domains_per_s"], rows[-1]["domains_per_s"]

@@ -9,9 +9,13 @@ PyTorch's intra-op threads: 2 threads instead of 1 made a search 5-10% faster), 
 release Python's GIL, and on the 2-core machine two disjuncts of ``mnistfc`` 256x4
 ``prop_3_0.03`` ran at 660 and 687 sub-domains/s in two threads against 649 and 682 one
 after the other (docs/benchmarks.md). The likeliest violated disjunct goes first; a worker
-takes the next open one when its search ends. The first disjunct that ends without a
-proof (a confirmed counterexample, the deadline, memory) decides the answer and stops the
-others (``bab(stop=)``). Each search gets ``1 / workers`` of the memory.
+takes the next open one when its search ends. When no disjunct is left to start, an idle
+worker is handed half of a running search's open sub-domains at that search's next round
+(work sharing, as in parallel branch and bound since Gendron and Crainic 1994), so the
+last open disjunct is searched by every worker; a disjunct is proved when all its pieces
+are. The first piece that ends without a proof (a confirmed counterexample, the
+deadline, memory) decides the answer and stops the others (``bab(stop=)``). Each search
+gets ``1 / workers`` of the memory.
 
 With the exact MILP beside them (``portfolio.MilpWorker``), a disjunct either side proves
 is done for both, as with one search.
@@ -28,6 +32,7 @@ import torch
 from advtrain.verification.bab.capacity import search_memory
 from advtrain.verification.bab.portfolio import MilpWorker
 from advtrain.verification.bab.search import BabProblem, BaBSettings, Confirm, bab
+from advtrain.verification.bab.subdomains import SubDomains
 from advtrain.verification.verdict import Branching, Reason, Stage, Status, Verdict
 
 
@@ -51,12 +56,28 @@ class _Outcome:
     """What the searches found so far: sub-domains bounded, the deciding verdict."""
 
     domains: int = 0
+    handovers: int = 0
     decided: Verdict | None = None
     error: BaseException | None = None
 
 
+@dataclass
+class _Piece:
+    """Work for one search: disjunct ``i``, from its root (``doms`` None) or from open
+    sub-domains another search handed over."""
+
+    i: int
+    doms: SubDomains | None = None
+
+
 class _Pool:
-    """The shared queue of disjuncts (``next``), the outcome, and the stop signal."""
+    """The shared work (disjuncts, then handed-over sub-domains), the outcome, the stop.
+
+    A disjunct is proved when every piece of it is: ``pending[i]`` counts its pieces
+    still searched or waiting. A worker with nothing to take waits (``idle``) while
+    other searches run; a running search then gives it half its open sub-domains at its
+    next round (``bab(share=)``), so that the last open disjunct uses every worker.
+    """
 
     def __init__(
         self,
@@ -69,43 +90,84 @@ class _Pool:
         self.problems, self.milp = problems, milp
         self.deadline, self.confirm, self.settings = deadline, confirm, settings
         self.next = 0
+        self.handed: list[_Piece] = []
+        self.pending = [0] * len(problems)
+        self.running = self.idle = 0
         self.outcome = _Outcome()
-        self.lock = threading.Lock()
+        self.cond = threading.Condition()
         self.stop = threading.Event()
 
-    def take(self) -> int | None:
-        """The next disjunct to search (None: none left, or the answer is known)."""
-        with self.lock:
-            while self.next < len(self.problems) and not self.stop.is_set():
-                i, self.next = self.next, self.next + 1
-                if not self.milp.over(i):
-                    return i
+    def take(self) -> _Piece | None:
+        """The next piece to search; waits while other searches may hand some over
+        (None: nothing is left, or the answer is known)."""
+        with self.cond:
+            while not self.stop.is_set():
+                if self.handed:
+                    self.running += 1
+                    return self.handed.pop()
+                if self.next < len(self.problems):
+                    i, self.next = self.next, self.next + 1
+                    if not self.milp.over(i):
+                        self.pending[i] += 1
+                        self.running += 1
+                        return _Piece(i)
+                    continue
+                if not self.running:
+                    return None
+                self.idle += 1
+                self.cond.wait(timeout=1.0)  # the MILP can end a disjunct without notice
+                self.idle -= 1
             return None
 
     def work(self) -> None:
-        """Search disjuncts until none is left or the answer is known."""
+        """Search pieces until none is left or the answer is known."""
         try:
-            while (i := self.take()) is not None:
+            while (piece := self.take()) is not None:
+                i = piece.i
                 ended = bab(self.problems[i], self.deadline, self.confirm, self.settings,
-                            stop=lambda i=i: self.stop.is_set() or self.milp.over(i))  # fmt: skip
+                            stop=lambda i=i: self.stop.is_set() or self.milp.over(i),
+                            start=piece.doms, share=_Handover(self, i))  # fmt: skip
                 self.finish(i, ended)
         except BaseException as error:  # re-raised by the caller's thread with its traceback
-            with self.lock:
+            with self.cond:
                 self.outcome.error = self.outcome.error or error
-            self.stop.set()
+                self.stop.set()
+                self.cond.notify_all()
 
     def finish(self, i: int, ended: Verdict) -> None:
-        """Record disjunct ``i``'s search: proved, or the answer (the others stop)."""
-        with self.lock:
+        """Record a piece of disjunct ``i``: proved, or the answer (the others stop)."""
+        with self.cond:
+            self.running -= 1
+            self.cond.notify_all()
             self.outcome.domains += ended.domains
             if ended.status == Status.HOLDS:
-                self.milp.settle(i)
+                self.pending[i] -= 1
+                if not self.pending[i]:
+                    self.milp.settle(i)
                 return
             if self.milp.proved[i] or (ended.reason == Reason.STOPPED and self.stop.is_set()):
                 return  # proved by the MILP, or stopped because the answer is known
             if self.outcome.decided is None or ended.status == Status.VIOLATED:
                 self.outcome.decided = ended
             self.stop.set()
+
+
+@dataclass
+class _Handover:
+    """``search.Share`` for a search of disjunct ``i``: gives sub-domains to idle workers."""
+
+    pool: _Pool
+    i: int
+
+    def wanted(self) -> bool:
+        return self.pool.idle > len(self.pool.handed)
+
+    def give(self, doms: SubDomains) -> None:
+        with self.pool.cond:
+            self.pool.pending[self.i] += 1
+            self.pool.outcome.handovers += 1
+            self.pool.handed.append(_Piece(self.i, doms))
+            self.pool.cond.notify_all()
 
 
 def solve_disjuncts(
@@ -131,7 +193,7 @@ def solve_disjuncts(
         ``holds`` when each disjunct is proved by a search or the MILP; else the deciding
         search's verdict (a counterexample first), with every search's domains counted.
     """
-    workers = max(1, min(workers, len(problems)))
+    workers = max(1, workers)
     if settings.memory is None and workers > 1:
         device = problems[0].spec.device
         settings = replace(settings, memory=search_memory(device) // workers)
@@ -148,12 +210,13 @@ def solve_disjuncts(
     out = pool.outcome
     if out.error is not None:
         raise out.error
+    n, h = out.domains, out.handovers
     if out.decided is not None and out.decided.status == Status.VIOLATED:
-        return replace(out.decided, domains=out.domains)
+        return replace(out.decided, domains=n, handovers=h)
     if milp.found is not None:
-        return Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.MILP, domains=out.domains)
+        return Verdict(Status.VIOLATED, Reason.COUNTEREXAMPLE, Stage.MILP, domains=n, handovers=h)
     if out.decided is not None:
-        return replace(out.decided, domains=out.domains)
+        return replace(out.decided, domains=n, handovers=h)
     stage = Stage.MILP if milp.by_milp == len(problems) else Stage.BAB
-    return Verdict(Status.HOLDS, Reason.PROVED, stage, domains=out.domains,
-                   branching=Branching.RELU)  # fmt: skip
+    return Verdict(Status.HOLDS, Reason.PROVED, stage, domains=n, branching=Branching.RELU,
+                   handovers=h)  # fmt: skip

@@ -43,6 +43,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -65,6 +66,18 @@ from advtrain.verification.verdict import Branching, Reason, Stage, Status, Verd
 
 #: Accepts a batch of flat candidate inputs and returns a confirmed counterexample or None.
 Confirm = Callable[[Tensor], Tensor | None]
+
+
+class Share(Protocol):
+    """Where a search hands part of its open sub-domains to an idle worker (``disjuncts``)."""
+
+    def wanted(self) -> bool:
+        """Whether a worker is waiting for sub-domains (asked once per round)."""
+        ...
+
+    def give(self, doms: SubDomains) -> None:
+        """Take over ``doms``: another search decides them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -364,6 +377,8 @@ def bab(
     confirm: Confirm,
     settings: BaBSettings | None = None,
     stop: Callable[[], bool] | None = None,
+    start: SubDomains | None = None,
+    share: Share | None = None,
 ) -> Verdict:
     """Decide ``problem`` (one conjunction over a box) by branch and bound, or run out of time.
 
@@ -374,6 +389,11 @@ def bab(
         settings: The search's knobs (default ``BaBSettings()``).
         stop: Asked once per round; True ends the search (``Reason.STOPPED``: another
             search, e.g. the MILP beside it, decided first).
+        start: Open sub-domains of ``problem`` to search instead of the root (handed
+            over by another search through ``share``): the answer is then about them.
+        share: Asked once per round whether a worker is idle; if so, every second open
+            sub-domain by bound goes to it (``Share.give``), and ``holds`` here is about
+            the rest.
 
     Returns:
         A ``Verdict`` from stage ``bab``: ``holds`` (every sub-domain pruned), ``violated``
@@ -383,12 +403,15 @@ def bab(
         sub-domains, or ``stop``.
     """
     search = _Search(problem, confirm, settings or BaBSettings())
-    queue, take = search.root(problem.alpha), search.batch
+    queue = search.root(problem.alpha) if start is None else start
+    take = search.batch
     while True:
         queue = queue.take((queue.value <= 0).nonzero().squeeze(1))
         verdict = search.stopped(queue, deadline, stop)
         if verdict is not None:
             return verdict
+        if share is not None and len(queue) > 1 and share.wanted():
+            queue = _halve(queue, share)
         order = queue.value.argsort()
         parents, rest = queue.take(order[:take]), queue.take(order[take:])
         del queue, order  # the open sub-domains are ``parents`` and ``rest`` now
@@ -409,3 +432,11 @@ def bab(
 def _lowest(parents: SubDomains, rest: SubDomains) -> float:
     """The lowest bound of the open sub-domains ``parents`` and ``rest``."""
     return float(torch.cat([parents.value, rest.value]).min())
+
+
+def _halve(queue: SubDomains, share: Share) -> SubDomains:
+    """Give every second open sub-domain in bound order to ``share``; keep the others
+    (both halves get domains from the whole range of bounds)."""
+    order = queue.value.argsort()
+    share.give(queue.take(order[1::2]))
+    return queue.take(order[0::2])
