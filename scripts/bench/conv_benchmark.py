@@ -1,9 +1,10 @@
-"""A VNN-COMP-style benchmark of small BatchNorm conv nets, with the exact MILP's answers.
+"""A VNN-COMP-style benchmark of small BatchNorm conv nets and ResNets, with the exact MILP's answers.
 
 Issue 20 ("Conv nets"): nothing measured ``advtrain-verify`` on conv nets offline. This
-script trains small conv nets on MNIST-8k (``bench_data``: the first 8,000 images of the
-MNIST test split; ``--data digits`` for the 8x8 digits), each ``conv-BN-ReLU, conv-BN-ReLU,
-fc-ReLU, fc`` (``NETS``), by PGD adversarial training (Madry et al. 2018; the benchmarks'
+script trains small nets on MNIST-8k (``bench_data``: the first 8,000 images of the
+MNIST test split; ``--data digits`` for the 8x8 digits): conv nets ``conv-BN-ReLU,
+conv-BN-ReLU, fc-ReLU, fc`` (``CONVS``) and a ResNet whose skip connections are ONNX
+``Add`` nodes (``RESNETS``: a stem and two ``BasicBlock`` s), by PGD adversarial training (Madry et al. 2018; the benchmarks'
 recipe ``purification.pgd_train``, linf ``--train-eps``). Each net is exported with
 ``torch.onnx.export`` in ``TrainingMode.PRESERVE`` so that its BatchNorm stays an ONNX
 ``BatchNormalization`` node (eval mode would fuse it into the Conv): the verifier folds it.
@@ -12,7 +13,8 @@ clipped to [0, 1]; unsafe when another logit reaches the label's), one per image
 last ``--props`` test images the net classifies correctly, at each ``--eps``.
 
 Ground truth: the exact MILP (Tjeng, Xiao, Tedrake 2019; ``advtrain.certification.min_margin``)
-on the torch model (its BatchNorm unfolded, a path independent of the ONNX converter), each
+on the torch model (its BatchNorm unfolded, a path independent of the ONNX converter; a
+ResNet's on the chain read from its ONNX graph, which the tests check against onnxruntime), each
 instance within ``--milp-budget`` seconds in a worker process (``unsolved`` past it). A
 negative minimum margin is confirmed by onnxruntime at the MILP's point. The MILP's big-M
 constants come from interval bounds: it decides the 8x8 digits nets in 1-30 s per instance
@@ -44,6 +46,8 @@ from advtrain.attacks import PGD
 from advtrain.core.io import atomic_write_text, write_json_atomic
 from advtrain.data.device_loader import dataset_tensors
 from advtrain.models.onnx import onnx_forward
+from advtrain.models.resnet_cifar import BasicBlock
+from advtrain.verification.formats.onnx_net import onnx_sequential
 from advtrain.verification.formats.vnnlib import robustness_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,13 +55,36 @@ from bench_data import DATA, datamodule  # the benchmarks' data sets
 from purification import pgd_train  # the benchmarks' PGD training recipe
 
 #: name -> (channels of conv 1, channels of conv 2, hidden width of the fc layer).
-NETS = {"convbn_small": (4, 8, 32), "convbn_med": (8, 16, 64)}
+CONVS = {"convbn_small": (4, 8, 32), "convbn_med": (8, 16, 64)}
+#: name -> (stem channels, channels after the stride-2 block) of a small ResNet.
+RESNETS = {"resnet_small": (4, 8)}
+NETS = sorted(CONVS) + sorted(RESNETS)
 CONSENSUS_HEADER = ["onnx", "vnnlib", "timeout_s", "consensus", "n_tools_sat", "n_tools_unsat"]
 
 
 def make_net(name: str, shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """Net ``name`` for inputs of ``shape``: a conv net (``CONVS``) or a ResNet (``RESNETS``)."""
+    if name in RESNETS:
+        return make_resnet(name, shape, num_classes)
+    return make_convnet(name, shape, num_classes)
+
+
+def make_resnet(name: str, shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """``conv(3x3, stride 2)-BN-ReLU``, a ``BasicBlock`` with an identity skip, a stride-2
+    ``BasicBlock`` with a 1x1 conv-BN skip (He et al. 2016; the project's CIFAR ResNet
+    block: ``relu(bn(conv(relu(bn(conv(x))))) + skip(x))``), then ``fc``."""
+    c1, c2 = RESNETS[name]
+    body = nn.Sequential(
+        nn.Conv2d(shape[0], c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
+        BasicBlock(c1, c1, 1), BasicBlock(c1, c2, 2), nn.Flatten(),
+    )  # fmt: skip
+    n = body(torch.zeros(1, *shape)).shape[1]
+    return nn.Sequential(*body, nn.Linear(n, num_classes))
+
+
+def make_convnet(name: str, shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
     """``conv(3x3, stride 2)-BN-ReLU`` twice, then ``fc-ReLU-fc``, for inputs of ``shape``."""
-    c1, c2, hidden = NETS[name]
+    c1, c2, hidden = CONVS[name]
     convs = nn.Sequential(
         nn.Conv2d(shape[0], c1, 3, stride=2, padding=1), nn.BatchNorm2d(c1), nn.ReLU(),
         nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.BatchNorm2d(c2), nn.ReLU(), nn.Flatten(),
@@ -141,7 +168,8 @@ def build_net(name: str, args: argparse.Namespace, data: tuple, out: Path) -> li
     attack = PGD("linf", args.train_eps, steps=args.train_steps, seed=args.seed)
     model = pgd_train(make_net(name, shape, 10), dm, attack, args.epochs)
     onnx = export(model, shape, out / f"{name}.onnx")
-    model = model.double().eval()
+    # the MILP reads a chain of layers: a ResNet's is the ONNX graph's (``onnx_sequential``)
+    model = (onnx_sequential(onnx)[0] if name in RESNETS else model).double().eval()
     rows, jobs = [], []
     for i in pick_images(model, xt, yt, args.props):
         for eps in args.eps:
@@ -177,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("outputs/bench/convnets"))
     p.add_argument("--data", choices=DATA, default="mnist")
-    p.add_argument("--nets", nargs="+", choices=sorted(NETS), default=list(NETS))
+    p.add_argument("--nets", nargs="+", choices=NETS, default=NETS)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-eps", type=float, default=0.1)
     p.add_argument("--train-steps", type=int, default=5)
