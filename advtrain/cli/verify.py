@@ -212,7 +212,8 @@ def _note(verdict: Verdict) -> str:
     """The results CSV's last column: why the search ended and what it split."""
     split = f" ({verdict.branching} split)" if verdict.branching else ""
     milp = f", {verdict.milp} disjuncts by the MILP" if verdict.milp else ""
-    shared = f", {verdict.handovers} hand-overs" if verdict.handovers else ""
+    n = verdict.handovers
+    shared = f", {n} hand-over{'s' * (n != 1)}" if n else ""
     return f"{verdict.reason} at {verdict.stage}{split}, {verdict.domains} domains{milp}{shared}"
 
 

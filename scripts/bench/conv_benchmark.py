@@ -1,21 +1,23 @@
-"""A VNN-COMP-style benchmark of small BatchNorm conv nets and ResNets, with the exact MILP's answers.
+"""A VNN-COMP-style benchmark of small BatchNorm conv nets and ResNets, with MILP answers.
 
 Issue 20 ("Conv nets"): nothing measured ``advtrain-verify`` on conv nets offline. This
 script trains small nets on MNIST-8k (``bench_data``: the first 8,000 images of the
 MNIST test split; ``--data digits`` for the 8x8 digits): conv nets ``conv-BN-ReLU,
 conv-BN-ReLU, fc-ReLU, fc`` (``CONVS``) and a ResNet whose skip connections are ONNX
-``Add`` nodes (``RESNETS``: a stem and two ``BasicBlock`` s), by PGD adversarial training (Madry et al. 2018; the benchmarks'
-recipe ``purification.pgd_train``, linf ``--train-eps``). Each net is exported with
-``torch.onnx.export`` in ``TrainingMode.PRESERVE`` so that its BatchNorm stays an ONNX
-``BatchNormalization`` node (eval mode would fuse it into the Conv): the verifier folds it.
+``Add`` nodes (``RESNETS``: a stem and two ``BasicBlock`` units), by PGD adversarial
+training (Madry et al. 2018; the benchmarks' recipe ``purification.pgd_train``, linf
+``--train-eps``). Each net is exported with ``torch.onnx.export`` in
+``TrainingMode.PRESERVE`` so that its BatchNorm stays an ONNX ``BatchNormalization`` node
+(eval mode would fuse it into the Conv): the verifier folds it.
 Properties: local robustness in the linf threat model (the ball around a test image,
 clipped to [0, 1]; unsafe when another logit reaches the label's), one per image for the
 last ``--props`` test images the net classifies correctly, at each ``--eps``.
 
-Ground truth: the exact MILP (Tjeng, Xiao, Tedrake 2019; ``advtrain.certification.min_margin``)
-on the torch model (its BatchNorm unfolded, a path independent of the ONNX converter; a
-ResNet's on the chain read from its ONNX graph, which the tests check against onnxruntime), each
-instance within ``--milp-budget`` seconds in a worker process (``unsolved`` past it). A
+Ground truth: the exact MILP (Tjeng, Xiao, Tedrake 2019;
+``advtrain.certification.min_margin``) on the torch model (its BatchNorm unfolded, a path
+independent of the ONNX converter; a ResNet's on the chain read from its ONNX graph,
+which the tests check against onnxruntime), each instance within ``--milp-budget``
+seconds in a worker process (``unsolved`` past it). A
 negative minimum margin is confirmed by onnxruntime at the MILP's point. The MILP's big-M
 constants come from interval bounds: it decides the 8x8 digits nets in 1-30 s per instance
 but not the 28x28 MNIST ones in minutes (``--milp-budget 0`` skips it: every answer is then
